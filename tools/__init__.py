@@ -1,0 +1,1 @@
+"""gridedge host tools: flashing, provisioning, MicroPython dependency fetcher, emulators."""
