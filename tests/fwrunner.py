@@ -36,7 +36,13 @@ INTERPRETERS = ("cpython", "micropython")
 
 
 def find_micropython() -> str | None:
-    """The `micropython` console script of this environment, else one on PATH."""
+    """The `micropython` console script of this environment, else one on PATH.
+
+    GRIDEDGE_MICROPYTHON overrides the search (a path; empty means "not installed").
+    """
+    if "GRIDEDGE_MICROPYTHON" in os.environ:
+        forced = os.environ["GRIDEDGE_MICROPYTHON"]
+        return forced if forced and Path(forced).exists() else None
     beside = Path(sys.executable).parent / "micropython"
     if beside.exists():
         return str(beside)

@@ -17,10 +17,11 @@ from typing import Any
 
 import cbor2
 import pytest
+from hypothesis import given, settings
 from pycose.keys.symmetric import SymmetricKey
 from pycose.messages import Mac0Message
 
-from fwrunner import REPO, FirmwareRunner
+from fwrunner import REPO, FirmwareRunner, firmware_module
 from gridedge.gateway import framing
 from gridedge.gateway.errors import ProtocolError, Reason
 from gridedge.gateway.protocol import (
@@ -35,6 +36,7 @@ from gridedge.gateway.protocol import (
     build_frame,
     reading_map,
 )
+from strategies import frames
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
@@ -256,3 +258,18 @@ def test_frame_sizes_against_json() -> None:
     assert rows[2]["frame_bytes"] < rows[2]["json_bytes"] / 2
     assert rows[2]["frame_bytes"] > rows[1]["frame_bytes"]
     json.dumps(rows)
+
+
+fw_frame = firmware_module("gemeter.frame")
+
+
+@given(frames())
+@settings(max_examples=200, deadline=None)
+def test_random_frames_firmware_to_gateway(f: Frame) -> None:
+    """Any valid frame built by the firmware (in-process, CPython) decodes to itself."""
+    m = reading_map(f)
+    built = fw_frame.FrameBuilder(f.device_id, KEY).build(
+        m[2], m[3], m[4], m[6], m[8], unix_ms=m.get(5), dropped=m.get(7, 0)
+    )
+    assert built == build_frame(f, KEY)
+    assert FrameDecoder({f.device_id: KEY}).decode(built) == f
