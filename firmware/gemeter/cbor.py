@@ -154,23 +154,14 @@ def _encode(buf, obj, depth):
     elif obj is False:
         buf.append(0xF4)
     elif isinstance(obj, int):
-        if obj >= 0:
-            if obj > 0xFFFFFFFFFFFFFFFF:
-                buf.append(0xC2)
-                b = _bignum_bytes(obj)
-                _head(buf, 2, len(b))
-                buf.extend(b)
-            else:
-                _head(buf, 0, obj)
+        major, n = (0, obj) if obj >= 0 else (1, -1 - obj)
+        if n > 0xFFFFFFFFFFFFFFFF:  # bignum: tag 2 (positive) or 3 (negative)
+            buf.append(0xC2 + major)
+            b = _bignum_bytes(n)
+            _head(buf, 2, len(b))
+            buf.extend(b)
         else:
-            n = -1 - obj
-            if n > 0xFFFFFFFFFFFFFFFF:
-                buf.append(0xC3)
-                b = _bignum_bytes(n)
-                _head(buf, 2, len(b))
-                buf.extend(b)
-            else:
-                _head(buf, 1, n)
+            _head(buf, major, n)
     elif isinstance(obj, (bytes, bytearray, memoryview)):
         _head(buf, 2, len(obj))
         buf.extend(obj)

@@ -126,6 +126,13 @@ class FrameBuilder:
         return msg
 
 
+def _loads(data, what):
+    try:
+        return cbor.loads(data)
+    except cbor.CBORError as e:
+        raise FrameError("malformed %s: %s" % (what, e))
+
+
 def parse(msg, key_for):
     """Verify and decode a frame; returns the reading map.
 
@@ -133,10 +140,7 @@ def parse(msg, key_for):
     """
     if len(msg) > MAX_MESSAGE:
         raise FrameError("too large: %d bytes" % len(msg))
-    try:
-        outer = cbor.loads(msg)
-    except cbor.CBORError as e:
-        raise FrameError("malformed: %s" % e)
+    outer = _loads(msg, "message")
     if not isinstance(outer, cbor.Tag) or outer.tag != COSE_MAC0_TAG:
         raise FrameError("not a COSE_Mac0 message")
     parts = outer.value
@@ -150,10 +154,7 @@ def parse(msg, key_for):
         and isinstance(tag, bytes)
     ):
         raise FrameError("COSE_Mac0 fields have wrong types")
-    try:
-        hdr = cbor.loads(protected)
-    except cbor.CBORError as e:
-        raise FrameError("malformed protected header: %s" % e)
+    hdr = _loads(protected, "protected header")
     if not isinstance(hdr, dict) or hdr.get(HDR_ALG) != ALG_HMAC_256_64:
         raise FrameError("unsupported algorithm")
     kid = hdr.get(HDR_KID)
@@ -168,10 +169,7 @@ def parse(msg, key_for):
         raise FrameError("unknown device %s" % device_id)
     if not auth.equal(_mac(auth.HMACSHA256(key), protected, payload), tag):
         raise FrameError("bad MAC")
-    try:
-        reading = cbor.loads(payload)
-    except cbor.CBORError as e:
-        raise FrameError("malformed payload: %s" % e)
+    reading = _loads(payload, "payload")
     if not isinstance(reading, dict) or reading.get(F_VERSION) != VERSION:
         raise FrameError("unsupported protocol version")
     if reading.get(F_DEVICE) != device_id:
