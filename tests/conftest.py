@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 
 import pytest
 
@@ -30,7 +31,31 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     ]
 
 
+_RESULTS: dict[str, Counter[str]] = {"cpython": Counter(), "micropython": Counter()}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each firmware test with the interpreter it runs under."""
+    for item in items:
+        param = getattr(item, "callspec", None)
+        interp = param.params.get("fw") if param is not None else None
+        if interp == "micropython" or "fw_micropython" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.micropython)
+        elif interp == "cpython":
+            item.add_marker(pytest.mark.firmware_cpython)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        for interp, mark in (("micropython", "micropython"), ("cpython", "firmware_cpython")):
+            if mark in report.keywords:
+                _RESULTS[interp][report.outcome] += 1
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for interp, label in (("cpython", "CPython"), ("micropython", "MicroPython unix port")):
+        counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(_RESULTS[interp].items()))
+        terminalreporter.write_line(f"firmware tests under {label}: {counts or 'none run'}")
     if MICROPYTHON is None:
         terminalreporter.section("MICROPYTHON TESTS SKIPPED", sep="!", red=True, bold=True)
         terminalreporter.write_line(_SKIP_REASON)

@@ -51,7 +51,7 @@ def find_micropython() -> str | None:
 
 def micropython_version(exe: str) -> str:
     out = subprocess.run(
-        [exe, "-c", "import sys; print(sys.implementation.version, sys.version)"],
+        [exe, "-c", "import sys; print('%d.%d.%d' % sys.implementation.version[:3])"],
         capture_output=True,
         text=True,
         timeout=30,

@@ -7,7 +7,6 @@ The CRC is the IEEE 802.3 CRC-32 of binascii/zlib. The message limit matches fra
 Pure logic, no I/O: runs under MicroPython and CPython.
 """
 
-import binascii
 import struct
 
 from gemeter.frame import MAX_MESSAGE
@@ -15,6 +14,35 @@ from gemeter.frame import MAX_MESSAGE
 # COBS adds one byte per 254 body bytes plus one; the body is message + 4 CRC bytes.
 # (Not a const(): MicroPython folds only constants defined in the same module.)
 MAX_ENCODED = MAX_MESSAGE + 4 + (MAX_MESSAGE + 4) // 254 + 1
+
+
+# CRC-32 (IEEE, reflected, poly 0xEDB88320) with a 16-entry nibble table: 64 bytes of
+# table instead of 1 KiB, used where the port is built without binascii.crc32 (it is an
+# opt-in, MICROPY_PY_BINASCII_CRC32, off on some ports).
+_NIBBLE = (
+    0x00000000, 0x1DB71064, 0x3B6E20C8, 0x26D930AC, 0x76DC4190, 0x6B6B51F4, 0x4DB26158,
+    0x5005713C, 0xEDB88320, 0xF00F9344, 0xD6D6A3E8, 0xCB61B38C, 0x9B64C2B0, 0x86D3D2D4,
+    0xA00AE278, 0xBDBDF21C,
+)
+
+
+def crc32_soft(data):
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        crc = (crc >> 4) ^ _NIBBLE[crc & 0x0F]
+        crc = (crc >> 4) ^ _NIBBLE[crc & 0x0F]
+    return crc ^ 0xFFFFFFFF
+
+
+try:
+    from binascii import crc32 as _crc32_builtin
+
+    def crc32(data):
+        return _crc32_builtin(data) & 0xFFFFFFFF
+
+except ImportError:
+    crc32 = crc32_soft
 
 
 class WireError(ValueError):
@@ -26,7 +54,9 @@ def cobs_encode(data):
     code_pos = 0
     out.append(0)
     code = 1
+    full = False  # the last block was closed by reaching 254 bytes, not by a zero
     for b in data:
+        full = False
         if b == 0:
             out[code_pos] = code
             code_pos = len(out)
@@ -40,6 +70,12 @@ def cobs_encode(data):
                 code_pos = len(out)
                 out.append(0)
                 code = 1
+                full = True
+    if full:
+        # Data ends right after a full block: no further code byte (canonical COBS, as the
+        # gateway's cobs library emits; decoders accept both forms). MicroPython's
+        # bytearray has no pop().
+        return bytes(out[:-1])
     out[code_pos] = code
     return bytes(out)
 
@@ -66,7 +102,7 @@ def encode(message):
     """Frame a message for the serial link, delimiter included."""
     if len(message) > MAX_MESSAGE:
         raise WireError("message of %d bytes exceeds %d" % (len(message), MAX_MESSAGE))
-    crc = binascii.crc32(message) & 0xFFFFFFFF
+    crc = crc32(message)
     return cobs_encode(bytes(message) + struct.pack("<I", crc)) + b"\x00"
 
 
@@ -78,7 +114,7 @@ def decode(body):
     if len(raw) < 5:
         raise WireError("frame too short for a message and its CRC")
     msg = raw[:-4]
-    if struct.unpack("<I", raw[-4:])[0] != binascii.crc32(msg) & 0xFFFFFFFF:
+    if struct.unpack("<I", raw[-4:])[0] != crc32(msg):
         raise WireError("CRC mismatch")
     return msg
 
