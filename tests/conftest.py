@@ -10,12 +10,16 @@ is a failure instead, so CI cannot go green without it.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from collections import Counter
+from collections.abc import Iterator
 
 import pytest
 
 from fwrunner import INTERPRETERS, FirmwareRunner, find_micropython, micropython_version
+from gridedge.tools.vboard import VirtualBoard
 
 MICROPYTHON = find_micropython()
 _SKIP_REASON = (
@@ -81,3 +85,14 @@ def _micropython_runner() -> FirmwareRunner:
             pytest.fail(_SKIP_REASON + " -- CI requires them", pytrace=False)
         pytest.skip(_SKIP_REASON)
     return FirmwareRunner("micropython", MICROPYTHON)
+
+
+@pytest.fixture
+def vboard() -> Iterator[VirtualBoard]:
+    """A running virtual board on a short unix-socket path (sun_path is ~108 bytes)."""
+    folder = tempfile.mkdtemp(prefix="vb", dir="/tmp")
+    board = VirtualBoard(os.path.join(folder, "board.sock"))
+    with board:
+        yield board
+    shutil.rmtree(folder, ignore_errors=True)
+    assert board.errors == [], f"virtual board saw bad commands: {board.errors}"

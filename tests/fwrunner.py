@@ -4,10 +4,11 @@ Both interpreters run the same script file in a subprocess with only the firmwar
 fetched MicroPython libraries and a test-only shim folder on their module path:
 
 - CPython runs with ``-S`` (no site-packages) so firmware code cannot lean on PyPI packages,
-  and finds ``micropython.const`` in tests/shim/cpython.
-- MicroPython gets ``MICROPYPATH=tests/shim/micropython:firmware:build/mpy-lib:.frozen``
-  (MICROPYPATH replaces the search path, so ``.frozen`` must stay for asyncio and friends);
-  the ``machine.py`` shim is on the test path only, never in firmware/.
+  and finds ``micropython`` (const() and the ticks API) in tests/shim/cpython.
+- MicroPython gets ``MICROPYPATH=tools/mpy_shim:firmware:build/mpy-lib:.frozen``
+  (MICROPYPATH replaces the search path, so ``.frozen`` must stay for asyncio and friends).
+- Both find the virtual board's ``machine.py`` in tools/mpy_shim (never in firmware/); it
+  talks to a gridedge.tools.vboard.VirtualBoard named by GRIDEDGE_VBOARD (pass ``env``).
 
 A non-zero exit becomes an ordinary test failure carrying the interpreter's stderr.
 """
@@ -30,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 FIRMWARE = REPO / "firmware"
 MPY_LIB = REPO / "build" / "mpy-lib"
 SHIMS = REPO / "tests" / "shim"
+MACHINE_SHIM = REPO / "tools" / "mpy_shim"  # the virtual board's machine.py
 SCRIPTS = REPO / "tests" / "fw_scripts"
 
 INTERPRETERS = ("cpython", "micropython")
@@ -65,6 +67,7 @@ def firmware_module(name: str) -> Any:
     for p in (str(FIRMWARE), str(SHIMS / "cpython")):
         if p not in sys.path:
             sys.path.insert(0, p)
+    importlib.import_module("micropython")  # the shim: const() and the tick API
     return importlib.import_module(name)
 
 
@@ -76,15 +79,19 @@ class FirmwareRunner:
         self.exe = exe
 
     def command(
-        self, script: Path, heapsize: str | None = None
+        self, script: Path, heapsize: str | None = None, extra_env: dict[str, str] | None = None
     ) -> tuple[list[str], dict[str, str]]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MICROPY"))}
+        env.update(extra_env or {})
         if self.name == "cpython":
-            path = [SHIMS / "cpython", FIRMWARE, MPY_LIB]
+            path = [SHIMS / "cpython", MACHINE_SHIM, FIRMWARE, MPY_LIB]
             env["PYTHONPATH"] = os.pathsep.join(str(p) for p in path)
             env["PYTHONHASHSEED"] = "0"
-            return [self.exe, "-S", "-X", "utf8", str(script)], env
-        path = [SHIMS / "micropython", FIRMWARE, MPY_LIB]
+            # Import the micropython shim first (it adds ticks_ms & co. to time), then run.
+            boot = "import micropython, runpy, sys; sys.argv = sys.argv[1:]; " \
+                "runpy.run_path(sys.argv[0], run_name='__main__')"
+            return [self.exe, "-S", "-X", "utf8", "-c", boot, str(script)], env
+        path = [MACHINE_SHIM, FIRMWARE, MPY_LIB]
         env["MICROPYPATH"] = ":".join([*(str(p) for p in path), ".frozen"])
         cmd = [self.exe]
         if heapsize:
@@ -97,13 +104,14 @@ class FirmwareRunner:
         stdin: str = "",
         heapsize: str | None = None,
         timeout: float = 120,
+        env: dict[str, str] | None = None,
     ) -> str:
         """Run a script (a path, a name in tests/fw_scripts, or source text); return stdout."""
         with tempfile.TemporaryDirectory() as tmp:
             path = self._script_path(script, Path(tmp))
-            cmd, env = self.command(path, heapsize)
+            cmd, full_env = self.command(path, heapsize, env)
             proc = subprocess.run(
-                cmd, input=stdin, capture_output=True, text=True, env=env, timeout=timeout
+                cmd, input=stdin, capture_output=True, text=True, env=full_env, timeout=timeout
             )
         if proc.returncode != 0:
             pytest.fail(
@@ -113,9 +121,15 @@ class FirmwareRunner:
             )
         return proc.stdout
 
-    def run_json(self, script: str | Path, data: Any, heapsize: str | None = None) -> Any:
+    def run_json(
+        self,
+        script: str | Path,
+        data: Any,
+        heapsize: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Any:
         """Send JSON on stdin, parse the last stdout line as JSON."""
-        out = self.run(script, json.dumps(data), heapsize=heapsize)
+        out = self.run(script, json.dumps(data), heapsize=heapsize, env=env)
         # split on "\n" only: str.splitlines() also breaks on U+0085 and U+2028 inside strings
         lines = [line for line in out.split("\n") if line.strip()]
         if not lines:

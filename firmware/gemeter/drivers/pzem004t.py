@@ -1,0 +1,245 @@
+"""PZEM-004T v3.0 driver: Modbus-RTU client on an already-built ``machine.UART`` (9600 8N1).
+
+Register map (PZEM-004T v3 manual; ../shared/reference/pzem004t-v3.md): input registers
+0x0000-0x0009 read with function 0x04 - voltage 0.1 V, current 0.001 A and power 0.1 W and
+energy 1 Wh as 32-bit values *low word first*, frequency 0.1 Hz, power factor 0.01, alarm
+0xFFFF/0x0000; holding registers 0x0001 (power alarm threshold, W) and 0x0002 (slave
+address) via 0x03/0x06; energy reset is the vendor function 0x42. CRC-16/MODBUS, low byte
+first. Several modules share one UART when each has its own address.
+
+Why not micropython-modbus (umodbus): its RTU master builds its own machine.UART from pin
+numbers (this driver must take the board's UART), it has no function for the 0x42 reset,
+and importing ``umodbus.serial`` costs 40.7 KB of heap against 10.2 KB for this module
+(gc.mem_alloc after import, unix port, 64-bit; a 32-bit board needs roughly half of each).
+
+Robustness: stale bytes are drained before every request; a reply is searched for in what
+arrives (garbage in front of it is skipped, "desync"), CRC-checked, and matched against the
+address and function asked. Timeouts, CRC errors, exception replies and desyncs raise
+``DriverError`` and are counted; nothing from an earlier reply is ever returned again.
+"""
+
+import struct
+import time
+
+from micropython import const
+
+from gemeter.drivers import (
+    KIND_CRC,
+    KIND_DESYNC,
+    KIND_EXCEPTION,
+    KIND_TIMEOUT,
+    DriverError,
+)
+
+FN_READ_HOLDING = const(0x03)
+FN_READ_INPUT = const(0x04)
+FN_WRITE_SINGLE = const(0x06)
+FN_RESET_ENERGY = const(0x42)
+
+REG_VOLTAGE = const(0x0000)
+INPUT_REGISTERS = const(10)
+HREG_ALARM_THRESHOLD = const(0x0001)
+HREG_ADDRESS = const(0x0002)
+
+GENERAL_ADDRESS = const(0xF8)  # answered by any single module: only with one on the bus
+MAX_ALARM_W = const(25000)
+
+_RX_SIZE = const(64)
+
+
+def crc16(data, n=None):
+    """CRC-16/MODBUS over data[:n] (init 0xFFFF, reflected polynomial 0xA001)."""
+    crc = 0xFFFF
+    for i in range(len(data) if n is None else n):
+        crc ^= data[i]
+        for _ in range(8):
+            if crc & 1:
+                crc = (crc >> 1) ^ 0xA001
+            else:
+                crc >>= 1
+    return crc
+
+
+def request(address, function, payload=b""):
+    """A complete request frame with its CRC (low byte first)."""
+    frame = bytes([address, function]) + payload
+    return frame + struct.pack("<H", crc16(frame))
+
+
+def u32_low_word_first(regs, i):
+    """32-bit value from two registers, low word first (each word big-endian)."""
+    return regs[i] | (regs[i + 1] << 16)
+
+
+class Reading:
+    """One measurement, as scaled integers (exact) with SI-unit properties for people."""
+
+    def __init__(self, regs):
+        self.voltage_mv = regs[0] * 100  # 0.1 V
+        self.current_ma = u32_low_word_first(regs, 1)  # 0.001 A
+        self.power_mw = u32_low_word_first(regs, 3) * 100  # 0.1 W
+        self.energy_wh = u32_low_word_first(regs, 5)  # 1 Wh
+        self.frequency_mhz = regs[7] * 100  # 0.1 Hz
+        self.pf_milli = regs[8] * 10  # 0.01
+        self.alarm = regs[9] == 0xFFFF
+
+    voltage = property(lambda self: self.voltage_mv / 1000)
+    current = property(lambda self: self.current_ma / 1000)
+    power = property(lambda self: self.power_mw / 1000)
+    energy = property(lambda self: self.energy_wh)
+    frequency = property(lambda self: self.frequency_mhz / 1000)
+    power_factor = property(lambda self: self.pf_milli / 1000)
+
+
+class PZEM004T:
+    """One PZEM-004T v3 module at ``address`` on ``uart``."""
+
+    def __init__(self, uart, address=0x01, timeout_ms=200, gap_ms=20):
+        if not 0x01 <= address <= 0xF7 and address != GENERAL_ADDRESS:
+            raise ValueError("PZEM address must be 0x01..0xF7 (or 0xF8 alone on the bus)")
+        self.uart = uart
+        self.address = address
+        self.timeout_ms = timeout_ms
+        self.gap_ms = gap_ms  # quiet time between requests (several modules on one bus)
+        self._rx = bytearray(_RX_SIZE)
+        self._last = time.ticks_ms()
+        self.errors = {KIND_TIMEOUT: 0, KIND_CRC: 0, KIND_EXCEPTION: 0, KIND_DESYNC: 0}
+        self.stale_bytes = 0
+        self._after_timeout = False
+
+    # -- public API -----------------------------------------------------------
+    def read(self):
+        """All measurements; raises DriverError. Never returns an earlier reading."""
+        payload = struct.pack(">HH", REG_VOLTAGE, INPUT_REGISTERS)
+        data = self._transact(FN_READ_INPUT, payload, 3 + 2 * INPUT_REGISTERS + 2)
+        if data[2] != 2 * INPUT_REGISTERS:
+            raise self._fail(KIND_DESYNC, "reply holds %d bytes, expected 20" % data[2])
+        return Reading(struct.unpack_from(">10H", data, 3))
+
+    def reset_energy(self):
+        self._transact(FN_RESET_ENERGY, b"", 4)
+
+    def set_power_alarm(self, watts):
+        if not 0 <= watts <= MAX_ALARM_W:
+            raise ValueError("power alarm must be 0..%d W" % MAX_ALARM_W)
+        self._write_register(HREG_ALARM_THRESHOLD, watts)
+
+    def power_alarm(self):
+        data = self._transact(FN_READ_HOLDING, struct.pack(">HH", HREG_ALARM_THRESHOLD, 1), 7)
+        return struct.unpack_from(">H", data, 3)[0]
+
+    def set_address(self, new_address):
+        """Give the module a new address. Uses the general address 0xF8: the module must be
+        alone on the bus (every module would take the new address)."""
+        if not 0x01 <= new_address <= 0xF7:
+            raise ValueError("PZEM address must be 0x01..0xF7")
+        self.address = GENERAL_ADDRESS
+        self._write_register(HREG_ADDRESS, new_address)
+        self.address = new_address
+
+    # -- bus traffic ----------------------------------------------------------
+    def _write_register(self, register, value):
+        payload = struct.pack(">HH", register, value)
+        data = self._transact(FN_WRITE_SINGLE, payload, 8)
+        if bytes(data[2:6]) != payload:  # MicroPython's memoryview has no ==
+            raise self._fail(KIND_DESYNC, "write echo differs from the request")
+
+    def _fail(self, kind, message):
+        self.errors[kind] += 1
+        return DriverError(kind, "PZEM 0x%02X: %s" % (self.address, message))
+
+    def _transact(self, function, payload, reply_len):
+        """Send one request and return the validated reply as a memoryview of _rx."""
+        uart = self.uart
+        wait = self.gap_ms - time.ticks_diff(time.ticks_ms(), self._last)
+        if wait > 0:
+            time.sleep_ms(wait)
+        while uart.any():  # stale bytes from a late reply or line noise
+            junk = uart.read()
+            self.stale_bytes += len(junk) if junk else 0
+        uart.write(request(self.address, function, payload))
+        # Modbus RTU has no transaction id: after a timeout, the late reply to that request
+        # may arrive just after this one was sent. Then the reply is the *last* valid frame.
+        want = 2 if self._after_timeout else 1
+        rx = self._rx
+        n = 0
+        frames = 0
+        found = None
+        start = time.ticks_ms()
+        try:
+            while True:
+                k = uart.any()
+                if k and n < _RX_SIZE:
+                    chunk = uart.read(min(k, _RX_SIZE - n))
+                    if chunk:
+                        rx[n : n + len(chunk)] = chunk
+                        n += len(chunk)
+                    while True:  # every complete frame in what has arrived so far
+                        at = 0 if found is None else found[0] + found[1]
+                        nxt = self._find_reply(function, reply_len, n, at)
+                        if nxt is None:
+                            break
+                        found = nxt
+                        frames += 1
+                        if frames >= want:
+                            return self._accept(found)
+                    if n == _RX_SIZE and found is None:
+                        raise self._fail(KIND_DESYNC, "no valid reply in %d bytes" % n)
+                elif time.ticks_diff(time.ticks_ms(), start) > self.timeout_ms:
+                    if found is not None:  # no second frame: the first one was the reply
+                        return self._accept(found)
+                    self._after_timeout = True
+                    raise self._timeout(function, reply_len, n)
+                else:
+                    time.sleep_ms(1)
+        finally:
+            self._last = time.ticks_ms()
+
+    def _accept(self, found):
+        self._after_timeout = False
+        i, length = found
+        mv = memoryview(self._rx)[i : i + length]
+        if i:
+            self.errors[KIND_DESYNC] += 1  # counted, but the reply is good
+        if mv[1] & 0x80:
+            raise self._fail(KIND_EXCEPTION, "exception code %d" % mv[2])
+        return mv
+
+    def _find_reply(self, function, reply_len, n, at):
+        # (offset, length) of the first frame from `at` with our address, the function asked
+        # (or function | 0x80) and a valid CRC; bytes before it are noise or a late reply.
+        rx = self._rx
+        addr = self.address
+        for i in range(at, n - 3):  # the shortest reply (0x42 echo) is 4 bytes
+            if rx[i] != addr or rx[i + 1] not in (function, function | 0x80):
+                continue
+            length = 5 if rx[i + 1] & 0x80 else reply_len
+            if i + length > n:
+                continue
+            if crc16(memoryview(rx)[i:], length - 2) == rx[i + length - 2] | (rx[i + length - 1] << 8):
+                return (i, length)
+        return None
+
+    def _timeout(self, function, reply_len, n):
+        if n == 0:
+            return self._fail(KIND_TIMEOUT, "no reply within %d ms" % self.timeout_ms)
+        rx = self._rx
+        for i in range(n):  # a reply header was there: its CRC did not match
+            if rx[i] == self.address and i + 1 < n and rx[i + 1] in (function, function | 0x80):
+                if n - i >= reply_len or (rx[i + 1] & 0x80 and n - i >= 5):
+                    return self._fail(KIND_CRC, "CRC error in reply")
+                return self._fail(KIND_TIMEOUT, "short reply (%d bytes)" % (n - i))
+        return self._fail(KIND_DESYNC, "%d bytes, none a reply" % n)
+
+
+def scan(uart, addresses=None, timeout_ms=60):
+    """Addresses of the PZEM modules answering on uart (default 0x01..0xF7)."""
+    found = []
+    for addr in addresses or range(0x01, 0xF8):
+        dev = PZEM004T(uart, addr, timeout_ms=timeout_ms, gap_ms=5)
+        try:
+            dev.power_alarm()
+            found.append(addr)
+        except DriverError:
+            pass
+    return found

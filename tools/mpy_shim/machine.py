@@ -1,0 +1,183 @@
+"""Virtual-board ``machine`` module: UART, SPI, Pin and WDT backed by device emulators.
+
+Never deployed to a board. On the MicroPython unix port (and under CPython in tests) this
+file stands first on the module path instead of the built-in ``machine``, which has no
+UART, SPI, Pin or WDT. It connects to a gridedge.tools.vboard.VirtualBoard over the unix
+socket named by GRIDEDGE_VBOARD and speaks its line protocol. Only queries wait for an
+answer; writes and pin changes are pipelined, so an ADE7953 register read costs one round
+trip. Bus names follow the ids the firmware passes: UART(2) is "uart2", SPI(1) "spi1",
+Pin(5) "pin5" (or the pin's name when given as a string).
+"""
+
+import os
+import sys
+
+try:  # keep what the unix port's built-in module offers
+    from umachine import *  # noqa: F401,F403
+except ImportError:
+    pass
+
+_IS_MPY = sys.implementation.name == "micropython"
+_link = None
+
+
+class _Link:
+    def __init__(self, path):
+        import socket
+
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if _IS_MPY:
+            import struct
+
+            # MicroPython's unix socket wants a raw struct sockaddr_un.
+            self.sock.connect(struct.pack("H", socket.AF_UNIX) + path.encode() + b"\x00")
+        else:
+            self.sock.connect(path)
+        self.buf = b""
+
+    def send(self, line):
+        data = line.encode() + b"\n"
+        while data:
+            n = self.sock.send(data)
+            data = data[n:]
+
+    def query(self, line):
+        self.send(line)
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise OSError(5, "virtual board closed the link")
+            self.buf += chunk
+        i = self.buf.index(b"\n")
+        answer = self.buf[:i]
+        self.buf = self.buf[i + 1 :]
+        return answer.decode()
+
+
+def _board():
+    global _link
+    if _link is None:
+        path = os.getenv("GRIDEDGE_VBOARD")
+        if not path:
+            raise OSError(19, "GRIDEDGE_VBOARD is not set: no virtual board to talk to")
+        _link = _Link(path)
+    return _link
+
+
+def _hex(buf):
+    import binascii
+
+    return str(binascii.hexlify(bytes(buf)), "ascii")
+
+
+def _unhex(text):
+    import binascii
+
+    return binascii.unhexlify(text)
+
+
+class UART:
+    def __init__(self, id, baudrate=9600, **kw):
+        self.name = "uart%s" % id
+        self.init(baudrate, **kw)
+
+    def init(self, baudrate=9600, **kw):
+        self.baudrate = baudrate
+        self.timeout = kw.get("timeout", 0)
+        _board().send("U %s I %d" % (self.name, baudrate))
+
+    def write(self, buf):
+        _board().send("U %s W %s" % (self.name, _hex(buf)))
+        return len(buf)
+
+    def any(self):
+        return int(_board().query("U %s A" % self.name))
+
+    def read(self, nbytes=4096):
+        data = _unhex(_board().query("U %s R %d" % (self.name, nbytes)))
+        return data if data else None
+
+    def readinto(self, buf, nbytes=None):
+        data = self.read(len(buf) if nbytes is None else nbytes)
+        if not data:
+            return None
+        buf[: len(data)] = data
+        return len(data)
+
+    def flush(self):
+        pass
+
+    def txdone(self):
+        return True
+
+
+class SPI:
+    def __init__(self, id, baudrate=1000000, polarity=0, phase=0, **kw):
+        self.name = "spi%s" % id
+        self.init(baudrate, polarity, phase)
+
+    def init(self, baudrate=1000000, polarity=0, phase=0, **kw):
+        self.baudrate = baudrate
+        self.polarity = polarity
+        self.phase = phase
+
+    def write(self, buf):
+        _board().send("S %s W %s" % (self.name, _hex(buf)))
+
+    def read(self, nbytes, write=0x00):
+        return _unhex(_board().query("S %s X %s" % (self.name, _hex(bytes([write]) * nbytes))))
+
+    def readinto(self, buf, write=0x00):
+        buf[:] = self.read(len(buf), write)
+
+    def write_readinto(self, wbuf, rbuf):
+        rbuf[:] = _unhex(_board().query("S %s X %s" % (self.name, _hex(wbuf))))
+
+
+class Pin:
+    IN = 0
+    OUT = 1
+    OPEN_DRAIN = 2
+    PULL_UP = 1
+    PULL_DOWN = 2
+
+    def __init__(self, id, mode=-1, pull=-1, value=None):
+        self.name = id if isinstance(id, str) else "pin%d" % id
+        if value is not None:
+            self.value(value)
+
+    def init(self, mode=-1, pull=-1, value=None):
+        if value is not None:
+            self.value(value)
+
+    def value(self, v=None):
+        if v is None:
+            return int(_board().query("P %s G" % self.name))
+        _board().send("P %s V %d" % (self.name, 1 if v else 0))
+        return None
+
+    def on(self):
+        self.value(1)
+
+    def off(self):
+        self.value(0)
+
+    def __call__(self, v=None):
+        return self.value(v)
+
+
+class WDT:
+    def __init__(self, id=0, timeout=5000):
+        _board().send("W I %d" % timeout)
+
+    def feed(self):
+        _board().send("W F")
+
+
+def unique_id():
+    return b"\x00\x11\x22\x33\x44\x55"
+
+
+def reset():
+    # A real board restarts; the virtual one exits, and the simulator starts it again.
+    sys.exit(75)
