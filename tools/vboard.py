@@ -13,6 +13,7 @@ Wire protocol (one ASCII line per command; only queries are answered, one line e
     U <bus> A               bytes readable -> <n>       P <pin> V <0|1>    drive a pin
     U <bus> R <n>           read up to n -> <hex>       P <pin> G          read a pin -> <0|1>
     W I <ms> / W F          watchdog init / feed        H                  ping -> OK
+    X <hook> <args...>      call a hook the test or simulator registered -> its answer
 
 UART timing: a reply becomes readable after the device's latency plus its transmission
 time at the bus's baud rate, both multiplied by ``time_scale`` (1.0 = real time, 0 =
@@ -129,6 +130,7 @@ class VirtualBoard:
         self.spis: dict[str, SPIBus] = {}
         self.pins: dict[str, int] = {}
         self.pin_hooks: dict[str, Callable[[int], None]] = {}
+        self.hooks: dict[str, Callable[[list[str]], str]] = {}
         self.wdt_timeout_ms: int | None = None
         self.wdt_feeds = 0
         self.errors: list[str] = []
@@ -263,6 +265,8 @@ class VirtualBoard:
             return None
         elif kind == "H":
             return "OK"
+        elif kind == "X":
+            return self.hooks[words[1]](words[2:])
         raise ValueError(f"unknown command {' '.join(words)!r}")
 
     def _pin(self, words: list[str]) -> str | None:

@@ -1,0 +1,37 @@
+# Drive an ADE7953 driver on the virtual board (CPython -S and MicroPython).
+# stdin: {"ops": [[op, args...]], "calibration": {...} or null, "reset_pin": bool}
+# stdout: one JSON list of results.
+import json
+import sys
+
+import machine
+from machine import SPI, Pin
+
+from gemeter.drivers import DriverError
+from gemeter.drivers.ade7953 import ADE7953
+
+req = json.loads(sys.stdin.read())
+cal = req.get("calibration")
+if cal:
+    cal = {"volts": cal["volts"], "amps": tuple(cal["amps"]), "watts": tuple(cal["watts"]),
+           "wh": tuple(cal["wh"])}
+ade = ADE7953(SPI(1, baudrate=1000000, polarity=1, phase=1), Pin(5, Pin.OUT, value=1),
+              reset=Pin(4, Pin.OUT, value=1) if req.get("reset_pin") else None,
+              calibration=cal)
+out = []
+for op in req["ops"]:
+    try:
+        if op[0] == "read":
+            out.append([[r.voltage_mv, r.current_ma, r.power_mw, r.reactive_mvar, r.apparent_mva,
+                         r.pf_milli, r.frequency_mhz, r.energy_delta_mwh] for r in ade.read()])
+        elif op[0] == "energy":
+            out.append(list(ade.energy_mwh))
+        elif op[0] == "version":
+            out.append(ade.version())
+        elif op[0] == "host":
+            out.append(machine._board().query("X " + " ".join(op[1:])))
+        elif op[0] == "stats":
+            out.append({"resets": ade.resets, "errors": ade.errors})
+    except DriverError as e:
+        out.append({"error": e.kind, "msg": str(e)})
+print(json.dumps(out))

@@ -1,0 +1,179 @@
+"""ADE7953: the emulator against the datasheet, and the driver against the emulator.
+
+Driver tests run under CPython and the MicroPython unix port through the virtual board's
+SPI bus (chip select on pin5, RESET on pin4).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fwrunner import FirmwareRunner
+from gridedge.tools.emulators import ade7953 as emu
+from gridedge.tools.vboard import VirtualBoard
+
+
+def spi_read(chip: emu.ADE7953, addr: int, width: int) -> bytes:
+    chip.select()
+    out = chip.transfer(bytes([addr >> 8, addr & 0xFF, 0x80]) + bytes(width))
+    chip.deselect()
+    return out[3:]
+
+
+def spi_write(chip: emu.ADE7953, addr: int, data: bytes) -> None:
+    chip.select()
+    chip.transfer(bytes([addr >> 8, addr & 0xFF, 0x00]) + data)
+    chip.deselect()
+
+
+# ---------------------------------------------------------------- emulator (datasheet facts)
+
+
+def test_emulator_register_widths_and_defaults() -> None:
+    chip = emu.ADE7953()
+    spi_write(chip, 0x0FE, b"\xad")  # optimum settings, or readings are 1 % off
+    spi_write(chip, 0x120, b"\x00\x30")
+    assert spi_read(chip, 0x004, 1) == b"\x40"  # LCYCMODE default: RSTREAD
+    assert spi_read(chip, 0x102, 2) == b"\x80\x04"  # CONFIG default
+    assert spi_read(chip, 0x380, 4) == bytes.fromhex("00400000")  # AIGAIN 32-bit view
+    assert spi_read(chip, 0x280, 3) == bytes.fromhex("400000")  # same register, 24-bit
+    chip.set_channel(0, current=1.0, power=-100.0)  # export: negative active power
+    assert spi_read(chip, 0x312, 4) == (-15400).to_bytes(4, "big", signed=True)
+    assert spi_read(chip, 0x212, 3) == (-15400 & 0xFFFFFF).to_bytes(3, "big")
+
+
+def test_emulator_reset_flag_and_unlock() -> None:
+    chip = emu.ADE7953()
+    assert int.from_bytes(spi_read(chip, 0x32E, 4), "big") & emu.IRQ_RESET
+    assert int.from_bytes(spi_read(chip, 0x32E, 4), "big") == 0  # read-with-reset cleared it
+    spi_write(chip, 0x120, b"\x00\x30")  # without the 0xAD unlock: ignored
+    assert not chip.optimum_settings
+    spi_write(chip, 0x0FE, b"\xad")
+    spi_write(chip, 0x120, b"\x00\x30")
+    assert chip.optimum_settings
+    spi_write(chip, 0x102, b"\x00\x84")  # SWRST
+    assert not chip.optimum_settings and chip.resets == 1
+
+
+def test_emulator_energy_read_with_reset_and_period() -> None:
+    chip = emu.ADE7953()
+    chip.set_channel(0, current=10.0, power=2300.0)
+    chip.advance(36)  # 23 Wh; without the optimum settings the chip reads 1 % high
+    assert int.from_bytes(spi_read(chip, 0x31E, 4), "big", signed=True) == round(23 * 23688 * 1.01)
+    assert int.from_bytes(spi_read(chip, 0x31E, 4), "big", signed=True) == 0
+    chip.frequency = 50.0
+    assert int.from_bytes(spi_read(chip, 0x10E, 2), "big") == 4474  # 223750/50 - 1
+
+
+def test_emulator_absent_reads_zeros() -> None:
+    chip = emu.ADE7953(present=False)
+    assert spi_read(chip, 0x102, 2) == b"\x00\x00"
+
+
+# ---------------------------------------------------------------- driver on the virtual board
+
+
+@pytest.fixture
+def chip(vboard: VirtualBoard) -> emu.ADE7953:
+    c = emu.ADE7953()
+    vboard.attach_spi("spi1", "pin5", c)
+    vboard.on_pin("pin4", lambda v: c.chip_reset() if v == 0 else None)
+
+    def hook(args: list[str]) -> str:
+        if args[0] == "advance":
+            c.advance(float(args[1]))
+        elif args[0] == "chip_reset":
+            c.chip_reset()
+        elif args[0] == "unplug":
+            c.present = False
+        elif args[0] == "plug":
+            c.present = True
+            c.chip_reset()  # power comes back: a fresh chip
+        return "OK"
+
+    vboard.hooks["chip"] = hook
+    return c
+
+
+def run(fw: FirmwareRunner, board: VirtualBoard, ops: list[Any], **kw: Any) -> list[Any]:
+    out: list[Any] = fw.run_json("ade_ops.py", {"ops": ops, **kw}, env=board.env())
+    return out
+
+
+def test_init_sequence_and_scaling(
+    fw: FirmwareRunner, vboard: VirtualBoard, chip: emu.ADE7953
+) -> None:
+    chip.voltage = 231.5
+    chip.frequency = 49.95
+    chip.set_channel(0, current=5.0, power=1100.0, reactive=-150.0, apparent=1157.5, pf=0.95)
+    chip.set_channel(1, current=0.0, power=0.0, apparent=0.0, pf=0.0)  # zero current
+    out = run(fw, vboard, [["read"], ["version"]], reset_pin=True)
+    assert chip.optimum_settings  # the 0xFE/0x120 unlock write happened
+    assert chip.r16[emu.CONFIG] == 0x0004 and chip.r8[emu.LCYCMODE] == 0x40
+    a, b = out[0]
+    assert a[0] == 231_500 and a[1] == 5_000 and a[2] == 1_100_000
+    assert a[3] == -150_000 and a[4] == 1_157_500
+    assert a[5] == 950
+    assert abs(a[6] - 49_950) <= 11  # frequency from PERIOD: one count is ~11 mHz at 50 Hz
+    assert b[1:6] == [0, 0, 0, 0, 0]
+    assert out[1] == emu.VERSION_VALUE
+
+
+def test_calibration_drives_scaling(
+    fw: FirmwareRunner, vboard: VirtualBoard, chip: emu.ADE7953
+) -> None:
+    chip.front_end = emu.FrontEnd(volts=20_000.0, amps=50_000.0, watts=100.0, wh=10_000.0)
+    chip.set_channel(1, current=80.0, power=-18_000.0)  # 24-bit edge: 4e6 counts, exporting
+    cal = {"volts": 20_000.0, "amps": [50_000.0, 50_000.0], "watts": [100.0, 100.0],
+           "wh": [10_000.0, 10_000.0]}
+    out = run(fw, vboard, [["read"]], calibration=cal)
+    a, b = out[0]
+    assert a[0] == 230_000 and b[0] == 230_000
+    assert b[1] == 80_000 and b[2] == -18_000_000 and b[5] == -1000
+
+
+def test_energy_integrates_across_reads(
+    fw: FirmwareRunner, vboard: VirtualBoard, chip: emu.ADE7953
+) -> None:
+    chip.set_channel(0, current=10.0, power=2300.0)
+    chip.set_channel(1, current=1.0, power=-230.0)  # channel B exports
+    # 36 s at 2300 W is 23 Wh: 545k counts, well inside the 24-bit register (the firmware
+    # reads every sample interval, long before it could overflow).
+    out = run(fw, vboard, [
+        ["read"], ["host", "chip", "advance", "36"], ["read"], ["read"],
+        ["host", "chip", "advance", "36"], ["read"], ["energy"],
+    ])
+    assert out[0][0][7] == 0  # nothing accumulated before the first read
+    assert out[2][0][7] == 23_000  # mWh
+    # -2.3 Wh is 54482.4 counts: whole counts only, so one read may be 1 mWh short...
+    assert out[2][1][7] in (-2_300, -2_299)
+    assert out[3][0][7] == 0  # read-with-reset: the counter starts again
+    # ...but the fractions are carried, never lost: the total is exact to one count.
+    assert out[6][0] == 46_000 and abs(out[6][1] + 4_600) <= 1
+
+
+def test_silent_chip_reset_is_detected_and_repaired(
+    fw: FirmwareRunner, vboard: VirtualBoard, chip: emu.ADE7953
+) -> None:
+    chip.set_channel(0, current=2.0, power=460.0)
+    out = run(fw, vboard, [["read"], ["host", "chip", "chip_reset"], ["read"], ["read"],
+                           ["stats"]])
+    assert out[0][0][2] == 460_000
+    assert out[2]["error"] == "reset"  # that sample is flagged...
+    assert out[3][0][2] == 460_000  # ...and the next one is right again (re-initialised)
+    assert chip.optimum_settings and chip.r16[emu.CONFIG] == 0x0004
+    assert out[4] == {"resets": 1, "errors": {"absent": 0, "reset": 1}}
+
+
+def test_absent_chip_is_an_error_not_zeros(
+    fw: FirmwareRunner, vboard: VirtualBoard, chip: emu.ADE7953
+) -> None:
+    chip.present = False
+    chip.set_channel(0, current=2.0, power=460.0)
+    out = run(fw, vboard, [["read"], ["read"], ["host", "chip", "plug"], ["read"], ["read"]])
+    assert out[0]["error"] == "absent" and out[1]["error"] == "absent"
+    assert out[2] == "OK"
+    assert out[3]["error"] == "reset"  # it came up with reset defaults: initialised now
+    assert out[4][0][2] == 460_000
