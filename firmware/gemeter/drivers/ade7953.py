@@ -134,16 +134,20 @@ class ADE7953:
             pass  # absent for now: read() keeps checking and initialises when it answers
 
     # -- bus traffic ----------------------------------------------------------
-    def _read(self, addr):
-        n = _width(addr)
+    def _header(self, addr, command):
+        # Fill the 3-byte header; returns the data buffer sized by the register's width.
         hdr = self._hdr
         hdr[0] = addr >> 8
         hdr[1] = addr & 0xFF
-        hdr[2] = 0x80
-        buf = memoryview(self._buf)[:n]
+        hdr[2] = command
+        return memoryview(self._buf)[: _width(addr)]
+
+    def _read(self, addr):
+        buf = self._header(addr, 0x80)
+        n = len(buf)
         self.cs.value(0)
         try:
-            self.spi.write(hdr)
+            self.spi.write(self._hdr)
             self.spi.readinto(buf)
         finally:
             self.cs.value(1)
@@ -156,17 +160,13 @@ class ADE7953:
         return struct.unpack(">i", buf)[0]  # 32-bit views are sign-extended by the chip
 
     def _write(self, addr, value):
-        n = _width(addr)
-        hdr = self._hdr
-        hdr[0] = addr >> 8
-        hdr[1] = addr & 0xFF
-        hdr[2] = 0x00
-        buf = memoryview(self._buf)[:n]
+        buf = self._header(addr, 0x00)
+        n = len(buf)
         for i in range(n):
             buf[i] = (value >> (8 * (n - 1 - i))) & 0xFF
         self.cs.value(0)
         try:
-            self.spi.write(hdr)
+            self.spi.write(self._hdr)
             self.spi.write(buf)
         finally:
             self.cs.value(1)
