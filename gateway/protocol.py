@@ -74,7 +74,7 @@ QUANTITIES = (
     Quantity(6, "apparent_power", "mVA", 0, 10**10, aggregated=True),
     Quantity(7, "power_factor", "1/1000", -1000, 1000),
     Quantity(8, "frequency", "mHz", 0, 100_000),
-    Quantity(9, "energy", "Wh", 0, 2**63 - 1),
+    Quantity(9, "energy", "Wh", -(2**63), 2**63 - 1),  # net: import - export
     Quantity(10, "energy_delta", "mWh", -(2**53), 2**53),
     Quantity(11, "samples", "1", 0, U32),
     Quantity(12, "errors", "1", 0, U32),

@@ -90,7 +90,7 @@ class FirmwareRunner:
             # Import the micropython shim first (it adds ticks_ms & co. to time), then run.
             boot = "import micropython, runpy, sys; sys.argv = sys.argv[1:]; " \
                 "runpy.run_path(sys.argv[0], run_name='__main__')"
-            return [self.exe, "-S", "-X", "utf8", "-c", boot, str(script)], env
+            return [self.exe, "-S", "-u", "-X", "utf8", "-c", boot, str(script)], env
         path = [MACHINE_SHIM, FIRMWARE, MPY_LIB]
         env["MICROPYPATH"] = ":".join([*(str(p) for p in path), ".frozen"])
         cmd = [self.exe]
@@ -105,13 +105,15 @@ class FirmwareRunner:
         heapsize: str | None = None,
         timeout: float = 120,
         env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> str:
         """Run a script (a path, a name in tests/fw_scripts, or source text); return stdout."""
         with tempfile.TemporaryDirectory() as tmp:
             path = self._script_path(script, Path(tmp))
             cmd, full_env = self.command(path, heapsize, env)
             proc = subprocess.run(
-                cmd, input=stdin, capture_output=True, text=True, env=full_env, timeout=timeout
+                cmd, input=stdin, capture_output=True, text=True, env=full_env,
+                timeout=timeout, cwd=cwd,
             )
         if proc.returncode != 0:
             pytest.fail(
@@ -135,6 +137,16 @@ class FirmwareRunner:
         if not lines:
             pytest.fail(f"firmware script under {self.name} printed nothing", pytrace=False)
         return json.loads(lines[-1])
+
+    def start(
+        self, script: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> subprocess.Popen[str]:
+        """Start a long-running firmware script (e.g. main.py); the caller stops it."""
+        cmd, full_env = self.command(script, None, env)
+        return subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=full_env, cwd=cwd,
+        )
 
     @staticmethod
     def _script_path(script: str | Path, tmp: Path) -> Path:

@@ -1,8 +1,41 @@
-"""firmware/main.py runs on both interpreters with only the firmware tree on its path."""
+"""firmware/main.py, unmodified, as a board runs it: boot window, console, main loop."""
 
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from firmware_fixtures import VirtualMeter
 from fwrunner import FIRMWARE, FirmwareRunner
+from gridedge.tools.vboard import VirtualBoard
 
 
-def test_main_boots(fw: FirmwareRunner) -> None:
-    out = fw.run(FIRMWARE / "main.py")
-    assert out.strip() == "gridedge firmware 0.1.0, protocol v1"
+def test_without_key_it_goes_to_the_console(
+    fw: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path
+) -> None:
+    meter = VirtualMeter(vboard, tmp_path)
+    (meter.root / "key.bin").unlink()
+    out = fw.run(FIRMWARE / "main.py", stdin="", env=vboard.env(), cwd=meter.root)
+    lines = out.split("\n")
+    assert lines[0] == "gridedge firmware 0.1.0"
+    assert "gridedge: cannot start: no device key: run the console's 'key generate' or " \
+        "provision\ngridedge console (help for commands, exit to leave)" in out
+
+
+def test_main_loop_sends_frames_until_stopped(
+    fw: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path
+) -> None:
+    meter = VirtualMeter(vboard, tmp_path, sample_interval_ms=20, report_interval_s=1)
+    proc = fw.start(FIRMWARE / "main.py", env=vboard.env(), cwd=meter.root)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(meter.frames()[0]) < 2:
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        out, err = proc.communicate()
+    frames, errors = meter.frames()
+    assert errors == [], err
+    assert len(frames) >= 2 and [f.seq for f in frames[:2]] == [0, 1], (out, err)
+    assert out.startswith("gridedge firmware 0.1.0\npress Enter within 3 s")
+    assert vboard.wdt_timeout_ms == 8000 and vboard.wdt_feeds > 0

@@ -42,16 +42,18 @@ class _Link:
             data = data[n:]
 
     def query(self, line):
+        # Small receives: most answers are a few bytes, and the shim's allocations should
+        # not dominate the firmware's heap figures. (MicroPython's readinto on a blocking
+        # socket waits for the whole buffer, so it is no help here.)
         self.send(line)
-        while b"\n" not in self.buf:
-            chunk = self.sock.recv(4096)
+        buf = self.buf
+        while not buf.endswith(b"\n"):
+            chunk = self.sock.recv(64)
             if not chunk:
                 raise OSError(5, "virtual board closed the link")
-            self.buf += chunk
-        i = self.buf.index(b"\n")
-        answer = self.buf[:i]
-        self.buf = self.buf[i + 1 :]
-        return answer.decode()
+            buf += chunk
+        self.buf = b""
+        return buf[:-1].decode()
 
 
 def _board():

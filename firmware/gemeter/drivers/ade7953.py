@@ -172,9 +172,16 @@ class ADE7953:
             self.cs.value(1)
 
     # -- set-up ---------------------------------------------------------------
-    def init(self):
-        """Reset (if wired) and configure; raises DriverError(absent) if the chip is mute."""
-        if self.reset_pin is not None:
+    def init(self, warm=True):
+        """Reset (if wired) and configure; raises DriverError(absent) if the chip is mute.
+
+        A chip that still holds our configuration (the MCU rebooted, the chip kept power) is
+        not reset: its energy accumulators hold what was used since the last read, and the
+        first read counts it. A fresh or reset chip is reset through RESET when wired.
+        """
+        if warm and self._read(CONFIG) == CONFIG_VALUE:
+            pass
+        elif self.reset_pin is not None:
             self.reset_pin.value(0)
             time.sleep_us(20)  # datasheet: RESET low for at least 10 us
             self.reset_pin.value(1)
@@ -187,9 +194,6 @@ class ADE7953:
             self.errors[KIND_ABSENT] += 1
             raise DriverError(KIND_ABSENT, "ADE7953 does not answer (CONFIG read-back)")
         self._read(RSTIRQSTATA)  # clear the RESET flag of this start
-        for regs in _CHANNEL_REGS:  # discard what accumulated before we were ready
-            self._read(regs[5])
-        self._energy_residual = [0.0, 0.0]
 
     def version(self):
         return self._read(VERSION)
@@ -209,8 +213,20 @@ class ADE7953:
             raise DriverError(KIND_ABSENT, "ADE7953 does not answer")
         self.resets += 1
         self.errors[KIND_RESET] += 1
-        self.init()
+        self.init(warm=False)
         raise DriverError(KIND_RESET, "ADE7953 was reset; configuration restored")
+
+    def raw_counts(self, ch, samples=8):
+        """Mean raw (VRMS, IRMS, AWATT) counts of channel ch (0 = A) for calibration."""
+        self.check()
+        irms, watt = _CHANNEL_REGS[ch][0], _CHANNEL_REGS[ch][1]
+        v = i = p = 0
+        for _ in range(samples):
+            v += self._read(VRMS)
+            i += self._read(irms)
+            p += self._read(watt)
+            time.sleep_ms(10)
+        return (v // samples, i // samples, p // samples)
 
     def read(self):
         """Both channels: a tuple of two ChannelReading. Raises DriverError."""

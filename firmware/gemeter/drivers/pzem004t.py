@@ -94,13 +94,13 @@ class Reading:
 class PZEM004T:
     """One PZEM-004T v3 module at ``address`` on ``uart``."""
 
-    def __init__(self, uart, address=0x01, timeout_ms=200, gap_ms=20):
+    def __init__(self, uart, address=0x01, timeout_ms=200, gap_ms=5):
         if not 0x01 <= address <= 0xF7 and address != GENERAL_ADDRESS:
             raise ValueError("PZEM address must be 0x01..0xF7 (or 0xF8 alone on the bus)")
         self.uart = uart
         self.address = address
         self.timeout_ms = timeout_ms
-        self.gap_ms = gap_ms  # quiet time between requests (several modules on one bus)
+        self.gap_ms = gap_ms  # bus quiet time between requests: Modbus RTU wants 3.5 chars (4 ms)
         self._rx = bytearray(_RX_SIZE)
         self._last = time.ticks_ms()
         self.errors = {KIND_TIMEOUT: 0, KIND_CRC: 0, KIND_EXCEPTION: 0, KIND_DESYNC: 0}

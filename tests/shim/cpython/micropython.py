@@ -3,9 +3,11 @@
 Provides ``const`` (a compile-time constant on MicroPython, the identity here) and, because
 firmware imports this module before it touches the clock, adds MicroPython's tick API to
 CPython's ``time`` module: ticks_ms/us (wrapping like a board's 30-bit ticks), ticks_diff,
-ticks_add, sleep_ms/us. Never deployed to a board.
+ticks_add, sleep_ms/us; and gc.mem_alloc/mem_free, which report 0 here (heap figures are
+only measured under MicroPython). Never deployed to a board.
 """
 
+import gc as _gc
 import time as _time
 
 _PERIOD = 1 << 30  # boards wrap ticks at 2**30; the firmware must cope (ticks_diff)
@@ -46,3 +48,7 @@ for _name, _fn in (
 ):
     if not hasattr(_time, _name):
         setattr(_time, _name, _fn)
+
+for _name in ("mem_alloc", "mem_free"):
+    if not hasattr(_gc, _name):
+        setattr(_gc, _name, lambda: 0)

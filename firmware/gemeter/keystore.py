@@ -1,0 +1,50 @@
+"""The device key: 32 random bytes in /key.bin, never printed, shown only as a fingerprint.
+
+``generate`` takes bytes from os.urandom (the hardware RNG on ESP32 and RP2040); ``set_hex``
+accepts a key made by the gateway's registry. The file is written atomically. Nothing in
+the firmware prints the key; the console shows ``auth.fingerprint`` instead.
+"""
+
+import os
+
+from gemeter import auth
+from gemeter.config import atomic_write
+
+KEY_LEN = 32
+
+
+class KeyStore:
+    def __init__(self, path="/key.bin"):
+        self.path = path
+
+    def load(self):
+        """The key, or None if there is none (the device then refuses to send frames)."""
+        try:
+            with open(self.path, "rb") as f:
+                key = f.read()
+        except OSError:
+            return None
+        return key if len(key) == KEY_LEN else None
+
+    def generate(self):
+        key = os.urandom(KEY_LEN)
+        atomic_write(self.path, key)
+        return auth.fingerprint(key)
+
+    def set_hex(self, text):
+        """Store a key given as 64 hex digits; returns (fingerprint, None) or (None, problem)."""
+        text = text.strip()
+        if len(text) != 2 * KEY_LEN:
+            return None, "key must be %d hex digits" % (2 * KEY_LEN)
+        try:
+            import binascii
+
+            key = binascii.unhexlify(text)
+        except ValueError:
+            return None, "key must be hex digits 0-9 a-f"
+        atomic_write(self.path, key)
+        return auth.fingerprint(key), None
+
+    def fingerprint(self):
+        key = self.load()
+        return None if key is None else auth.fingerprint(key)
