@@ -15,9 +15,11 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from brokers import Mosquitto
 from fwrunner import INTERPRETERS, FirmwareRunner, find_micropython, micropython_version
 from gridedge.tools.vboard import VirtualBoard
 
@@ -96,3 +98,11 @@ def vboard() -> Iterator[VirtualBoard]:
         yield board
     shutil.rmtree(folder, ignore_errors=True)
     assert board.errors == [], f"virtual board saw bad commands: {board.errors}"
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A private Mosquitto on a free loopback port, with persistence (restartable)."""
+    broker = Mosquitto(tmp_path / "broker", persistence=True).start()
+    yield broker
+    broker.stop()

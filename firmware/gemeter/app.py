@@ -87,11 +87,12 @@ def build_sources(desc, cfg, state):
     return sources, ch, uncalibrated
 
 
-def open_link(desc, cfg):
+def open_link(desc, cfg, clock=None):
     if cfg.get("link") == "mqtt":
         from gemeter.link_mqtt import MQTTLink
+        from gemeter.wifi import WiFi
 
-        return MQTTLink(cfg)
+        return MQTTLink(cfg, wifi=WiFi(cfg), clock=clock)
     spec = desc.get("uart", {}).get("gateway", {})
     if spec.get("id") == "usb":
         return SerialLink(sys.stdout.buffer)
@@ -142,7 +143,7 @@ class App:
 
     def run(self, max_cycles=None, watchdog=True):
         self.boot = self.state.next_boot()
-        self.link = open_link(self.desc, self.cfg)
+        self.link = open_link(self.desc, self.cfg, self.clock)
         wdt = machine.WDT(timeout=self.desc.get("wdt_timeout_ms", 8000)) if watchdog else None
         interval = self.cfg.get("sample_interval_ms")
         last = time.ticks_ms()

@@ -1,0 +1,173 @@
+"""Wi-Fi MQTT link to the gateway's local Mosquitto, on micropython-lib's umqtt.simple.
+
+umqtt.simple does the MQTT 3.1.1 packets; the retry policy lives here (as umqtt.robust
+would, but bounded and non-blocking for the sampling loop):
+
+- QoS 1 publish of each frame to ``gridedge/v1/dev/<id>/frame``; a frame leaves the RAM
+  ring only after its PUBACK, so a dropped link loses nothing while the ring has room
+  (the gateway de-duplicates by (device, boot, seq) what is sent twice).
+- Last will ``offline`` and birth ``online`` on ``gridedge/v1/dev/<id>/status`` (retained).
+- Keepalive: a PINGREQ when nothing was sent for half the keepalive; a PUBACK that does not
+  come within the socket timeout marks the link dead (half-open connections).
+- Reconnect with exponential backoff from 1 s, capped at 60 s, with +-25 % jitter so a
+  feeder's meters do not reconnect in lockstep after a gateway restart.
+- TLS with server verification against the gateway's CA (DER, /ca.der) when mqtt_tls is on;
+  user name and password when set.
+- At most ``burst`` frames per service call, so a backlog does not starve sampling.
+"""
+
+import os
+import sys
+import time
+
+BACKOFF_MIN_MS = 1000
+BACKOFF_MAX_MS = 60000
+SOCKET_TIMEOUT_S = 5
+CA_PATH = "ca.der"
+
+
+def _jitter(ms):
+    r = os.urandom(1)[0]  # 0..255 -> 0.75 .. 1.25
+    return ms * (192 + r // 2) // 256
+
+
+def _tls_params(host):
+    """ssl_params for umqtt.simple: verify the broker against the gateway's CA (DER)."""
+    import ssl
+
+    with open(CA_PATH, "rb") as f:
+        ca = f.read()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cadata=ca)
+    return ctx
+
+
+class _TLSModule:
+    """umqtt.simple 1.3.4 imports the old ``ussl`` and calls ussl.wrap_socket(sock, **p);
+    this stands in for it and wraps with a verifying SSLContext instead."""
+
+    def __init__(self, ctx, host):
+        self.ctx = ctx
+        self.host = host
+
+    def wrap_socket(self, sock, **_params):
+        return self.ctx.wrap_socket(sock, server_hostname=self.host)
+
+
+class MQTTLink:
+    def __init__(self, cfg, wifi=None, clock=None, burst=8):
+        device = cfg.get("device_id")
+        self.cfg = cfg
+        # umqtt.simple writes these straight to the socket: bytes, not str.
+        self.topic = b"gridedge/v1/dev/%s/frame" % device.encode()
+        self.status_topic = b"gridedge/v1/dev/%s/status" % device.encode()
+        self.client_id = b"gridedge-" + device.encode()
+        self.wifi = wifi
+        self.clock = clock
+        self.burst = burst
+        self.client = None
+        self.backoff_ms = BACKOFF_MIN_MS
+        self.next_attempt = time.ticks_ms()
+        self.last_tx = time.ticks_ms()
+        self.connects = 0
+        self.failures = 0
+        self.sent = 0
+        self.last_error = None
+
+    @property
+    def up(self):
+        return self.client is not None
+
+    def _new_client(self):
+        from umqtt.simple import MQTTClient
+
+        cfg = self.cfg
+        host = cfg.get("mqtt_host")
+        tls = cfg.get("mqtt_tls")
+        if tls:
+            sys.modules["ussl"] = _TLSModule(_tls_params(host), host)
+        user = cfg.get("mqtt_user")
+        client = MQTTClient(
+            self.client_id, host, cfg.get("mqtt_port"),
+            user=user.encode() if user else None,
+            password=cfg.get("mqtt_password").encode() if user else None,
+            keepalive=cfg.get("mqtt_keepalive_s"), ssl=tls,
+        )
+        client.set_last_will(self.status_topic, b"offline", retain=True, qos=1)
+        return client
+
+    def _connect(self):
+        if self.wifi is not None and not self.wifi.ensure():
+            raise OSError(113, "Wi-Fi not connected")  # EHOSTUNREACH
+        client = self._new_client()
+        client.connect(clean_session=True)
+        client.sock.settimeout(SOCKET_TIMEOUT_S)
+        client.publish(self.status_topic, b"online", retain=True, qos=1)
+        self.client = client
+        self.connects += 1
+        self.backoff_ms = BACKOFF_MIN_MS
+        self.last_tx = time.ticks_ms()
+        if self.clock is not None and not self.clock.synced:
+            self.clock.sync_ntp(self.cfg.get("ntp_host"))
+
+    def _drop(self, error):
+        self.failures += 1
+        self.last_error = error
+        if self.client is not None:
+            try:
+                self.client.sock.close()
+            except (OSError, AttributeError):
+                pass
+        self.client = None
+        self.next_attempt = time.ticks_add(time.ticks_ms(), _jitter(self.backoff_ms))
+        self.backoff_ms = min(BACKOFF_MAX_MS, self.backoff_ms * 2)
+
+    def service(self, ring):
+        """Connect when due, send up to ``burst`` frames, keep the connection alive."""
+        now = time.ticks_ms()
+        if self.client is None:
+            if time.ticks_diff(now, self.next_attempt) < 0:
+                return False
+            try:
+                self._connect()
+            except Exception as e:  # noqa: BLE001
+                # OSError: refused, unreachable, timeouts (EAGAIN on unix, ETIMEDOUT on
+                # boards); IndexError: getaddrinfo found nothing or the socket closed;
+                # umqtt.simple.MQTTException (a plain Exception): CONNACK refused.
+                self._drop(e)
+                return False
+        client = self.client
+        try:
+            for _ in range(self.burst):
+                frame = ring.peek()
+                if frame is None:
+                    break
+                client.sock.settimeout(SOCKET_TIMEOUT_S)
+                client.publish(self.topic, frame, qos=1)  # returns after the PUBACK
+                ring.pop()
+                self.sent += 1
+                self.last_tx = time.ticks_ms()
+            keepalive_ms = self.cfg.get("mqtt_keepalive_s") * 1000
+            if time.ticks_diff(time.ticks_ms(), self.last_tx) >= keepalive_ms // 2:
+                client.ping()
+                client.sock.settimeout(SOCKET_TIMEOUT_S)
+                client.wait_msg()  # the PINGRESP, or a timeout error: the link is dead
+                self.last_tx = time.ticks_ms()
+        except (OSError, IndexError) as e:  # IndexError: umqtt reads b"" from a closed socket
+            self._drop(e)
+            return False
+        return True
+
+    def test(self):
+        """One connect/disconnect for the console's `link test`."""
+        try:
+            self._connect()
+            self.client.disconnect()
+            self.client = None
+            return "mqtt link: connected to %s:%d and back" % (
+                self.cfg.get("mqtt_host"), self.cfg.get("mqtt_port"))
+        except Exception as e:  # noqa: BLE001 - report whatever stopped it, in one line
+            self.client = None
+            return "error: mqtt link to %s:%d: %r" % (
+                self.cfg.get("mqtt_host"), self.cfg.get("mqtt_port"), e)

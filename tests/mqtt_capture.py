@@ -1,0 +1,46 @@
+"""A paho-mqtt subscriber that records what arrives, for tests (persistent session, QoS 1)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import paho.mqtt.client as mqtt
+
+
+class Capture:
+    def __init__(self, port: int, topic: str = "gridedge/#") -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"capture-{uuid.uuid4().hex[:8]}",
+            clean_session=False,
+        )
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.connect("127.0.0.1", port, keepalive=10)
+        self.client.loop_start()
+        self.wait(lambda: self.client.is_connected(), 10)
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+    def payloads(self, suffix: str) -> list[bytes]:
+        with self.lock:
+            return [p for t, p, _ in self.messages if t.endswith(suffix)]
+
+    @staticmethod
+    def wait(cond: object, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if callable(cond) and cond():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()

@@ -1,0 +1,104 @@
+"""The firmware's MQTT link against a real Mosquitto: QoS 1, birth and will, outages.
+
+The outage tests stop and restart the broker while the firmware runs; they run under the
+MicroPython unix port only (the interpreter boards have), the rest under both.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+from brokers import Mosquitto
+from firmware_fixtures import DEVICE, KEY, VirtualMeter
+from fwrunner import FirmwareRunner
+from gridedge.gateway.protocol import Frame, FrameDecoder
+from gridedge.tools.vboard import VirtualBoard
+from mqtt_capture import Capture
+
+
+def mqtt_meter(board: VirtualBoard, root: Path, broker: Mosquitto, **cfg: object) -> VirtualMeter:
+    return VirtualMeter(board, root, link="mqtt", mqtt_host="127.0.0.1",
+                        mqtt_port=broker.port, sample_interval_ms=100, report_interval_s=1,
+                        **cfg)
+
+
+def start_app(
+    fw: FirmwareRunner, board: VirtualBoard, meter: VirtualMeter, cycles: int
+) -> subprocess.Popen[str]:
+    """app_run.py in the background, so the test can stop and start the broker."""
+    proc = fw.start(Path(__file__).parent / "fw_scripts" / "app_run.py", env=board.env())
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(meter.request(cycles)))
+    proc.stdin.close()
+    return proc
+
+
+def finish(proc: subprocess.Popen[str]) -> dict[str, int]:
+    """Wait for app_run.py to end; its statistics."""
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = proc.stdout.read(), proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, err
+    stats: dict[str, int] = json.loads(out.strip().split("\n")[-1])
+    return stats
+
+
+def decode_all(payloads: list[bytes]) -> list[Frame]:
+    decoder = FrameDecoder({DEVICE: KEY})
+    return [decoder.decode(p) for p in payloads]
+
+
+def test_frames_birth_and_will(
+    fw: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    capture = Capture(mosquitto.port)
+    meter = mqtt_meter(vboard, tmp_path, mosquitto)
+    stats = fw.run_json("app_run.py", meter.request(30), env=vboard.env())
+    assert capture.wait(lambda: len(capture.payloads("/status")) >= 2, 10)
+    frames = decode_all(capture.payloads("/frame"))
+    capture.close()
+    assert [f.seq for f in frames] == [0, 1, 2] and stats["frames"] == 3
+    assert frames[0].channels[0].values["voltage"].mean == 230_400
+    # Birth on connect; the will when the process ends without a DISCONNECT (power loss).
+    assert capture.payloads("/status") == [b"online", b"offline"]
+
+
+def test_outage_loses_nothing_while_the_ring_has_room(
+    fw_micropython: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    capture = Capture(mosquitto.port)
+    meter = mqtt_meter(vboard, tmp_path, mosquitto, ring_size=32)
+    proc = start_app(fw_micropython, vboard, meter, 140)
+    assert capture.wait(lambda: len(capture.payloads("/frame")) >= 3, 20)
+    mosquitto.stop()  # the gateway's broker goes away for ~5 report periods
+    time.sleep(5)
+    mosquitto.start()
+    stats = finish(proc)
+    assert capture.wait(lambda: len(capture.payloads("/frame")) >= stats["frames"], 20)
+    capture.close()
+    seqs = sorted({f.seq for f in decode_all(capture.payloads("/frame"))})
+    assert stats["frames"] == 14 and stats["dropped"] == 0
+    assert seqs == list(range(14))  # every frame arrived (duplicates are the gateway's job)
+
+
+def test_ring_overflow_drops_oldest_and_counts(
+    fw_micropython: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    capture = Capture(mosquitto.port)
+    meter = mqtt_meter(vboard, tmp_path, mosquitto, ring_size=2)
+    proc = start_app(fw_micropython, vboard, meter, 120)
+    assert capture.wait(lambda: len(capture.payloads("/frame")) >= 2, 20)
+    mosquitto.stop()
+    time.sleep(6)
+    mosquitto.start()
+    stats = finish(proc)
+    capture.wait(lambda: False, 3)
+    capture.close()
+    frames = {f.seq: f for f in decode_all(capture.payloads("/frame"))}
+    assert stats["dropped"] > 0
+    missing = sorted(set(range(stats["frames"])) - set(frames))
+    assert len(missing) == stats["dropped"]  # exactly the dropped frames are missing...
+    last = frames[max(frames)]
+    assert last.dropped == stats["dropped"]  # ...and the frames say how many were dropped
