@@ -10,7 +10,9 @@ import paho.mqtt.client as mqtt
 
 
 class Capture:
-    def __init__(self, port: int, topic: str = "gridedge/#") -> None:
+    def __init__(self, port: int, topic: str = "gridedge/#", ca: str | None = None,
+                 user: str | None = None, password: str | None = None,
+                 host: str = "127.0.0.1") -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
         self.lock = threading.Lock()
         self.client = mqtt.Client(
@@ -20,7 +22,11 @@ class Capture:
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
         self.client.reconnect_delay_set(0.1, 0.5)
-        self.client.connect("127.0.0.1", port, keepalive=10)
+        if ca:
+            self.client.tls_set(ca_certs=ca)
+        if user:
+            self.client.username_pw_set(user, password)
+        self.client.connect(host, port, keepalive=10)
         self.client.loop_start()
         self.wait(lambda: self.client.is_connected(), 10)
 

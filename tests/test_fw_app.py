@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from firmware_fixtures import VirtualMeter
+import serial
+
+from firmware_fixtures import DEVICE, KEY, VirtualMeter
 from fwrunner import FirmwareRunner
-from gridedge.gateway.protocol import ST_INVALID, ST_TIMEOUT, Stat
+from gridedge.gateway import framing
+from gridedge.gateway.errors import ProtocolError
+from gridedge.gateway.protocol import ST_INVALID, ST_TIMEOUT, FrameDecoder, Stat
 from gridedge.tools.vboard import VirtualBoard
 
 
@@ -68,9 +72,26 @@ def test_ten_thousand_cycles_in_128k_heap(
     frames, errors = meter.frames()
     assert errors == []
     assert stats["cycles"] == 10_000 and stats["frames"] == len(frames) == 10
+    assert stats["state_writes"] == 2  # boot counter + final checkpoint: flash wear bounded
     assert [f.seq for f in frames] == list(range(10))
     assert all(c.valid and c.values["samples"] == 1000 for f in frames for c in f.channels)
     # After two warm-up reports the live heap (after each report's collection) is flat.
     assert stats["heap_live_max"] - stats["heap_live_min"] <= 64, stats
     assert stats["heap_live_max"] < 100 * 1024
     print(f"\nfirmware main loop, 10,000 cycles under -X heapsize=128K: {stats}")
+
+
+def test_serial_link_over_a_pty(fw: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path) -> None:
+    """The gateway's side of a serial link is a real tty read with pyserial."""
+    meter = VirtualMeter(vboard, tmp_path, sample_interval_ms=10)
+    port = serial.Serial(vboard.bridge_pty("uart1"), timeout=0.2)
+    try:
+        fw.run_json("app_run.py", meter.request(200), env=vboard.env())
+        data = port.read(65536)
+    finally:
+        port.close()
+    decoder = FrameDecoder({DEVICE: KEY})
+    frames = [decoder.decode(m) for m in framing.Deframer().feed(data)
+              if not isinstance(m, ProtocolError)]
+    assert [f.seq for f in frames] == [0, 1]
+    assert data.startswith(b"\x00")  # the link opens with a delimiter

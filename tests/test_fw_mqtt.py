@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from brokers import Mosquitto
+from certs import make_pki
 from firmware_fixtures import DEVICE, KEY, VirtualMeter
 from fwrunner import FirmwareRunner
 from gridedge.gateway.protocol import Frame, FrameDecoder
@@ -34,6 +35,12 @@ def start_app(
     proc.stdin.write(json.dumps(meter.request(cycles)))
     proc.stdin.close()
     return proc
+
+
+def broker_outage(broker: Mosquitto, seconds: float) -> None:
+    broker.stop()
+    time.sleep(seconds)
+    broker.start()
 
 
 def finish(proc: subprocess.Popen[str]) -> dict[str, int]:
@@ -72,9 +79,7 @@ def test_outage_loses_nothing_while_the_ring_has_room(
     meter = mqtt_meter(vboard, tmp_path, mosquitto, ring_size=32)
     proc = start_app(fw_micropython, vboard, meter, 140)
     assert capture.wait(lambda: len(capture.payloads("/frame")) >= 3, 20)
-    mosquitto.stop()  # the gateway's broker goes away for ~5 report periods
-    time.sleep(5)
-    mosquitto.start()
+    broker_outage(mosquitto, 5)  # the gateway's broker goes away for ~5 report periods
     stats = finish(proc)
     assert capture.wait(lambda: len(capture.payloads("/frame")) >= stats["frames"], 20)
     capture.close()
@@ -90,9 +95,7 @@ def test_ring_overflow_drops_oldest_and_counts(
     meter = mqtt_meter(vboard, tmp_path, mosquitto, ring_size=2)
     proc = start_app(fw_micropython, vboard, meter, 120)
     assert capture.wait(lambda: len(capture.payloads("/frame")) >= 2, 20)
-    mosquitto.stop()
-    time.sleep(6)
-    mosquitto.start()
+    broker_outage(mosquitto, 6)
     stats = finish(proc)
     capture.wait(lambda: False, 3)
     capture.close()
@@ -102,3 +105,45 @@ def test_ring_overflow_drops_oldest_and_counts(
     assert len(missing) == stats["dropped"]  # exactly the dropped frames are missing...
     last = frames[max(frames)]
     assert last.dropped == stats["dropped"]  # ...and the frames say how many were dropped
+
+
+def test_tls_and_password(
+    fw_micropython: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path
+) -> None:
+    """TLS verified against the gateway's CA (DER on the device), user and password.
+    MicroPython only: mbedTLS's SSLContext is what boards have."""
+    pki = make_pki(tmp_path / "pki")
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "meter", "pa55-w0rd"],
+                   check=True, capture_output=True)
+    broker = Mosquitto(tmp_path / "tls-broker", extra="\n".join([
+        f"cafile {pki.ca_pem}", f"certfile {pki.server_cert}", f"keyfile {pki.server_key}",
+        f"password_file {passwd}", "allow_anonymous false", "",
+    ])).start()
+    capture = Capture(broker.port, ca=str(pki.ca_pem), user="meter", password="pa55-w0rd",
+                      host="localhost")
+    try:
+        root = tmp_path / "meter"
+        root.mkdir()
+        (root / "ca.der").write_bytes(pki.ca_der.read_bytes())
+        meter = VirtualMeter(vboard, root, link="mqtt", mqtt_host="localhost",
+                             mqtt_port=broker.port, mqtt_tls=True, mqtt_user="meter",
+                             mqtt_password="pa55-w0rd", sample_interval_ms=100,
+                             report_interval_s=1)
+        stats = fw_micropython.run_json("app_run.py", meter.request(20), env=vboard.env())
+        assert stats["frames"] == 2 and stats["link_sent"] == 2, stats
+        assert capture.wait(lambda: len(capture.payloads("/frame")) == 2, 10)
+        assert [f.seq for f in decode_all(capture.payloads("/frame"))] == [0, 1]
+        # Wrong password: refused, counted, retried, and sampling went on all the same.
+        cfg = json.loads((root / "config.json").read_text())
+        cfg["mqtt_password"] = "wrong"
+        (root / "config.json").write_text(json.dumps(cfg))
+        stats = fw_micropython.run_json("app_run.py", meter.request(20), env=vboard.env())
+        assert stats["frames"] == 2 and stats["link_sent"] == 0
+        assert stats["link_connects"] == 0 and stats["link_failures"] >= 1
+        assert len(capture.payloads("/frame")) == 2  # nothing arrived from that boot
+    finally:
+        capture.close()
+        broker.stop()
+    log = (tmp_path / "tls-broker" / "mosquitto.log").read_text().lower()
+    assert "not authorised" in log or "bad user name or password" in log, log

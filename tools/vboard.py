@@ -30,6 +30,7 @@ import os
 import socket
 import threading
 import time
+import tty
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -63,6 +64,8 @@ class UARTBus:
         self._rx: deque[tuple[float, bytes]] = deque()
         self._held: list[bytes] = []  # late replies waiting for the next write
         self.lock = threading.Lock()
+        self.pty_fd: int | None = None  # bridged to a real pty: writes go out there
+        self.pty_dropped = 0
 
     def _byte_time(self) -> float:
         return 10 / self.baud  # 8N1: ten bit times per byte
@@ -70,6 +73,11 @@ class UARTBus:
     def write(self, data: bytes) -> None:
         now = self._clock()
         self.written.append(data)
+        if self.pty_fd is not None:
+            try:  # a line nobody reads loses bytes; it never stalls the sender
+                os.write(self.pty_fd, data)
+            except BlockingIOError:
+                self.pty_dropped += len(data)
         for held in self._held:
             self._rx.append((now, held))
         self._held.clear()
@@ -138,6 +146,7 @@ class VirtualBoard:
         self._server: socket.socket | None = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
+        self._ptys: list[tuple[int, int]] = []
 
     # -- wiring ---------------------------------------------------------------
     def uart(self, name: str) -> UARTBus:
@@ -154,6 +163,16 @@ class VirtualBoard:
 
     def on_pin(self, pin: str, hook: Callable[[int], None]) -> None:
         self.pin_hooks[pin] = hook
+
+    def bridge_pty(self, bus: str) -> str:
+        """Connect a UART to a new pseudo-terminal, as a USB-serial adapter would connect it
+        to the gateway; returns the terminal's path (open it with pyserial)."""
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        os.set_blocking(master, False)
+        self.uart(bus).pty_fd = master
+        self._ptys.append((master, slave))
+        return os.ttyname(slave)
 
     # -- serving --------------------------------------------------------------
     def start(self) -> VirtualBoard:
@@ -175,6 +194,10 @@ class VirtualBoard:
             t.join(timeout=2)
         if self._server is not None:
             self._server.close()
+        for fds in self._ptys:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             Path(self.path).unlink()
 

@@ -37,6 +37,7 @@ class Paths:
         self.config = root + "config.json"
         self.state = root + "state.json"
         self.key = root + "key.bin"
+        self.ca = root + "ca.der"  # the gateway's CA certificate, DER (MQTT over TLS)
 
 
 def _calibration(cfg, ch_a, ch_b):
@@ -87,12 +88,12 @@ def build_sources(desc, cfg, state):
     return sources, ch, uncalibrated
 
 
-def open_link(desc, cfg, clock=None):
+def open_link(desc, cfg, paths, clock=None):
     if cfg.get("link") == "mqtt":
         from gemeter.link_mqtt import MQTTLink
         from gemeter.wifi import WiFi
 
-        return MQTTLink(cfg, wifi=WiFi(cfg), clock=clock)
+        return MQTTLink(cfg, wifi=WiFi(cfg), clock=clock, ca_path=paths.ca)
     spec = desc.get("uart", {}).get("gateway", {})
     if spec.get("id") == "usb":
         return SerialLink(sys.stdout.buffer)
@@ -143,7 +144,7 @@ class App:
 
     def run(self, max_cycles=None, watchdog=True):
         self.boot = self.state.next_boot()
-        self.link = open_link(self.desc, self.cfg, self.clock)
+        self.link = open_link(self.desc, self.cfg, self.paths, self.clock)
         wdt = machine.WDT(timeout=self.desc.get("wdt_timeout_ms", 8000)) if watchdog else None
         interval = self.cfg.get("sample_interval_ms")
         last = time.ticks_ms()
@@ -208,4 +209,8 @@ class App:
             "busy_us_mean": self.busy_us[0] // cycles,
             "busy_us_max": self.busy_us[1],
             "state_writes": self.state.writes,
+            "link_sent": self.link.sent if self.link else 0,
+            "link_connects": getattr(self.link, "connects", 0),
+            "link_failures": getattr(self.link, "failures", 0),
+            "link_error": repr(getattr(self.link, "last_error", None)),
         }

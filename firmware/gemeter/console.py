@@ -263,7 +263,7 @@ class Console:
                     "status for this device" % self.cfg.get("serial_baud")]
         from gemeter.link_mqtt import MQTTLink
 
-        return [MQTTLink(self.cfg).test()]
+        return [MQTTLink(self.cfg, ca_path=self.paths.ca).test()]
 
     def cmd_reboot(self, args):
         import machine

@@ -23,7 +23,6 @@ import time
 BACKOFF_MIN_MS = 1000
 BACKOFF_MAX_MS = 60000
 SOCKET_TIMEOUT_S = 5
-CA_PATH = "ca.der"
 
 
 def _jitter(ms):
@@ -31,11 +30,12 @@ def _jitter(ms):
     return ms * (192 + r // 2) // 256
 
 
-def _tls_params(host):
-    """ssl_params for umqtt.simple: verify the broker against the gateway's CA (DER)."""
+def _tls_context(ca_path):
+    """An SSLContext that verifies the broker against the gateway's CA (DER, as mbedTLS on
+    MicroPython wants it)."""
     import ssl
 
-    with open(CA_PATH, "rb") as f:
+    with open(ca_path, "rb") as f:
         ca = f.read()
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.verify_mode = ssl.CERT_REQUIRED
@@ -50,13 +50,16 @@ class _TLSModule:
     def __init__(self, ctx, host):
         self.ctx = ctx
         self.host = host
+        self.raw = None
 
     def wrap_socket(self, sock, **_params):
+        self.raw = sock  # MicroPython's SSLSocket has no settimeout(): time out the TCP one
+        sock.settimeout(SOCKET_TIMEOUT_S)
         return self.ctx.wrap_socket(sock, server_hostname=self.host)
 
 
 class MQTTLink:
-    def __init__(self, cfg, wifi=None, clock=None, burst=8):
+    def __init__(self, cfg, wifi=None, clock=None, burst=8, ca_path="ca.der"):
         device = cfg.get("device_id")
         self.cfg = cfg
         # umqtt.simple writes these straight to the socket: bytes, not str.
@@ -66,6 +69,8 @@ class MQTTLink:
         self.wifi = wifi
         self.clock = clock
         self.burst = burst
+        self.ca_path = ca_path
+        self._tls = None
         self.client = None
         self.backoff_ms = BACKOFF_MIN_MS
         self.next_attempt = time.ticks_ms()
@@ -85,8 +90,10 @@ class MQTTLink:
         cfg = self.cfg
         host = cfg.get("mqtt_host")
         tls = cfg.get("mqtt_tls")
+        self._tls = None
         if tls:
-            sys.modules["ussl"] = _TLSModule(_tls_params(host), host)
+            self._tls = _TLSModule(_tls_context(self.ca_path), host)
+            sys.modules["ussl"] = self._tls
         user = cfg.get("mqtt_user")
         client = MQTTClient(
             self.client_id, host, cfg.get("mqtt_port"),
@@ -97,12 +104,18 @@ class MQTTLink:
         client.set_last_will(self.status_topic, b"offline", retain=True, qos=1)
         return client
 
+    def _timeout(self, client):
+        # umqtt.simple's wait_msg() puts the socket back to blocking-forever: set the
+        # timeout again before every wait, on the TCP socket under TLS.
+        sock = self._tls.raw if self._tls is not None else client.sock
+        sock.settimeout(SOCKET_TIMEOUT_S)
+
     def _connect(self):
         if self.wifi is not None and not self.wifi.ensure():
             raise OSError(113, "Wi-Fi not connected")  # EHOSTUNREACH
         client = self._new_client()
         client.connect(clean_session=True)
-        client.sock.settimeout(SOCKET_TIMEOUT_S)
+        self._timeout(client)
         client.publish(self.status_topic, b"online", retain=True, qos=1)
         self.client = client
         self.connects += 1
@@ -143,7 +156,7 @@ class MQTTLink:
                 frame = ring.peek()
                 if frame is None:
                     break
-                client.sock.settimeout(SOCKET_TIMEOUT_S)
+                self._timeout(client)
                 client.publish(self.topic, frame, qos=1)  # returns after the PUBACK
                 ring.pop()
                 self.sent += 1
@@ -151,7 +164,7 @@ class MQTTLink:
             keepalive_ms = self.cfg.get("mqtt_keepalive_s") * 1000
             if time.ticks_diff(time.ticks_ms(), self.last_tx) >= keepalive_ms // 2:
                 client.ping()
-                client.sock.settimeout(SOCKET_TIMEOUT_S)
+                self._timeout(client)
                 client.wait_msg()  # the PINGRESP, or a timeout error: the link is dead
                 self.last_tx = time.ticks_ms()
         except (OSError, IndexError) as e:  # IndexError: umqtt reads b"" from a closed socket
