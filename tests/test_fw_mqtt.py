@@ -21,9 +21,10 @@ from mqtt_capture import Capture
 
 
 def mqtt_meter(board: VirtualBoard, root: Path, broker: Mosquitto, **cfg: object) -> VirtualMeter:
+    root.mkdir(parents=True, exist_ok=True)
+    settings: dict[str, object] = {"sample_interval_ms": 100, "report_interval_s": 1, **cfg}
     return VirtualMeter(board, root, link="mqtt", mqtt_host="127.0.0.1",
-                        mqtt_port=broker.port, sample_interval_ms=100, report_interval_s=1,
-                        **cfg)
+                        mqtt_port=broker.port, **settings)
 
 
 def start_app(
@@ -147,3 +148,20 @@ def test_tls_and_password(
         broker.stop()
     log = (tmp_path / "tls-broker" / "mosquitto.log").read_text().lower()
     assert "not authorised" in log or "bad user name or password" in log, log
+
+
+def test_keepalive_pings_when_idle(
+    fw_micropython: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path
+) -> None:
+    """With nothing to send for half the keepalive, the firmware pings (umqtt.simple does
+    not do it by itself) and the broker keeps the session."""
+    broker = Mosquitto(tmp_path / "broker", extra="log_type debug\n").start()
+    try:
+        meter = mqtt_meter(vboard, tmp_path / "m", broker, mqtt_keepalive_s=10,
+                           sample_interval_ms=500, report_interval_s=8)
+        stats = fw_micropython.run_json("app_run.py", meter.request(17), env=vboard.env())
+    finally:
+        broker.stop()
+    log = (tmp_path / "broker" / "mosquitto.log").read_text()
+    assert stats["link_connects"] == 1 and stats["link_failures"] == 0, stats
+    assert f"Received PINGREQ from gridedge-{DEVICE}" in log
