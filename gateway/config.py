@@ -1,0 +1,280 @@
+"""Gateway configuration: one schema, one loading pipeline, every problem at once.
+
+The file is TOML (``/etc/gridedge/gateway.toml``, read with ``tomllib``). Loading runs in
+three steps - parse, substitute ``${ENV}`` references in strings (secrets stay out of the
+file), validate against the dataclasses below - and collects *every* problem with its key
+path (``uplink.port: must be an integer 1..65535, got 'abc'``) before raising one
+``ConfigError``. Unknown keys are errors too, with a suggestion when one is close, so a
+typo cannot silently fall back to a default. ``gridedge-gateway check-config FILE`` prints
+the same report.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,32}")
+
+
+class ConfigError(Exception):
+    """All problems of one configuration file, one per line."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(
+            f"  {p}" for p in problems))
+        self.problems = problems
+
+
+def rng(lo: int | float, hi: int | float) -> dict[str, Any]:
+    return {"range": (lo, hi)}
+
+
+def choice(*options: str) -> dict[str, Any]:
+    return {"choices": options}
+
+
+@dataclass
+class GatewaySection:
+    id: str = field(default="gw-1", metadata={"pattern": DEVICE_ID})
+    state_dir: str = "/var/lib/gridedge"
+    log_level: str = field(default="info", metadata=choice("debug", "info", "warning", "error"))
+
+
+@dataclass
+class LocalBroker:
+    """The gateway's own Mosquitto, where devices publish their frames."""
+
+    host: str = "127.0.0.1"
+    port: int = field(default=1883, metadata=rng(1, 65535))
+    client_id: str = "gridedge-gateway-ingest"
+    username: str = ""
+    password: str = ""
+    topic: str = "gridedge/v1/dev/+/frame"
+
+
+@dataclass
+class SerialPort:
+    port: str = ""
+    baud: int = field(default=115200, metadata=rng(1200, 4_000_000))
+
+
+@dataclass
+class StoreSection:
+    max_bytes: int = field(default=256 * 1024 * 1024, metadata=rng(1024 * 1024, 2**40))
+    max_age_s: int = field(default=7 * 86400, metadata=rng(60, 10 * 365 * 86400))
+    commit_interval_ms: int = field(default=50, metadata=rng(1, 100))
+
+
+@dataclass
+class UplinkSection:
+    """The cloud broker."""
+
+    enabled: bool = True
+    host: str = ""
+    port: int = field(default=8883, metadata=rng(1, 65535))
+    protocol: str = field(default="mqtt5", metadata=choice("mqtt5", "mqtt311"))
+    tls: bool = True
+    ca_file: str = ""
+    client_cert: str = ""
+    client_key: str = ""
+    username: str = ""
+    password: str = ""
+    client_id: str = ""
+    topic_prefix: str = "gridedge/v1/gw"
+    format: str = field(default="json", metadata=choice("json", "cbor"))
+    batch_size: int = field(default=50, metadata=rng(1, 1000))
+    batch_delay_ms: int = field(default=200, metadata=rng(0, 60_000))
+    max_inflight: int = field(default=64, metadata=rng(1, 1000))
+    ack_timeout_s: float = field(default=30.0, metadata=rng(1, 3600))
+    backoff_min_s: float = field(default=1.0, metadata=rng(0.1, 60))
+    backoff_max_s: float = field(default=60.0, metadata=rng(1, 3600))
+    drain_rate: int = field(default=0, metadata=rng(0, 10_000_000))  # records/s, 0 = no cap
+
+
+@dataclass
+class Device:
+    id: str = field(default="", metadata={"pattern": DEVICE_ID, "required": True})
+    key: str = field(default="", metadata={"pattern": re.compile(r"[0-9a-fA-F]{64}"),
+                                           "required": True, "secret": True})
+    site: str = ""
+    feeder: str = ""
+    role: str = field(default="meter", metadata=choice("meter", "line_sensor"))
+    channels: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MetricsSection:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = field(default=9108, metadata=rng(1, 65535))
+
+
+@dataclass
+class Config:
+    gateway: GatewaySection = field(default_factory=GatewaySection)
+    local: LocalBroker = field(default_factory=LocalBroker)
+    serial: list[SerialPort] = field(default_factory=list)
+    store: StoreSection = field(default_factory=StoreSection)
+    uplink: UplinkSection = field(default_factory=UplinkSection)
+    devices: list[Device] = field(default_factory=list)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+
+    def device_keys(self) -> dict[str, bytes]:
+        return {d.id: bytes.fromhex(d.key) for d in self.devices}
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.gateway.state_dir) / "store.db"
+
+
+# ---------------------------------------------------------------- the loading pipeline
+
+
+def substitute_env(value: Any, path: str, env: dict[str, str], problems: list[str]) -> Any:
+    """Replace ${NAME} in every string with the environment variable NAME."""
+    if isinstance(value, str):
+        def repl(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in env:
+                problems.append(f"{path}: environment variable {name} is not set")
+                return ""
+            return env[name]
+
+        return ENV_REF.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: substitute_env(v, f"{path}.{k}" if path else k, env, problems)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute_env(v, f"{path}[{i}]", env, problems) for i, v in enumerate(value)]
+    return value
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str) and len(value) >= 40:
+        return repr(value[:37] + "...")
+    return repr(value)
+
+
+def _check_scalar(tp: Any, value: Any, meta: dict[str, Any], path: str,
+                  problems: list[str]) -> Any:
+    shown = "(secret)" if meta.get("secret") else _describe(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{path}: must be true or false, got {shown}")
+        return value
+    if tp is int or tp is float:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        ok = ok or (tp is float and isinstance(value, float))
+        kind = "an integer" if tp is int else "a number"
+        lo, hi = meta.get("range", (None, None))
+        if not ok:
+            where = f" {lo}..{hi}" if lo is not None else ""
+            problems.append(f"{path}: must be {kind}{where}, got {shown}")
+        elif lo is not None and not lo <= value <= hi:
+            problems.append(f"{path}: must be {kind} {lo}..{hi}, got {shown}")
+        return float(value) if tp is float and ok else value
+    if tp is str:
+        if not isinstance(value, str):
+            problems.append(f"{path}: must be a string, got {shown}")
+            return value
+        if "choices" in meta and value not in meta["choices"]:
+            problems.append(f"{path}: must be one of {', '.join(meta['choices'])}, got {shown}")
+        pattern = meta.get("pattern")
+        if pattern is not None and value and not pattern.fullmatch(value):
+            problems.append(f"{path}: {shown} does not match {pattern.pattern}")
+        return value
+    return value
+
+
+def build(cls: Any, data: Any, path: str, problems: list[str]) -> Any:
+    """An instance of dataclass cls from a TOML table, recording every problem."""
+    if not isinstance(data, dict):
+        problems.append(f"{path or '(top level)'}: must be a table")
+        return cls()
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            problems.append(f"{path + '.' if path else ''}{key}: unknown key{hint}")
+    kwargs: dict[str, Any] = {}
+    for name, f in known.items():
+        fpath = f"{path}.{name}" if path else name
+        tp = hints[name]
+        if name not in data:
+            if f.metadata.get("required"):
+                problems.append(f"{fpath}: required")
+            continue
+        value = data[name]
+        if is_dataclass(tp):
+            kwargs[name] = build(tp, value, fpath, problems)
+        elif get_origin(tp) is list:
+            (item,) = get_args(tp)
+            if not isinstance(value, list):
+                problems.append(f"{fpath}: must be a list")
+                continue
+            if is_dataclass(item):
+                kwargs[name] = [build(item, v, f"{fpath}[{i}]", problems)
+                                for i, v in enumerate(value)]
+            else:
+                kwargs[name] = [_check_scalar(item, v, {}, f"{fpath}[{i}]", problems)
+                                for i, v in enumerate(value)]
+        else:
+            kwargs[name] = _check_scalar(tp, value, dict(f.metadata), fpath, problems)
+    try:
+        return cls(**kwargs)
+    except TypeError:  # a problem is already recorded; keep going with defaults
+        return cls()
+
+
+def cross_checks(cfg: Config, problems: list[str]) -> None:
+    seen: set[str] = set()
+    for i, d in enumerate(cfg.devices):
+        if d.id in seen:
+            problems.append(f"devices[{i}].id: duplicate device {d.id!r}")
+        seen.add(d.id)
+    up = cfg.uplink
+    if up.enabled and not up.host:
+        problems.append("uplink.host: required while uplink.enabled is true")
+    if up.enabled and up.tls and not up.ca_file:
+        problems.append("uplink.ca_file: required with uplink.tls = true (the gateway never "
+                        "connects without verifying the cloud broker; set tls = false only "
+                        "for a broker on a trusted network)")
+    if bool(up.client_cert) != bool(up.client_key):
+        problems.append("uplink.client_cert, uplink.client_key: give both or neither")
+    if up.backoff_min_s > up.backoff_max_s:
+        problems.append("uplink.backoff_min_s: must not exceed uplink.backoff_max_s")
+    for name in ("ca_file", "client_cert", "client_key"):
+        value = getattr(up, name)
+        if up.enabled and value and not Path(value).is_file():
+            problems.append(f"uplink.{name}: no such file {value}")
+
+
+def parse(text: str, source: str = "<config>", env: dict[str, str] | None = None) -> Config:
+    problems: list[str] = []
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(source, [f"not valid TOML: {e}"]) from e
+    raw = substitute_env(raw, "", dict(os.environ) if env is None else env, problems)
+    cfg = build(Config, raw, "", problems)
+    cross_checks(cfg, problems)
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg  # type: ignore[no-any-return]
+
+
+def load(path: str | Path, env: dict[str, str] | None = None) -> Config:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(str(path), [f"cannot read: {e.strerror}"]) from e
+    return parse(text, str(path), env)
