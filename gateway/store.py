@@ -18,12 +18,15 @@ Design:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sqlite3
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,26 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _signed64(v: int) -> int:
+    # SQLite integers are signed 64-bit; the de-dup window is an unsigned 64-bit mask.
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def locked(fn: Callable[P, R]) -> Callable[P, R]:
+    """Serialise a Store method: ingest, uplink and status share one connection."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with args[0].lock:  # type: ignore[attr-defined]
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 class Store:
     def __init__(self, path: str | Path, max_bytes: int, max_age_s: int) -> None:
         self.path = Path(path)
@@ -97,6 +120,7 @@ class Store:
         self.max_age_s = max_age_s
         self.recovered_from: Path | None = None
         self.bytes = 0
+        self.lock = threading.RLock()
         self.db = self._open()
 
     # -- opening and recovery ---------------------------------------------------
@@ -141,12 +165,14 @@ class Store:
         db.executescript(SCHEMA)
         return db
 
+    @locked
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.db.close()
 
     # -- writing ------------------------------------------------------------------
+    @locked
     def commit(self, records: Sequence[Record], marks: dict[str, Mark] | None = None) -> None:
         """Store records and marks durably, in one transaction; then enforce the bounds."""
         ts = now_ms()
@@ -161,7 +187,8 @@ class Store:
                 if marks:
                     self.db.executemany(
                         "INSERT OR REPLACE INTO marks VALUES (?, ?, ?, ?, ?)",
-                        [(d, m.boot, m.seq, m.window, ts) for d, m in marks.items()])
+                        [(d, m.boot, m.seq, _signed64(m.window), ts)
+                         for d, m in marks.items()])
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
@@ -171,6 +198,7 @@ class Store:
         self.bytes += sum(len(r[5]) for r in rows)
         self.enforce_bounds()
 
+    @locked
     def delete(self, ids: Iterable[int]) -> None:
         """Remove delivered records."""
         id_list = list(ids)
@@ -226,11 +254,13 @@ class Store:
             self.bump("dropped_bytes", len(victims))
         return len(victims)
 
+    @locked
     def bump(self, name: str, by: int) -> None:
         self.db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) "
                         "DO UPDATE SET value = value + excluded.value", (name, by))
 
     # -- reading ------------------------------------------------------------------
+    @locked
     def fetch(self, priority: int, after_id: int, limit: int) -> list[Stored]:
         rows = self.db.execute(
             "SELECT id, priority, device, boot, seq, created_ms, body FROM records "
@@ -238,13 +268,16 @@ class Store:
             (priority, after_id, limit)).fetchall()
         return [Stored(*r) for r in rows]
 
+    @locked
     def marks(self) -> dict[str, Mark]:
-        return {d: Mark(b, s, w) for d, b, s, w in
+        return {d: Mark(b, s, w & 0xFFFF_FFFF_FFFF_FFFF) for d, b, s, w in
                 self.db.execute("SELECT device, boot, seq, window FROM marks")}
 
+    @locked
     def counters(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT name, value FROM counters").fetchall())
 
+    @locked
     def depth(self) -> dict[str, int]:
         rows = dict(self.db.execute(
             "SELECT priority, COUNT(*) FROM records GROUP BY priority").fetchall())

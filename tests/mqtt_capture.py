@@ -5,8 +5,19 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
+
+
+def wait_for(cond: Callable[[], object], timeout: float) -> bool:
+    """Poll cond until it is true or timeout seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 class Capture:
@@ -39,13 +50,8 @@ class Capture:
             return [p for t, p, _ in self.messages if t.endswith(suffix)]
 
     @staticmethod
-    def wait(cond: object, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if callable(cond) and cond():
-                return True
-            time.sleep(0.05)
-        return False
+    def wait(cond: Callable[[], object], timeout: float) -> bool:
+        return wait_for(cond, timeout)
 
     def close(self) -> None:
         self.client.loop_stop()

@@ -31,9 +31,11 @@ def test_commit_fetch_delete_alarms_first(tmp_path: Path) -> None:
     assert [r.seq for r in s.fetch(TELEMETRY, tele[0].id, 10)] == [1]
     s.delete([tele[0].id])
     assert s.depth()["telemetry"] == 1 and s.bytes == 200
+    s.commit([], {"d2": Mark(1, 70, (1 << 64) - 1)})  # a full window: bit 63 set
     s.close()
     again = Store(tmp_path / "s.db", max_bytes=10**6, max_age_s=3600)
-    assert again.bytes == 200 and again.marks() == {"d1": Mark(1, 2, 0b111)}
+    assert again.bytes == 200
+    assert again.marks() == {"d1": Mark(1, 2, 0b111), "d2": Mark(1, 70, (1 << 64) - 1)}
 
 
 def test_byte_bound_drops_oldest_telemetry_never_alarms(tmp_path: Path) -> None:

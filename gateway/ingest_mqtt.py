@@ -1,0 +1,75 @@
+"""Ingest from the gateway's local Mosquitto, acknowledging only what is stored.
+
+A paho-mqtt 2.x client subscribes to the devices' frame topic with QoS 1 on a persistent
+session (clean_session off), with ``manual_ack``: paho does not PUBACK on delivery; the
+pipeline calls ``client.ack(mid, qos)`` after the frame's batch is committed. While the
+gateway is down (or killed), the broker keeps the unacknowledged frames and every frame
+published meanwhile, and delivers them when the same client id reconnects. paho's own
+loop thread reconnects with backoff after a broker restart.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gridedge.gateway.config import LocalBroker
+from gridedge.gateway.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+class MQTTIngest:
+    def __init__(self, cfg: LocalBroker, pipeline: Pipeline) -> None:
+        self.cfg = cfg
+        self.pipeline = pipeline
+        self.connects = 0
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=cfg.client_id, clean_session=False,
+            protocol=mqtt.MQTTv311, manual_ack=True,
+        )
+        if cfg.username:
+            self.client.username_pw_set(cfg.username, cfg.password or None)
+        self.client.max_inflight_messages_set(1000)  # frames in flight to us, per session
+        self.client.reconnect_delay_set(1, 30)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    def start(self) -> None:
+        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=30)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.client.is_connected())
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _flags: Any, rc: Any, _p: Any) -> None:
+        if rc.is_failure:
+            log.error("local broker %s:%d refused the connection: %s",
+                      self.cfg.host, self.cfg.port, rc)
+            return
+        self.connects += 1
+        client.subscribe(self.cfg.topic, qos=1)
+        log.info("ingest connected to %s:%d, subscribed to %s",
+                 self.cfg.host, self.cfg.port, self.cfg.topic)
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if rc != 0:
+            log.warning("ingest lost the local broker (%s); reconnecting", rc)
+
+    def _on_message(self, client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        mid, qos = msg.mid, msg.qos
+
+        def ack() -> None:
+            if qos > 0:
+                client.ack(mid, qos)
+
+        self.pipeline.submit(bytes(msg.payload), msg.topic, ack)

@@ -1,0 +1,230 @@
+"""Uplink to the cloud broker: batches out of the store, deleted only after their PUBACK.
+
+One thread owns the paho client and drives its network loop itself (no paho reconnect
+thread), so the retry policy is ours: capped exponential backoff with jitter. Each
+iteration it reads batches from the store - alarms before telemetry - publishes them with
+QoS 1 as one JSON array (or CBOR) per message to ``<prefix>/<gateway>/readings|alarms``,
+keeps at most ``max_inflight`` messages unacknowledged, and deletes a batch's records when
+its PUBACK arrives. A message unacknowledged for ``ack_timeout_s`` means a half-open link:
+the connection is dropped and rebuilt. After any reconnect the unacknowledged records are
+read again and resent: every record carries (device, boot, seq), so the cloud de-duplicates.
+TLS verifies the broker against ``ca_file`` and is on unless configured off; the config
+refuses TLS without a CA. Birth and last will are retained on ``<prefix>/<gateway>/status``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import ssl
+import threading
+import time
+from typing import Any
+
+import cbor2
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gridedge.gateway.config import UplinkSection
+from gridedge.gateway.store import ALARM, TELEMETRY, Store, Stored
+
+log = logging.getLogger(__name__)
+TOPICS = {ALARM: "alarms", TELEMETRY: "readings"}
+
+
+class Uplink:
+    def __init__(self, cfg: UplinkSection, gateway_id: str, store: Store) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.base = f"{cfg.topic_prefix}/{gateway_id}"
+        self.status_topic = f"{self.base}/status"
+        self.gateway_id = gateway_id
+        self.connected = False
+        self.connects = 0
+        self.failures = 0
+        self.delivered = 0
+        self.published = 0
+        self.progress = time.monotonic()
+        self._inflight: dict[int, tuple[float, list[int]]] = {}
+        self._cursor = {ALARM: 0, TELEMETRY: 0}
+        self._backoff = cfg.backoff_min_s
+        self._next_try = 0.0
+        self._tokens = float(cfg.batch_size)
+        self._last_refill = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
+        self.client = self._make_client()
+
+    def _make_client(self) -> mqtt.Client:
+        cfg = self.cfg
+        v5 = cfg.protocol == "mqtt5"
+        client_id = cfg.client_id or f"gridedge-{self.gateway_id}"
+        if v5:
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                 protocol=mqtt.MQTTv5)
+        else:
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                 protocol=mqtt.MQTTv311, clean_session=True)
+        if cfg.tls:
+            client.tls_set(ca_certs=cfg.ca_file, certfile=cfg.client_cert or None,
+                           keyfile=cfg.client_key or None, cert_reqs=ssl.CERT_REQUIRED)
+        if cfg.username:
+            client.username_pw_set(cfg.username, cfg.password or None)
+        client.max_inflight_messages_set(cfg.max_inflight)
+        client.max_queued_messages_set(0)
+        client.will_set(self.status_topic, json.dumps({"state": "offline"}), qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    # -- lifecycle --------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, drain_s: float = 5.0) -> None:
+        """Give in-flight messages a moment to be acknowledged, then disconnect cleanly."""
+        deadline = time.monotonic() + drain_s
+        while self._inflight and self.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._stop.set()
+        self._thread.join(timeout=drain_s + 5)
+
+    # -- paho callbacks (run in our thread, inside client.loop) ------------------
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if rc.is_failure:
+            log.error("cloud broker %s:%d refused: %s", self.cfg.host, self.cfg.port, rc)
+            return
+        self.connected = True
+        self.connects += 1
+        self._backoff = self.cfg.backoff_min_s
+        client.publish(self.status_topic, json.dumps(
+            {"state": "online", "gateway": self.gateway_id, "since": int(time.time())}),
+            qos=1, retain=True)
+        log.info("uplink connected to %s:%d", self.cfg.host, self.cfg.port)
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if self.connected:
+            log.warning("uplink lost %s:%d (%s)", self.cfg.host, self.cfg.port, rc)
+        self._lost()
+
+    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
+        entry = self._inflight.pop(mid, None)
+        if entry is not None:
+            self.store.delete(entry[1])
+            self.delivered += len(entry[1])
+
+    def _lost(self) -> None:
+        self.connected = False
+        self._inflight.clear()
+        self._cursor = {ALARM: 0, TELEMETRY: 0}  # resend what was not acknowledged
+        self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
+        jitter = random.uniform(0.75, 1.25)
+        self._next_try = time.monotonic() + self._backoff * jitter
+        self._backoff = min(self.cfg.backoff_max_s, self._backoff * 2)
+
+    # -- the loop -----------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.progress = time.monotonic()
+            if not self.connected:
+                self._try_connect()
+                if not self.connected:
+                    self._stop.wait(0.05)
+                    continue
+            self.client.loop(timeout=0.01)
+            if not self.connected:
+                continue
+            self._check_ack_timeout()
+            sent = self._send_some()
+            if not sent:
+                self.client.loop(timeout=0.02)
+        if self.connected:
+            self.client.publish(self.status_topic, json.dumps({"state": "offline"}),
+                                qos=1, retain=True)
+            self.client.loop(timeout=0.1)
+            self.client.disconnect()
+
+    def _try_connect(self) -> None:
+        if time.monotonic() < self._next_try:
+            return
+        try:
+            self.client.connect(self.cfg.host, self.cfg.port, keepalive=30)
+        except (OSError, ssl.SSLError, ValueError) as e:
+            self.failures += 1
+            log.warning("uplink: cannot connect to %s:%d: %s", self.cfg.host, self.cfg.port, e)
+            self._schedule_retry()
+            return
+        deadline = time.monotonic() + 10
+        while not self.connected and time.monotonic() < deadline and not self._stop.is_set():
+            if self.client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+                break
+        if not self.connected:
+            self.failures += 1
+            self.client.disconnect()
+            self._schedule_retry()
+
+    def _check_ack_timeout(self) -> None:
+        if not self._inflight:
+            return
+        oldest = min(t for t, _ in self._inflight.values())
+        if time.monotonic() - oldest > self.cfg.ack_timeout_s:
+            log.warning("uplink: no PUBACK for %.0f s: dropping a half-open connection",
+                        self.cfg.ack_timeout_s)
+            self.failures += 1
+            self.client.disconnect()
+            self._lost()
+
+    def _refill(self) -> None:
+        if not self.cfg.drain_rate:
+            return
+        now = time.monotonic()
+        self._tokens = min(float(max(self.cfg.drain_rate, self.cfg.batch_size)),
+                           self._tokens + (now - self._last_refill) * self.cfg.drain_rate)
+        self._last_refill = now
+
+    def _send_some(self) -> int:
+        sent = 0
+        while len(self._inflight) < self.cfg.max_inflight:
+            self._refill()
+            if self.cfg.drain_rate and self._tokens < 1:
+                break
+            batch = self._next_batch()
+            if not batch:
+                break
+            self._publish(batch)
+            sent += len(batch)
+        return sent
+
+    def _next_batch(self) -> list[Stored]:
+        limit = self.cfg.batch_size
+        if self.cfg.drain_rate:
+            limit = max(1, min(limit, int(self._tokens)))
+        for priority in (ALARM, TELEMETRY):
+            rows = self.store.fetch(priority, self._cursor[priority], limit)
+            if not rows:
+                continue
+            young = time.time() * 1000 - rows[0].created_ms < self.cfg.batch_delay_ms
+            if priority == TELEMETRY and len(rows) < limit and young:
+                return []  # wait a little for a fuller batch (at most batch_delay_ms)
+            return rows
+        return []
+
+    def _publish(self, rows: list[Stored]) -> None:
+        priority = rows[0].priority
+        if self.cfg.format == "json":
+            payload = b"[" + b",".join(r.body for r in rows) + b"]"
+        else:
+            payload = cbor2.dumps([json.loads(r.body) for r in rows])
+        info = self.client.publish(f"{self.base}/{TOPICS[priority]}", payload, qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            self._lost()
+            return
+        self._inflight[info.mid] = (time.monotonic(), [r.id for r in rows])
+        self._cursor[priority] = rows[-1].id
+        self.published += len(rows)
+        if self.cfg.drain_rate:
+            self._tokens -= len(rows)
