@@ -33,7 +33,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=getattr(logging, (args.log_level or cfg.gateway.log_level).upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
-    Daemon(cfg).run()
+    Daemon(cfg, args.config).run()
     return 0
 
 

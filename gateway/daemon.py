@@ -13,8 +13,10 @@ import signal
 import threading
 from types import FrameType
 
-from gridedge.gateway.config import Config
+from gridedge.gateway import sdnotify
+from gridedge.gateway.config import Config, ConfigError, load
 from gridedge.gateway.ingest_mqtt import MQTTIngest
+from gridedge.gateway.ingest_serial import SerialIngest
 from gridedge.gateway.pipeline import DeviceInfo, Pipeline
 from gridedge.gateway.store import Store
 from gridedge.gateway.uplink import Uplink
@@ -28,8 +30,9 @@ def device_registry(cfg: Config) -> dict[str, DeviceInfo]:
 
 
 class Daemon:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, config_path: str | None = None) -> None:
         self.cfg = cfg
+        self.config_path = config_path
         self.store = Store(cfg.store_path, cfg.store.max_bytes, cfg.store.max_age_s)
         if self.store.recovered_from is not None:
             log.error("ALARM: the store was corrupt and was moved aside to %s",
@@ -37,24 +40,67 @@ class Daemon:
         self.pipeline = Pipeline(self.store, device_registry(cfg),
                                  cfg.store.commit_interval_ms)
         self.ingest = MQTTIngest(cfg.local, self.pipeline)
+        self.serial = [SerialIngest(p, self.pipeline) for p in cfg.serial]
         self.uplink = Uplink(cfg.uplink, cfg.gateway.id, self.store) \
             if cfg.uplink.enabled else None
         self._stop = threading.Event()
+        self._reload = threading.Event()
+        probes = {"committer": lambda: self.pipeline.progress,
+                  "ingest-mqtt": self.ingest.progress}
+        if self.uplink is not None:
+            uplink = self.uplink
+            probes["uplink"] = lambda: uplink.progress
+        for reader in self.serial:
+            probes[reader.source] = (lambda r: lambda: r.progress)(reader)
+        self.watchdog = sdnotify.Watchdog(probes)
 
     def _signal(self, signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self._reload.set()
+            return
         log.info("signal %s: shutting down", signal.Signals(signum).name)
         self._stop.set()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; apply the device registry and log level. The store
+        and the connections stay as they are (changing those needs a restart)."""
+        if self.config_path is None:
+            return
+        try:
+            new = load(self.config_path)
+        except ConfigError as e:
+            log.error("reload refused, keeping the running configuration: %s", e)
+            return
+        self.pipeline.set_devices(device_registry(new))
+        logging.getLogger().setLevel(new.gateway.log_level.upper())
+        for section in ("local", "uplink", "store", "serial", "metrics"):
+            if getattr(new, section) != getattr(self.cfg, section):
+                log.warning("reload: [%s] changed; it takes effect at the next restart",
+                            section)
+        self.cfg.devices = new.devices
+        self.cfg.gateway.log_level = new.gateway.log_level
+        log.info("reloaded %s: %d devices", self.config_path, len(new.devices))
 
     def start(self) -> None:
         self.pipeline.start()
         self.ingest.start()
+        for reader in self.serial:
+            reader.start()
         if self.uplink is not None:
             self.uplink.start()
+        if self.cfg.metrics.enabled:
+            from gridedge.gateway.metrics import serve
+
+            serve(self, self.cfg.metrics.host, self.cfg.metrics.port)
         log.info("gateway %s running: store %s, %d devices", self.cfg.gateway.id,
                  self.cfg.store_path, len(self.cfg.devices))
+        sdnotify.notify("READY=1")
 
     def shutdown(self) -> None:
+        sdnotify.notify("STOPPING=1")
         self.ingest.stop()
+        for reader in self.serial:
+            reader.stop()
         self.pipeline.stop()
         if self.uplink is not None:
             self.uplink.stop()
@@ -64,9 +110,15 @@ class Daemon:
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self._signal)
         signal.signal(signal.SIGINT, self._signal)
+        signal.signal(signal.SIGHUP, self._signal)
         self.start()
         try:
             while not self._stop.wait(1.0):
-                pass
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self.reload()
+                if not self.watchdog.check() and self.watchdog.stalled:
+                    log.error("watchdog: no progress in %s; not pinging systemd",
+                              ", ".join(self.watchdog.stalled))
         finally:
             self.shutdown()

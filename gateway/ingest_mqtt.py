@@ -11,6 +11,8 @@ loop thread reconnects with backoff after a broker restart.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -41,11 +43,20 @@ class MQTTIngest:
 
     def start(self) -> None:
         self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=30)
-        self.client.loop_start()
+        # Our own thread around paho's loop (it reconnects by itself), so the watchdog can
+        # see whether the network loop is still alive.
+        self._thread = threading.Thread(
+            target=self.client.loop_forever, kwargs={"retry_first_connection": True},
+            name="ingest-mqtt", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
         self.client.disconnect()
-        self.client.loop_stop()
+        self._thread.join(timeout=5)
+
+    def progress(self) -> float:
+        """Now while the network loop runs (the watchdog's probe), else 0."""
+        return time.monotonic() if self._thread.is_alive() else 0.0
 
     @property
     def connected(self) -> bool:

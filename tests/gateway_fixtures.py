@@ -11,7 +11,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from brokers import Mosquitto
+from brokers import Mosquitto, free_port
 from gridedge.gateway.protocol import Channel, Frame, Stat, build_frame
 from mqtt_capture import wait_for
 
@@ -32,11 +32,12 @@ def frame(device: str, seq: int, boot: int = 1, key: bytes | None = None) -> byt
 
 
 def config_text(state_dir: Path, local: Mosquitto, cloud: Mosquitto | None,
-                devices: list[str], **uplink: object) -> str:
+                devices: list[str], metrics_port: int = 0, **uplink: object) -> str:
     lines = [
         "[gateway]", 'id = "gw-test"', f'state_dir = "{state_dir}"', 'log_level = "info"',
         "[local]", f"port = {local.port}",
         "[store]", "commit_interval_ms = 20",
+        "[metrics]", f"port = {metrics_port or free_port()}",
         "[uplink]",
     ]
     if cloud is None:

@@ -6,12 +6,13 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from brokers import Mosquitto
+from brokers import Mosquitto, free_port
 from gateway_fixtures import (
     LOCAL_BROKER_EXTRA,
     DevicePublisher,
@@ -49,18 +50,29 @@ def status(config: Path) -> dict[str, object]:
 
 
 def start_all(
-    tmp_path: Path, local: Mosquitto, cloud: Mosquitto
+    tmp_path: Path, local: Mosquitto, cloud: Mosquitto, metrics_port: int = 0
 ) -> tuple[Path, Capture, GatewayProcess, DevicePublisher]:
     """Config, a cloud subscriber, the gateway (subscribed), a device publisher."""
     cfg = tmp_path / "gw.toml"
-    cfg.write_text(config_text(tmp_path / "state", local, cloud, DEVICES))
+    cfg.write_text(config_text(tmp_path / "state", local, cloud, DEVICES, metrics_port))
     capture = Capture(cloud.port, topic="gridedge/v1/gw/#")
     gw = GatewayProcess(cfg, tmp_path / "gw.log").start(wait_subscribed=True)
     return cfg, capture, gw, DevicePublisher(local.port)
 
 
+def metrics(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    out = {}
+    for line in text.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
 def test_every_reading_arrives_once(tmp_path: Path, brokers: tuple[Mosquitto, Mosquitto]) -> None:
-    cfg, capture, gw, pub = start_all(tmp_path, *brokers)
+    port = free_port()
+    cfg, capture, gw, pub = start_all(tmp_path, *brokers, metrics_port=port)
     try:
         for seq in range(100):
             for d in DEVICES:
@@ -69,7 +81,7 @@ def test_every_reading_arrives_once(tmp_path: Path, brokers: tuple[Mosquitto, Mo
         pub.publish(DEVICES[0], b"\x00garbage")
         pub.publish(DEVICES[0], frame(DEVICES[0], 500, key=bytes(32)))  # forged MAC
         pub.publish(DEVICES[0], frame("stranger", 1))  # unknown device
-        pub.publish(DEVICES[1], frame(DEVICES[1], 5))  # a duplicate
+        pub.publish(DEVICES[1], frame(DEVICES[1], 99))  # a duplicate
         assert wait_for(lambda: len(identities(capture)) == 500, 30), len(identities(capture))
         time.sleep(0.5)
         seen = identities(capture)
@@ -78,6 +90,13 @@ def test_every_reading_arrives_once(tmp_path: Path, brokers: tuple[Mosquitto, Mo
         sample = json.loads(capture.payloads("/readings")[0])[0]
         assert sample["site"] == "sub-1" and sample["channels"][0]["voltage_v"]["max"] == 231.0
         assert capture.payloads("/status")[0].startswith(b'{"state": "online"')
+        m = metrics(port)
+        assert m["gridedge_frames_accepted_total"] == 500
+        for reason in ("malformed", "bad_mac", "unknown_device", "duplicate"):
+            assert m.get(f'gridedge_frames_rejected_total{{reason="{reason}"}}') == 1, (
+                reason, {k: v for k, v in m.items() if k.startswith("gridedge")})
+        assert m["gridedge_uplink_connected"] == 1
+        assert m["gridedge_uplink_delivered_total"] == 500
     finally:
         pub.close()
         code = gw.terminate()

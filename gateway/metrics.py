@@ -1,0 +1,93 @@
+"""Prometheus metrics on localhost: a collector that reads the daemon's live counters.
+
+Nothing is counted twice: the collector asks the pipeline, readers, store and uplink for
+their figures at scrape time (prometheus_client's text format on http://HOST:PORT/metrics).
+Store figures come from the store's own bookkeeping; ``gridedge_bytes_written_total`` is
+what this process made the kernel write to storage (/proc/self/io write_bytes): the
+SD-card wear the gateway causes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import start_http_server
+from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from gridedge.gateway.daemon import Daemon
+
+
+class DaemonCollector(Collector):
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        d = self.d
+        p = d.pipeline
+        c = CounterMetricFamily("gridedge_frames_accepted", "Frames verified and stored")
+        c.add_metric([], p.accepted)
+        yield c
+        c = CounterMetricFamily("gridedge_frames_rejected", "Frames rejected, by reason",
+                                labels=["reason"])
+        for reason, n in sorted(p.rejected.items()):
+            c.add_metric([reason], n)
+        yield c
+        c = CounterMetricFamily("gridedge_frames_missing", "Frames found missing (seq gaps)")
+        c.add_metric([], p.missing)
+        yield c
+        depth = d.store.depth()
+        g = GaugeMetricFamily("gridedge_store_records", "Records waiting for the uplink",
+                              labels=["priority"])
+        g.add_metric(["alarm"], depth["alarms"])
+        g.add_metric(["telemetry"], depth["telemetry"])
+        yield g
+        g = GaugeMetricFamily("gridedge_store_bytes", "Bytes of records in the store")
+        g.add_metric([], depth["bytes"])
+        yield g
+        g = GaugeMetricFamily("gridedge_store_oldest_age_seconds", "Age of the oldest record")
+        g.add_metric([], depth["oldest_age_ms"] / 1000)
+        yield g
+        c = CounterMetricFamily("gridedge_store_dropped", "Records dropped by the store bounds",
+                                labels=["reason"])
+        for name, n in sorted(d.store.counters().items()):
+            if name.startswith("dropped_"):
+                c.add_metric([name.removeprefix("dropped_")], n)
+        yield c
+        up = d.uplink
+        g = GaugeMetricFamily("gridedge_uplink_connected", "1 while the cloud link is up")
+        g.add_metric([], 1 if up is not None and up.connected else 0)
+        yield g
+        c = CounterMetricFamily("gridedge_uplink_delivered", "Records acknowledged by the cloud")
+        c.add_metric([], up.delivered if up is not None else 0)
+        yield c
+        c = CounterMetricFamily("gridedge_uplink_reconnects", "Connections made to the cloud")
+        c.add_metric([], up.connects if up is not None else 0)
+        yield c
+        g = GaugeMetricFamily("gridedge_serial_open", "1 while a serial port is open",
+                              labels=["port"])
+        for reader in d.serial:
+            g.add_metric([reader.cfg.port], 1 if reader.is_open else 0)
+        yield g
+        c = CounterMetricFamily("gridedge_bytes_written",
+                                "Bytes this process wrote to storage (SD-card wear)")
+        c.add_metric([], storage_bytes_written())
+        yield c
+
+
+def storage_bytes_written() -> int:
+    try:
+        with open("/proc/self/io") as f:
+            for line in f:
+                if line.startswith("write_bytes:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def serve(daemon: Daemon, host: str, port: int) -> None:
+    REGISTRY.register(DaemonCollector(daemon))
+    start_http_server(port, addr=host)
