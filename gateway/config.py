@@ -15,7 +15,8 @@ import difflib
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, fields, is_dataclass
+import types
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
@@ -110,6 +111,44 @@ class Device:
 
 
 @dataclass
+class Limits:
+    """Threshold limits; defaults follow EN 50160 for a 230 V 50 Hz LV network."""
+
+    nominal_voltage: float = field(default=230.0, metadata=rng(50, 1000))
+    voltage_band: float = field(default=0.10, metadata=rng(0.01, 0.5))
+    frequency_min: float = field(default=49.5, metadata=rng(40, 70))
+    frequency_max: float = field(default=50.5, metadata=rng(40, 70))
+    min_power_factor: float = field(default=0.8, metadata=rng(0, 1))
+    max_current: float = field(default=0.0, metadata=rng(0, 10_000))  # A, 0 = no check
+    max_power: float = field(default=0.0, metadata=rng(0, 10_000_000))  # W, 0 = no check
+    hysteresis: float = field(default=0.02, metadata=rng(0, 0.5))  # share of the limit
+    min_duration_s: float = field(default=10.0, metadata=rng(0, 86_400))
+
+
+@dataclass
+class Override:
+    """Limits for a site, a device or one channel of a device (most specific wins)."""
+
+    site: str = ""
+    device: str = ""
+    channel: int | None = field(default=None, metadata=rng(0, 7))
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass
+class ChecksSection:
+    enabled: bool = True
+    limits: Limits = field(default_factory=Limits)
+    override: list[Override] = field(default_factory=list)
+    offline_after_periods: float = field(default=3.0, metadata=rng(1, 1000))
+    anomaly_sensitivity: float = field(default=5.0, metadata=rng(1, 100))
+    anomaly_warmup: int = field(default=30, metadata=rng(2, 100_000))
+    stuck_periods: int = field(default=30, metadata=rng(2, 100_000))
+    balance_window_s: int = field(default=3600, metadata=rng(10, 7 * 86_400))
+    balance_threshold: float = field(default=0.05, metadata=rng(0.001, 1))
+
+
+@dataclass
 class MetricsSection:
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -125,6 +164,7 @@ class Config:
     uplink: UplinkSection = field(default_factory=UplinkSection)
     devices: list[Device] = field(default_factory=list)
     metrics: MetricsSection = field(default_factory=MetricsSection)
+    checks: ChecksSection = field(default_factory=ChecksSection)
 
     def device_keys(self) -> dict[str, bytes]:
         return {d.id: bytes.fromhex(d.key) for d in self.devices}
@@ -214,6 +254,8 @@ def build(cls: Any, data: Any, path: str, problems: list[str]) -> Any:
                 problems.append(f"{fpath}: required")
             continue
         value = data[name]
+        if isinstance(tp, types.UnionType):  # "X | None": TOML has no null, so it is an X
+            tp = next(a for a in get_args(tp) if a is not type(None))
         if is_dataclass(tp):
             kwargs[name] = build(tp, value, fpath, problems)
         elif get_origin(tp) is list:
@@ -258,6 +300,15 @@ def cross_checks(cfg: Config, problems: list[str]) -> None:
             problems.append(f"uplink.{name}: no such file {value}")
 
 
+def _inherit_limits(cfg: Config, raw: dict[str, Any]) -> None:
+    """An override changes only the limits it names; the rest come from [checks.limits]."""
+    overrides = raw.get("checks", {}).get("override", []) if isinstance(raw, dict) else []
+    for o, table in zip(cfg.checks.override, overrides, strict=False):
+        named = table.get("limits", {}) if isinstance(table, dict) else {}
+        o.limits = replace(cfg.checks.limits, **{k: getattr(o.limits, k) for k in named
+                                                 if hasattr(o.limits, k)})
+
+
 def parse(text: str, source: str = "<config>", env: dict[str, str] | None = None) -> Config:
     problems: list[str] = []
     try:
@@ -267,6 +318,7 @@ def parse(text: str, source: str = "<config>", env: dict[str, str] | None = None
     raw = substitute_env(raw, "", dict(os.environ) if env is None else env, problems)
     cfg = build(Config, raw, "", problems)
     cross_checks(cfg, problems)
+    _inherit_limits(cfg, raw)
     if problems:
         raise ConfigError(source, problems)
     return cfg  # type: ignore[no-any-return]

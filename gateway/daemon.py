@@ -14,6 +14,7 @@ import threading
 from types import FrameType
 
 from gridedge.gateway import sdnotify
+from gridedge.gateway.checks import EdgeChecks
 from gridedge.gateway.config import Config, ConfigError, load
 from gridedge.gateway.ingest_mqtt import MQTTIngest
 from gridedge.gateway.ingest_serial import SerialIngest
@@ -22,6 +23,11 @@ from gridedge.gateway.store import Store
 from gridedge.gateway.uplink import Uplink
 
 log = logging.getLogger(__name__)
+
+
+def device_info(cfg: Config) -> dict[str, dict[str, str]]:
+    """What the edge checks need to know of each device."""
+    return {d.id: {"site": d.site, "feeder": d.feeder, "role": d.role} for d in cfg.devices}
 
 
 def device_registry(cfg: Config) -> dict[str, DeviceInfo]:
@@ -37,8 +43,9 @@ class Daemon:
         if self.store.recovered_from is not None:
             log.error("ALARM: the store was corrupt and was moved aside to %s",
                       self.store.recovered_from)
+        checks = EdgeChecks(cfg.checks, device_info(cfg)) if cfg.checks.enabled else None
         self.pipeline = Pipeline(self.store, device_registry(cfg),
-                                 cfg.store.commit_interval_ms)
+                                 cfg.store.commit_interval_ms, checks=checks)
         self.ingest = MQTTIngest(cfg.local, self.pipeline)
         self.serial = [SerialIngest(p, self.pipeline) for p in cfg.serial]
         self.uplink = Uplink(cfg.uplink, cfg.gateway.id, self.store) \
@@ -72,6 +79,8 @@ class Daemon:
             log.error("reload refused, keeping the running configuration: %s", e)
             return
         self.pipeline.set_devices(device_registry(new))
+        if self.pipeline.checks is not None:
+            self.pipeline.checks.set_devices(device_info(new))
         logging.getLogger().setLevel(new.gateway.log_level.upper())
         for section in ("local", "uplink", "store", "serial", "metrics"):
             if getattr(new, section) != getattr(self.cfg, section):

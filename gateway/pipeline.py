@@ -8,8 +8,9 @@ commits them with the devices' marks in one transaction. Only after the commit r
 the acknowledgements called: for MQTT that sends the PUBACK, so a gateway killed at any
 instant has lost nothing it acknowledged. Rejected frames are acknowledged too (they must
 not come back), counted per reason and logged at most once per device and reason a minute.
-If the commit fails (disk full), nothing is acknowledged, the marks are reloaded from the
-store, and the batch is retried after a pause: the broker keeps the unacknowledged frames.
+If the commit fails (disk full), nothing is acknowledged and the batch is retried every
+second; the broker keeps the unacknowledged frames meanwhile. Edge checks (checks.py) run
+on each accepted frame, and their alarm events are committed in the same transaction.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from gridedge.gateway.checks import EdgeChecks, Event
 from gridedge.gateway.dedup import Deduplicator
 from gridedge.gateway.errors import ProtocolError
 from gridedge.gateway.payloads import reading_dict
 from gridedge.gateway.protocol import Frame, FrameDecoder
-from gridedge.gateway.store import TELEMETRY, Record, Store, StoreError
+from gridedge.gateway.store import ALARM, TELEMETRY, Record, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +62,11 @@ class RateLimitedLog:
 
 class Pipeline:
     def __init__(self, store: Store, devices: Mapping[str, DeviceInfo],
-                 commit_interval_ms: int = 50, max_batch: int = 2000) -> None:
+                 commit_interval_ms: int = 50, max_batch: int = 2000,
+                 checks: EdgeChecks | None = None) -> None:
         self.store = store
+        self.checks = checks
+        self.alarms = 0
         self.devices = dict(devices)
         self.decoder = FrameDecoder({d: info.key for d, info in self.devices.items()})
         self.dedup = Deduplicator(store.marks())
@@ -104,6 +109,10 @@ class Pipeline:
     def _run(self) -> None:
         while True:
             batch = self._collect()
+            if self.checks is not None and not self._stop.is_set():
+                events = self.checks.tick()
+                if events:
+                    self._commit_events(events)
             if batch:
                 try:
                     self._process(batch)
@@ -162,6 +171,22 @@ class Pipeline:
         return Record(TELEMETRY, frame.device_id, frame.boot, frame.seq,
                       json.dumps(body, separators=(",", ":")).encode())
 
+    @staticmethod
+    def alarm_record(ev: Event, boot: int = 0, seq: int = 0) -> Record:
+        ident = ":".join(str(ev.get(k, "")) for k in
+                         ("kind", "state", "device", "feeder", "channel", "time"))
+        body = {"id": ident, **ev}
+        return Record(ALARM, ev.get("device") or ev.get("feeder", ""), boot, seq,
+                      json.dumps(body, separators=(",", ":")).encode())
+
+    def _commit_events(self, events: list[Event]) -> None:
+        try:
+            self.store.commit([self.alarm_record(e) for e in events])
+            self.alarms += len(events)
+        except StoreError as e:
+            log.error("store: %s; %d alarm events lost", e, len(events))
+            self.rejected["alarm_not_stored"] += len(events)
+
     def _process(self, batch: list[tuple[bytes, str, Ack | None]]) -> None:
         records = []
         now = time.time()
@@ -170,22 +195,24 @@ class Pipeline:
             if frame is not None:
                 records.append(self.record(frame))
                 self.last_seen[frame.device_id] = now
-        touched = {r.device for r in records}
+                if self.checks is not None:
+                    for ev in self.checks.observe(frame, now):
+                        records.append(self.alarm_record(ev, frame.boot, frame.seq))
+                        self.alarms += 1
+        touched = {r.device for r in records if r.priority == TELEMETRY}
         marks = {d: self.dedup.marks[d] for d in touched}
         while True:
             try:
                 self.store.commit(records, marks)
                 break
             except StoreError as e:
+                # The same records and marks are retried until they fit (the in-memory
+                # marks already include this batch). Nothing is acknowledged meanwhile.
                 log.error("store: %s; %d frames wait, unacknowledged", e, len(batch))
-                self.dedup.reload(self.store.marks())
                 if self._stop.wait(1.0):
+                    self.dedup.reload(self.store.marks())  # giving up: forget the batch
                     return  # unacknowledged: the broker redelivers them after a restart
-                # re-verify against the reloaded marks so the retry stays consistent
-                records = [self.record(f) for f in
-                           (self._verify(raw) for raw, _, _ in batch) if f is not None]
-                marks = {d: self.dedup.marks[d] for d in {r.device for r in records}}
-        self.accepted += len(records)
+        self.accepted += sum(r.priority == TELEMETRY for r in records)
         self.commits += 1
         for _raw, _source, ack in batch:
             if ack is not None:

@@ -24,15 +24,18 @@ def device_key(device: str) -> bytes:
     return (device.encode() * 32)[:32]
 
 
-def frame(device: str, seq: int, boot: int = 1, key: bytes | None = None) -> bytes:
+def frame(device: str, seq: int, boot: int = 1, key: bytes | None = None,
+          volts: float | None = None) -> bytes:
+    mv = int(volts * 1000) if volts is not None else 230_000 + seq % 100
     f = Frame(device, boot=boot, seq=seq, uptime_ms=1000 * seq, period_ms=1000,
-              channels=(Channel(0, 0, {"voltage": Stat(230_000 + seq % 100, 229_000, 231_000),
+              channels=(Channel(0, 0, {"voltage": Stat(mv, min(mv, 229_000), max(mv, 231_000)),
                                        "power": 1000 + seq}),))
     return build_frame(f, device_key(device) if key is None else key)
 
 
 def config_text(state_dir: Path, local: Mosquitto, cloud: Mosquitto | None,
-                devices: list[str], metrics_port: int = 0, **uplink: object) -> str:
+                devices: list[str], metrics_port: int = 0, extra: str = "",
+                **uplink: object) -> str:
     lines = [
         "[gateway]", 'id = "gw-test"', f'state_dir = "{state_dir}"', 'log_level = "info"',
         "[local]", f"port = {local.port}",
@@ -51,7 +54,7 @@ def config_text(state_dir: Path, local: Mosquitto, cloud: Mosquitto | None,
     for d in devices:
         lines += ["[[devices]]", f'id = "{d}"', f'key = "{device_key(d).hex()}"',
                   'site = "sub-1"', 'feeder = "F1"']
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + extra
 
 
 class GatewayProcess:

@@ -133,3 +133,29 @@ def test_sigkill_under_load_loses_nothing(
         capture.close()
     seen = identities(capture)
     assert set(seen) == {(d, 1, s) for d in DEVICES for s in range(600)}
+
+
+def test_alarms_go_first_and_reach_the_cloud(
+    tmp_path: Path, brokers: tuple[Mosquitto, Mosquitto]
+) -> None:
+    local, cloud = brokers
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(config_text(tmp_path / "state", local, cloud, DEVICES,
+                               extra="[checks.limits]\nmin_duration_s = 0\n"))
+    capture = Capture(cloud.port, topic="gridedge/v1/gw/#")
+    gw = GatewayProcess(cfg, tmp_path / "gw.log").start(wait_subscribed=True)
+    pub = DevicePublisher(local.port)
+    try:
+        for seq, volts in enumerate([230.0, 262.0, 262.5, 231.0]):
+            pub.publish(DEVICES[2], frame(DEVICES[2], seq, volts=volts))
+        assert wait_for(lambda: len(capture.payloads("/alarms")) >= 2, 20)
+        alarms = [a for p in capture.payloads("/alarms") for a in json.loads(p)
+                  if a["kind"] == "over_voltage"]  # (it goes offline after 3 s, too)
+        assert [(a["kind"], a["state"]) for a in alarms] == [
+            ("over_voltage", "raised"), ("over_voltage", "cleared")]
+        assert alarms[0]["device"] == DEVICES[2] and alarms[0]["value"] == 262.0
+        assert alarms[0]["site"] == "sub-1" and alarms[0]["id"]
+    finally:
+        pub.close()
+        gw.terminate()
+        capture.close()

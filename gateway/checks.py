@@ -1,0 +1,216 @@
+"""Edge checks on every reading: thresholds, anomalies, offline devices, energy balance.
+
+``EdgeChecks.observe(frame)`` runs on each accepted frame (in the committer thread) and
+``tick(now)`` about every 200 ms; both return alarm events, which the pipeline stores
+with alarm priority in the same transaction as the readings.
+
+- Thresholds per site/device/channel (most specific ``[[checks.override]]`` wins): over-
+  and under-voltage (default 230 V +-10 %, EN 50160), over-current, over-power, low power
+  factor, frequency out of band. A condition must hold for ``min_duration_s`` before it is
+  raised and clears only when the value is back inside the limit by the hysteresis margin
+  for as long. Raised and cleared are both events. Time is the frame's own clock.
+- Anomalies per series (anomaly.py), with their evidence.
+- A device silent for ``offline_after_periods`` of its reporting periods is offline;
+  its next frame clears that.
+- Energy balance per feeder over ``balance_window_s``: energy the line sensors saw minus
+  what the meters reported, as a share of the line sensors' energy; above
+  ``balance_threshold`` it is a non-technical-loss alarm (theft, bypass, a leak).
+
+Memory is bounded by the number of series: a few numbers per (device, channel, quantity).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gridedge.gateway.anomaly import AnomalyConfig, SeriesDetector
+from gridedge.gateway.config import ChecksSection, Limits
+from gridedge.gateway.payloads import iso_ms
+from gridedge.gateway.protocol import Frame, Stat
+
+Event = dict[str, Any]
+
+
+def _mean(v: Stat | int | None) -> float | None:
+    if v is None:
+        return None
+    return float(v.mean) if isinstance(v, Stat) else float(v)
+
+
+def _rules(lim: Limits) -> list[tuple[str, str, str, float, float]]:
+    """(kind, quantity, direction, limit in wire units, hysteresis in wire units)."""
+    v_hi = lim.nominal_voltage * (1 + lim.voltage_band) * 1000
+    v_lo = lim.nominal_voltage * (1 - lim.voltage_band) * 1000
+    h = lim.hysteresis
+    rules = [
+        ("over_voltage", "voltage", "above", v_hi, v_hi * h),
+        ("under_voltage", "voltage", "below", v_lo, v_lo * h),
+        ("frequency_high", "frequency", "above", lim.frequency_max * 1000, 1000 * h),
+        ("frequency_low", "frequency", "below", lim.frequency_min * 1000, 1000 * h),
+        ("low_power_factor", "power_factor", "below", lim.min_power_factor * 1000, 1000 * h),
+    ]
+    if lim.max_current:
+        rules.append(("over_current", "current", "above", lim.max_current * 1000,
+                      lim.max_current * 1000 * h))
+    if lim.max_power:
+        rules.append(("over_power", "power", "above", lim.max_power * 1000,
+                      lim.max_power * 1000 * h))
+    return rules
+
+
+@dataclass(slots=True)
+class Condition:
+    active: bool = False
+    since_ms: int | None = None  # when the pending change (raise or clear) started
+
+
+@dataclass
+class DeviceState:
+    period_ms: int = 10_000
+    last_seen: float = 0.0
+    offline: bool = False
+    info: Mapping[str, str] = field(default_factory=dict)
+
+
+class EdgeChecks:
+    def __init__(self, cfg: ChecksSection, devices: Mapping[str, Mapping[str, str]]) -> None:
+        self.cfg = cfg
+        self.devices = {d: DeviceState(info=info) for d, info in devices.items()}
+        self.conditions: dict[tuple[str, int, str], Condition] = {}
+        self.detectors: dict[tuple[str, int, str], SeriesDetector] = {}
+        self.anomaly_cfg = AnomalyConfig(cfg.anomaly_sensitivity, cfg.anomaly_warmup,
+                                         stuck_after=cfg.stuck_periods)
+        self.balance: dict[str, dict[str, float]] = {}  # feeder -> {"line", "meters"}
+        self.balance_start: float | None = None
+        self.balance_alarm: dict[str, bool] = {}
+        self.raised = 0
+
+    def set_devices(self, devices: Mapping[str, Mapping[str, str]]) -> None:
+        for d, info in devices.items():
+            self.devices.setdefault(d, DeviceState()).info = info
+
+    def limits_for(self, device: str, channel: int) -> Limits:
+        site = self.devices.get(device, DeviceState()).info.get("site", "")
+        best, rank = self.cfg.limits, 0
+        for o in self.cfg.override:
+            if (o.channel is not None and o.channel != channel) or \
+                    (o.device and o.device != device) or (o.site and o.site != site):
+                continue
+            r = (4 if o.channel is not None else 0) + (2 if o.device else 0) + \
+                (1 if o.site else 0)
+            if r >= rank:
+                best, rank = o.limits, r
+        return best
+
+    def _event(self, state: str, kind: str, device: str, channel: int | None, t_ms: int,
+               **evidence: Any) -> Event:
+        info = self.devices.get(device, DeviceState()).info
+        self.raised += state == "raised"
+        ev: Event = {"type": "alarm", "state": state, "kind": kind, "device": device,
+                     "time": iso_ms(t_ms), "site": info.get("site", ""),
+                     "feeder": info.get("feeder", "")}
+        if channel is not None:
+            ev["channel"] = channel
+        ev.update(evidence)
+        return ev
+
+    def observe(self, frame: Frame, now: float | None = None) -> list[Event]:
+        now = time.time() if now is None else now
+        t_ms = frame.unix_ms if frame.unix_ms is not None else int(now * 1000)
+        st = self.devices.setdefault(frame.device_id, DeviceState())
+        st.period_ms = frame.period_ms or st.period_ms
+        st.last_seen = now
+        events: list[Event] = []
+        if st.offline:
+            st.offline = False
+            events.append(self._event("cleared", "offline", frame.device_id, None, t_ms))
+        for ch in frame.channels:
+            if not ch.valid:
+                continue
+            lim = self.limits_for(frame.device_id, ch.index)
+            for kind, qty, direction, limit, hyst in _rules(lim):
+                value = _mean(ch.values.get(qty))
+                if value is not None:
+                    events += self._threshold(frame.device_id, ch.index, kind, direction,
+                                              value, limit, hyst, t_ms, lim.min_duration_s)
+            for qty in ("voltage", "current", "power"):
+                value = _mean(ch.values.get(qty))
+                if value is None:
+                    continue
+                det = self.detectors.setdefault((frame.device_id, ch.index, qty),
+                                                SeriesDetector(self.anomaly_cfg))
+                for f in det.observe(value, frame.period_ms / 1000):
+                    events.append(self._event("raised", f.kind, frame.device_id, ch.index,
+                                              t_ms, quantity=qty, value=f.value,
+                                              baseline=round(f.baseline, 3),
+                                              score=round(f.score, 2)))
+            delta = ch.values.get("energy_delta")
+            if isinstance(delta, int):
+                self._add_energy(frame.device_id, delta)
+        return events
+
+    def _threshold(self, device: str, channel: int, kind: str, direction: str, value: float,
+                   limit: float, hyst: float, t_ms: int, min_s: float) -> list[Event]:
+        cond = self.conditions.setdefault((device, channel, kind), Condition())
+        beyond = value > limit if direction == "above" else value < limit
+        back = value < limit - hyst if direction == "above" else value > limit + hyst
+        wants_change = beyond if not cond.active else back
+        if not wants_change:
+            cond.since_ms = None
+            return []
+        if cond.since_ms is None:
+            cond.since_ms = t_ms
+        if t_ms - cond.since_ms < min_s * 1000:
+            return []
+        cond.active = not cond.active
+        cond.since_ms = None
+        state = "raised" if cond.active else "cleared"
+        return [self._event(state, kind, device, channel, t_ms, value=value / 1000,
+                            threshold=limit / 1000)]
+
+    def _add_energy(self, device: str, delta_mwh: int) -> None:
+        info = self.devices.get(device, DeviceState()).info
+        feeder = info.get("feeder")
+        if not feeder:
+            return
+        side = "line" if info.get("role") == "line_sensor" else "meters"
+        acc = self.balance.setdefault(feeder, {"line": 0.0, "meters": 0.0})
+        acc[side] += delta_mwh / 1000
+
+    def tick(self, now: float | None = None) -> list[Event]:
+        now = time.time() if now is None else now
+        events: list[Event] = []
+        for device, st in self.devices.items():
+            if st.last_seen and not st.offline and \
+                    now - st.last_seen > self.cfg.offline_after_periods * st.period_ms / 1000:
+                st.offline = True
+                events.append(self._event("raised", "offline", device, None, int(now * 1000),
+                                          silent_s=round(now - st.last_seen, 1)))
+        if self.balance_start is None:
+            self.balance_start = now
+        elif now - self.balance_start >= self.cfg.balance_window_s:
+            events += self._close_balance(now)
+        return events
+
+    def _close_balance(self, now: float) -> list[Event]:
+        events = []
+        for feeder, acc in self.balance.items():
+            line, meters = acc["line"], acc["meters"]
+            if line <= 0:
+                continue
+            loss = (line - meters) / line
+            alarm = loss > self.cfg.balance_threshold
+            if alarm != self.balance_alarm.get(feeder, False):
+                self.balance_alarm[feeder] = alarm
+                ev = self._event("raised" if alarm else "cleared", "non_technical_loss", "",
+                                 None, int(now * 1000), line_wh=round(line, 1),
+                                 meters_wh=round(meters, 1), loss=round(loss, 4),
+                                 window_s=self.cfg.balance_window_s)
+                ev["feeder"] = feeder
+                events.append(ev)
+        self.balance = {}
+        self.balance_start = now
+        return events

@@ -1,0 +1,142 @@
+"""Edge checks: thresholds with hysteresis and duration, overrides, anomalies, offline,
+energy balance. Pure logic, driven by frames with their own clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gridedge.gateway.anomaly import AnomalyConfig, SeriesDetector
+from gridedge.gateway.checks import EdgeChecks
+from gridedge.gateway.config import parse
+from gridedge.gateway.protocol import ST_INVALID, Channel, Frame, Stat
+
+T0 = 1_763_776_800_000
+DEVICES = {"m1": {"site": "s1", "feeder": "F1", "role": "meter"},
+           "m2": {"site": "s2", "feeder": "F1", "role": "meter"},
+           "line": {"site": "s1", "feeder": "F1", "role": "line_sensor"}}
+
+
+def checks(extra: str = "") -> EdgeChecks:
+    cfg = parse("[uplink]\nenabled = false\n[checks]\n" + extra, env={})
+    return EdgeChecks(cfg.checks, DEVICES)
+
+
+def reading(device: str, seq: int, v: float = 230.0, i: float = 5.0, p: float = 1000.0,
+            pf: float = 0.98, f: float = 50.0, e_wh: float = 0.0, ch: int = 0,
+            status: int = 0) -> Frame:
+    values: dict[str, Any] = {} if status & ST_INVALID else {
+        "voltage": Stat(int(v * 1000), int(v * 1000), int(v * 1000)),
+        "current": Stat(int(i * 1000), int(i * 1000), int(i * 1000)),
+        "power": Stat(int(p * 1000), int(p * 1000), int(p * 1000)),
+        "power_factor": int(pf * 1000), "frequency": int(f * 1000),
+        "energy_delta": int(e_wh * 1000)}
+    return Frame(device, 1, seq, seq * 10_000, 10_000, (Channel(ch, status, values),),
+                 unix_ms=T0 + seq * 10_000)
+
+
+def kinds(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(e["kind"], e["state"]) for e in events]
+
+
+def test_over_voltage_needs_duration_and_clears_with_hysteresis() -> None:
+    c = checks()
+    out = []
+    volts = [230, 254, 255, 256, 253, 252, 251, 250, 249, 248]  # limit 253, clear < 247.94
+    for seq, v in enumerate(volts):
+        out.append(kinds(c.observe(reading("m1", seq, v=v))))
+    assert out[1] == []  # over, but only since this frame
+    assert out[2] == [("over_voltage", "raised")]  # frame times 10 s apart: held 10 s
+    assert all(o == [] for o in out[3:])  # 248..253 is inside the hysteresis band
+    more = [kinds(c.observe(reading("m1", s, v=245))) for s in (10, 11)]
+    assert more == [[], [("over_voltage", "cleared")]]
+
+
+def test_a_short_spike_raises_nothing() -> None:
+    c = checks()
+    events = [e for s, v in enumerate([230, 260, 230, 230]) for e in
+              c.observe(reading("m1", s, v=v))]
+    assert events == []
+
+
+def test_overrides_most_specific_wins() -> None:
+    c = checks("""
+[checks.limits]
+max_current = 60.0
+min_duration_s = 0
+[[checks.override]]
+site = "s1"
+limits = { max_current = 40.0 }
+[[checks.override]]
+device = "m1"
+channel = 1
+limits = { max_current = 20.0 }
+""")
+    assert c.limits_for("m2", 0).max_current == 60.0
+    assert c.limits_for("m1", 0).max_current == 40.0
+    assert c.limits_for("m1", 1).max_current == 20.0
+    assert c.limits_for("m1", 1).min_duration_s == 0  # inherited, not the default 10
+    assert kinds(c.observe(reading("m1", 0, i=25.0, ch=1))) == [("over_current", "raised")]
+    assert kinds(c.observe(reading("m1", 1, i=25.0, ch=0))) == []
+
+
+def test_frequency_and_power_factor() -> None:
+    c = checks("[checks.limits]\nmin_duration_s = 0\n")
+    ev = kinds(c.observe(reading("m1", 0, f=49.2, pf=0.5)))
+    assert ("frequency_low", "raised") in ev and ("low_power_factor", "raised") in ev
+
+
+def test_invalid_channels_are_not_judged() -> None:
+    c = checks("[checks.limits]\nmin_duration_s = 0\n")
+    assert c.observe(reading("m1", 0, status=ST_INVALID)) == []
+
+
+def test_offline_and_back() -> None:
+    c = checks()
+    c.observe(reading("m1", 0), now=1000.0)
+    assert c.tick(now=1025.0) == []  # 2.5 periods of silence
+    ev = c.tick(now=1031.0)
+    assert kinds(ev) == [("offline", "raised")] and ev[0]["silent_s"] == 31.0
+    assert c.tick(now=1040.0) == []  # raised once
+    assert kinds(c.observe(reading("m1", 5), now=1041.0))[0] == ("offline", "cleared")
+
+
+def test_energy_balance_finds_a_bypass() -> None:
+    c = checks("balance_window_s = 60\nbalance_threshold = 0.05\n")
+    c.tick(now=0.0)
+    for s in range(6):
+        c.observe(reading("line", s, e_wh=10.0), now=s * 10.0)
+        c.observe(reading("m1", s, e_wh=4.0), now=s * 10.0)
+        c.observe(reading("m2", s, e_wh=4.0), now=s * 10.0)  # 20 % unaccounted
+    ev = c.tick(now=61.0)
+    assert kinds(ev) == [("non_technical_loss", "raised")]
+    assert ev[0]["loss"] == 0.2 and ev[0]["feeder"] == "F1" and ev[0]["line_wh"] == 60.0
+    for s in range(6, 12):  # the bypass is removed
+        c.observe(reading("line", s, e_wh=10.0), now=s * 10.0)
+        c.observe(reading("m1", s, e_wh=5.0), now=s * 10.0)
+        c.observe(reading("m2", s, e_wh=4.9), now=s * 10.0)
+    assert kinds(c.tick(now=122.0)) == [("non_technical_loss", "cleared")]
+
+
+def test_anomaly_detector_spike_and_stuck() -> None:
+    det = SeriesDetector(AnomalyConfig(sensitivity=5.0, warmup=20, stuck_after=5))
+    import random
+
+    rnd = random.Random(1)
+    found = []
+    for _ in range(200):
+        found += det.observe(1000.0 + rnd.gauss(0, 10), 10)
+    assert found == []  # normal noise: nothing
+    spike = det.observe(1200.0, 10)
+    assert [f.kind for f in spike] == ["anomaly"] and spike[0].score > 5
+    assert abs(spike[0].baseline - 1000) < 10
+    stuck = [f.kind for _ in range(5) for f in det.observe(1003.0, 10)]
+    assert stuck.count("stuck_value") == 1
+
+
+def test_anomaly_events_carry_evidence() -> None:
+    c = checks("anomaly_warmup = 10\n")
+    for s in range(40):
+        c.observe(reading("m1", s, p=1000.0 + (s % 3) * 10))
+    ev = [e for e in c.observe(reading("m1", 40, p=5000.0)) if e["kind"] == "anomaly"]
+    assert ev and ev[0]["quantity"] == "power" and ev[0]["value"] == 5_000_000
+    assert {"baseline", "score"} <= set(ev[0])
