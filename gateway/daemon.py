@@ -50,6 +50,8 @@ class Daemon:
         self.serial = [SerialIngest(p, self.pipeline) for p in cfg.serial]
         self.uplink = Uplink(cfg.uplink, cfg.gateway.id, self.store) \
             if cfg.uplink.enabled else None
+        if self.uplink is not None:
+            self.pipeline.on_commit = self.uplink.wake.set
         self._stop = threading.Event()
         self._reload = threading.Event()
         probes = {"committer": lambda: self.pipeline.progress,

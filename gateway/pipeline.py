@@ -66,6 +66,7 @@ class Pipeline:
                  checks: EdgeChecks | None = None) -> None:
         self.store = store
         self.checks = checks
+        self.on_commit: Callable[[], None] | None = None  # e.g. wake the uplink
         self.alarms = 0
         self.devices = dict(devices)
         self.decoder = FrameDecoder({d: info.key for d, info in self.devices.items()})
@@ -214,6 +215,8 @@ class Pipeline:
                     return  # unacknowledged: the broker redelivers them after a restart
         self.accepted += sum(r.priority == TELEMETRY for r in records)
         self.commits += 1
+        if self.on_commit is not None:
+            self.on_commit()
         for _raw, _source, ack in batch:
             if ack is not None:
                 ack()

@@ -53,6 +53,7 @@ class Uplink:
         self._tokens = float(cfg.batch_size)
         self._last_refill = time.monotonic()
         self._stop = threading.Event()
+        self.wake = threading.Event()  # set by the committer after each commit
         self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
         self.client = self._make_client()
 
@@ -135,13 +136,14 @@ class Uplink:
                 if not self.connected:
                     self._stop.wait(0.05)
                     continue
-            self.client.loop(timeout=0.01)
+            self.client.loop(timeout=0.0)
             if not self.connected:
                 continue
             self._check_ack_timeout()
-            sent = self._send_some()
-            if not sent:
-                self.client.loop(timeout=0.02)
+            if not self._send_some():
+                # Idle: sleep until the committer stores something (or PUBACKs may be due).
+                self.wake.wait(0.005 if self._inflight else 0.02)
+                self.wake.clear()
         if self.connected:
             self.client.publish(self.status_topic, json.dumps({"state": "offline"}),
                                 qos=1, retain=True)

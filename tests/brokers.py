@@ -1,80 +1,28 @@
-"""Private Mosquitto brokers for tests: free loopback port, own config, stopped by PID.
-
-Each broker runs from its own folder (config, persistence, log). ``stop`` sends SIGTERM,
-so a broker with persistence on writes its database as a real one does on shutdown, and
-``start`` again brings it back on the same port: a broker restart, as in the field.
-"""
+"""Test access to gridedge.tools.brokers: a broker that cannot start fails the test."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from gridedge.tools import brokers
+from gridedge.tools.brokers import free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+__all__ = ["Mosquitto", "free_port"]
 
 
-def mosquitto_binary() -> str:
-    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists(
-        "/usr/sbin/mosquitto") else None)
-    if exe is None:
-        pytest.fail("mosquitto is not installed: run `make setup` as root, or "
-                    "`sudo apt-get install mosquitto`", pytrace=False)
-    return exe
-
-
-class Mosquitto:
+class Mosquitto(brokers.Mosquitto):
     def __init__(self, folder: Path, persistence: bool = False, extra: str = "") -> None:
-        self.folder = folder
-        self.port = free_port()
-        folder.mkdir(parents=True, exist_ok=True)
-        lines = [
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
-            f"log_dest file {folder / 'mosquitto.log'}",
-            "log_type error", "log_type warning", "log_type notice",
-        ]
-        if os.geteuid() == 0:
-            lines.append("user root")  # else mosquitto drops to 'mosquitto' and loses access
-        if persistence:
-            lines += ["persistence true", f"persistence_location {folder}/",
-                      "autosave_interval 1"]
-        self.conf = folder / "mosquitto.conf"
-        self.conf.write_text("\n".join(lines) + "\n" + extra)
-        self.proc: subprocess.Popen[bytes] | None = None
+        try:
+            brokers.mosquitto_binary()
+        except brokers.BrokerError as e:
+            pytest.fail(str(e), pytrace=False)
+        super().__init__(folder, persistence, extra)
 
     def start(self, timeout: float = 10) -> Mosquitto:
-        self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                pytest.fail(f"mosquitto exited at start: {err}", pytrace=False)
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        pytest.fail(f"mosquitto did not listen on {self.port} within {timeout} s")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+        try:
+            super().start(timeout)
+        except brokers.BrokerError as e:
+            pytest.fail(str(e), pytrace=False)
+        return self

@@ -151,13 +151,15 @@ def serial_limit(frame_bytes: int, baud: int = 115_200) -> dict[str, Any]:
 
 def render(rows: list[dict[str, Any]]) -> str:
     def num(v: float | None) -> str:
-        return "-" if v is None else f"{v:,.0f}"
+        if v is None:
+            return "-"
+        return f"{v:,.1f}" if abs(v) < 100 else f"{v:,.0f}"
 
-    head = f"{'case':<42} {'value':>12} {'unit':<9} {'baseline':>12} {'ratio':>6}"
+    head = f"{'case':<56} {'value':>12} {'unit':<12} {'baseline':>12} {'ratio':>6}"
     lines = [head, "-" * len(head)]
     for r in rows:
         ratio = "-" if r.get("ratio") is None else f"{r['ratio']:.2f}"
-        lines.append(f"{r['case']:<42} {num(r['value']):>12} {r['unit']:<9} "
+        lines.append(f"{r['case']:<56} {num(r['value']):>12} {r['unit']:<12} "
                      f"{num(r['baseline_value']):>12} {ratio:>6}")
     lines.append("")
     lines += [f"baseline of '{r['case']}': {r['baseline']}" for r in rows]
@@ -167,10 +169,17 @@ def render(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gridedge bench", description=__doc__.split("\n")[0])
     parser.add_argument("--json", default=str(REPO / "build" / "bench.json"))
+    parser.add_argument("--frames", type=int, default=50_000, help="throughput run size")
+    parser.add_argument("--backlog", type=int, default=1_000_000, help="drain run size")
+    parser.add_argument("--no-gateway", action="store_true", help="skip the broker runs")
     args = parser.parse_args(argv)
     message = build_frame(sample_frame(2), KEY)
     rows = [bench_gateway_decode(), bench_deframe(), bench_firmware_build(),
             serial_limit(len(framing.encode(message)))]
+    if not args.no_gateway:
+        from gridedge.tools import bench_gateway
+
+        rows += bench_gateway.run(args.frames, args.backlog)
     print(render(rows))
     out = {"machine": {"python": sys.version.split()[0], "cpus": os.cpu_count(),
                        "platform": platform.platform()},
