@@ -13,6 +13,7 @@ Everything runs on loopback; the brokers are private and stopped at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -147,6 +149,23 @@ def publish(port: int, frames: list[tuple[str, str]], folder: Path, rate: float 
     return float(out.stdout.split()[-1])
 
 
+@contextlib.contextmanager
+def brokers(folder: Path) -> Iterator[tuple[Mosquitto, Mosquitto]]:
+    """A local broker (queues without limit, like a production one) and a cloud broker."""
+    local = Mosquitto(folder / "local", extra=LOCAL_EXTRA).start()
+    cloud = Mosquitto(folder / "cloud").start()
+    try:
+        yield local, cloud
+    finally:
+        local.stop()
+        cloud.stop()
+
+
+def stop_gateway(gw: subprocess.Popen[bytes]) -> None:
+    gw.terminate()
+    gw.wait(60)
+
+
 def start_gateway(cfg: Path) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([sys.executable, "-m", "gridedge.gateway.cli", "run", "--config",
                              str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -163,11 +182,9 @@ def proc_usage(pid: int) -> tuple[float, int]:
 
 
 def bench_throughput(n: int, folder: Path) -> dict[str, Any]:
-    local = Mosquitto(folder / "local", extra=LOCAL_EXTRA).start()
-    cloud = Mosquitto(folder / "cloud").start()
     # Both consumers drain the same backlog that the broker queued for their persistent
     # session while they were away, so the publisher's own speed does not cap the figures.
-    try:
+    with brokers(folder) as (local, cloud):
         frames = make_frames(n)
         bare = Counter(local.port, "gridedge/v1/dev/+/frame", records=False, persistent=True)
         bare.close()
@@ -177,19 +194,13 @@ def bench_throughput(n: int, folder: Path) -> dict[str, Any]:
         bare_rate = bare.rate()
         bare.close()
         cfg = gateway_config(folder, local.port, cloud.port)
-        gw = start_gateway(cfg)  # subscribe once: the broker now queues for the gateway
-        gw.terminate()
-        gw.wait(30)
+        stop_gateway(start_gateway(cfg))  # subscribe once: the broker queues for the gateway
         publish(local.port, frames, folder)
         cloud_sub = Counter(cloud.port, "gridedge/v1/gw/+/readings", records=True)
         gw = start_gateway(cfg)
         ok = cloud_sub.wait(n, 300)
-        gw.terminate()
-        gw.wait(30)
+        stop_gateway(gw)
         cloud_sub.close()
-    finally:
-        local.stop()
-        cloud.stop()
     rate = cloud_sub.rate()
     return {"case": f"local MQTT -> store -> cloud, {n} frames, QoS 1 both sides",
             "unit": "frames/s", "value": rate, "baseline": "bare paho QoS 1 subscriber "
@@ -198,10 +209,8 @@ def bench_throughput(n: int, folder: Path) -> dict[str, Any]:
 
 
 def bench_latency(rate: float, seconds: float, folder: Path) -> list[dict[str, Any]]:
-    local = Mosquitto(folder / "lat-local", extra=LOCAL_EXTRA).start()
-    cloud = Mosquitto(folder / "lat-cloud").start()
     n = int(rate * seconds)
-    try:
+    with brokers(folder) as (local, cloud):
         cloud_sub = Counter(cloud.port, "gridedge/v1/gw/+/readings", records=True)
         gw = start_gateway(gateway_config(folder, local.port, cloud.port, batch_delay_ms=2,
                                           commit_ms=5))
@@ -231,12 +240,8 @@ def bench_latency(rate: float, seconds: float, folder: Path) -> list[dict[str, A
         cpu1, _ = proc_usage(gw.pid)
         stop.set()
         pub.loop_stop()
-        gw.terminate()
-        gw.wait(30)
+        stop_gateway(gw)
         cloud_sub.close()
-    finally:
-        local.stop()
-        cloud.stop()
     lat = sorted(cloud_sub.latencies)
     p50, p99 = lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000
     return [
@@ -254,9 +259,7 @@ def bench_latency(rate: float, seconds: float, folder: Path) -> list[dict[str, A
 
 
 def bench_drain(n: int, folder: Path) -> dict[str, Any]:
-    cloud = Mosquitto(folder / "drain-cloud").start()
-    local = Mosquitto(folder / "drain-local").start()
-    try:
+    with brokers(folder) as (local, cloud):
         store = Store(folder / "state" / "store.db", max_bytes=2**40, max_age_s=86400)
         body = json.dumps({"device": "bm-000", "boot": 1, "seq": 0, "channels": [
             {"channel": 0, "status": [], "power_w": {"mean": 1150.0, "min": 900.0,
@@ -266,17 +269,11 @@ def bench_drain(n: int, folder: Path) -> dict[str, Any]:
                           for i in range(start, min(n, start + 50_000))])
         store.close()
         cloud_sub = Counter(cloud.port, "gridedge/v1/gw/+/readings", records=True)
-        t0 = time.monotonic()
         gw = start_gateway(gateway_config(folder, local.port, cloud.port, batch_delay_ms=0,
                                           batch_size=1000))
         ok = cloud_sub.wait(n, 900)
-        del t0
-        gw.terminate()
-        gw.wait(60)
+        stop_gateway(gw)
         cloud_sub.close()
-    finally:
-        cloud.stop()
-        local.stop()
     rate = cloud_sub.rate()  # first to last record at the cloud subscriber
     return {"case": f"drain a {n:,}-reading backlog to the cloud", "unit": "readings/s",
             "value": rate, "baseline": "target 100,000 readings/s",
