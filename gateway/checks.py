@@ -87,10 +87,21 @@ class EdgeChecks:
         self.balance_start: float | None = None
         self.balance_alarm: dict[str, bool] = {}
         self.raised = 0
+        self._rules: dict[tuple[str, int], tuple[Limits, list[Any]]] = {}
 
     def set_devices(self, devices: Mapping[str, Mapping[str, str]]) -> None:
         for d, info in devices.items():
             self.devices.setdefault(d, DeviceState()).info = info
+        self._rules.clear()  # a device may have moved to another site
+
+    def rules_for(self, device: str, channel: int) -> tuple[Limits, list[Any]]:
+        """The limits and compiled rules of one channel, computed once."""
+        key = (device, channel)
+        cached = self._rules.get(key)
+        if cached is None:
+            lim = self.limits_for(device, channel)
+            cached = self._rules[key] = (lim, _rules(lim))
+        return cached
 
     def limits_for(self, device: str, channel: int) -> Limits:
         site = self.devices.get(device, DeviceState()).info.get("site", "")
@@ -130,18 +141,21 @@ class EdgeChecks:
         for ch in frame.channels:
             if not ch.valid:
                 continue
-            lim = self.limits_for(frame.device_id, ch.index)
-            for kind, qty, direction, limit, hyst in _rules(lim):
-                value = _mean(ch.values.get(qty))
+            lim, rules = self.rules_for(frame.device_id, ch.index)
+            means = {q: _mean(v) for q, v in ch.values.items()}
+            for kind, qty, direction, limit, hyst in rules:
+                value = means.get(qty)
                 if value is not None:
                     events += self._threshold(frame.device_id, ch.index, kind, direction,
                                               value, limit, hyst, t_ms, lim.min_duration_s)
             for qty in ("voltage", "current", "power"):
-                value = _mean(ch.values.get(qty))
+                value = means.get(qty)
                 if value is None:
                     continue
-                det = self.detectors.setdefault((frame.device_id, ch.index, qty),
-                                                SeriesDetector(self.anomaly_cfg))
+                key = (frame.device_id, ch.index, qty)
+                det = self.detectors.get(key)
+                if det is None:
+                    det = self.detectors[key] = SeriesDetector(self.anomaly_cfg)
                 for f in det.observe(value, frame.period_ms / 1000):
                     events.append(self._event("raised", f.kind, frame.device_id, ch.index,
                                               t_ms, quantity=qty, value=f.value,
@@ -154,7 +168,10 @@ class EdgeChecks:
 
     def _threshold(self, device: str, channel: int, kind: str, direction: str, value: float,
                    limit: float, hyst: float, t_ms: int, min_s: float) -> list[Event]:
-        cond = self.conditions.setdefault((device, channel, kind), Condition())
+        key = (device, channel, kind)
+        cond = self.conditions.get(key)
+        if cond is None:
+            cond = self.conditions[key] = Condition()
         beyond = value > limit if direction == "above" else value < limit
         back = value < limit - hyst if direction == "above" else value > limit + hyst
         wants_change = beyond if not cond.active else back
