@@ -73,34 +73,39 @@ def test_frames_birth_and_will(
     assert capture.payloads("/status") == [b"online", b"offline"]
 
 
+def run_through_outage(
+    fw: FirmwareRunner, board: VirtualBoard, root: Path, broker: Mosquitto, ring_size: int,
+    cycles: int, outage_s: float,
+) -> tuple[dict[str, int], dict[int, Frame]]:
+    """Run the firmware, take its broker away for outage_s once a few frames arrived, and
+    return its statistics and the frames that reached the broker, by seq."""
+    capture = Capture(broker.port)
+    meter = mqtt_meter(board, root, broker, ring_size=ring_size)
+    proc = start_app(fw, board, meter, cycles)
+    assert capture.wait(lambda: len(capture.payloads("/frame")) >= 2, 20)
+    broker_outage(broker, outage_s)
+    stats = finish(proc)
+    capture.wait(lambda: len(capture.payloads("/frame")) >= stats["frames"] - stats["dropped"],
+                 20)
+    capture.close()
+    return stats, {f.seq: f for f in decode_all(capture.payloads("/frame"))}
+
+
 def test_outage_loses_nothing_while_the_ring_has_room(
     fw_micropython: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    capture = Capture(mosquitto.port)
-    meter = mqtt_meter(vboard, tmp_path, mosquitto, ring_size=32)
-    proc = start_app(fw_micropython, vboard, meter, 140)
-    assert capture.wait(lambda: len(capture.payloads("/frame")) >= 3, 20)
-    broker_outage(mosquitto, 5)  # the gateway's broker goes away for ~5 report periods
-    stats = finish(proc)
-    assert capture.wait(lambda: len(capture.payloads("/frame")) >= stats["frames"], 20)
-    capture.close()
-    seqs = sorted({f.seq for f in decode_all(capture.payloads("/frame"))})
+    # The gateway's broker goes away for ~5 report periods; the ring holds 32.
+    stats, frames = run_through_outage(fw_micropython, vboard, tmp_path, mosquitto,
+                                       ring_size=32, cycles=140, outage_s=5)
     assert stats["frames"] == 14 and stats["dropped"] == 0
-    assert seqs == list(range(14))  # every frame arrived (duplicates are the gateway's job)
+    assert sorted(frames) == list(range(14))  # every frame arrived (duplicates: gateway's job)
 
 
 def test_ring_overflow_drops_oldest_and_counts(
     fw_micropython: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    capture = Capture(mosquitto.port)
-    meter = mqtt_meter(vboard, tmp_path, mosquitto, ring_size=2)
-    proc = start_app(fw_micropython, vboard, meter, 120)
-    assert capture.wait(lambda: len(capture.payloads("/frame")) >= 2, 20)
-    broker_outage(mosquitto, 6)
-    stats = finish(proc)
-    capture.wait(lambda: False, 3)
-    capture.close()
-    frames = {f.seq: f for f in decode_all(capture.payloads("/frame"))}
+    stats, frames = run_through_outage(fw_micropython, vboard, tmp_path, mosquitto,
+                                       ring_size=2, cycles=120, outage_s=6)
     assert stats["dropped"] > 0
     missing = sorted(set(range(stats["frames"])) - set(frames))
     assert len(missing) == stats["dropped"]  # exactly the dropped frames are missing...
