@@ -190,14 +190,13 @@ class Uplink:
 
     def _send_some(self) -> int:
         sent = 0
-        while len(self._inflight) < self.cfg.max_inflight:
+        while self.connected and len(self._inflight) < self.cfg.max_inflight:
             self._refill()
             if self.cfg.drain_rate and self._tokens < 1:
                 break
             batch = self._next_batch()
-            if not batch:
+            if not batch or not self._publish(batch):
                 break
-            self._publish(batch)
             sent += len(batch)
         return sent
 
@@ -215,7 +214,8 @@ class Uplink:
             return rows
         return []
 
-    def _publish(self, rows: list[Stored]) -> None:
+    def _publish(self, rows: list[Stored]) -> bool:
+        """Hand one batch to paho; False (and the link marked lost) if it refused."""
         priority = rows[0].priority
         if self.cfg.format == "json":
             payload = b"[" + b",".join(r.body for r in rows) + b"]"
@@ -223,10 +223,13 @@ class Uplink:
             payload = cbor2.dumps([json.loads(r.body) for r in rows])
         info = self.client.publish(f"{self.base}/{TOPICS[priority]}", payload, qos=1)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            log.warning("uplink: publish refused (%s); reconnecting", mqtt.error_string(info.rc))
+            self.client.disconnect()
             self._lost()
-            return
+            return False
         self._inflight[info.mid] = (time.monotonic(), [r.id for r in rows])
         self._cursor[priority] = rows[-1].id
         self.published += len(rows)
         if self.cfg.drain_rate:
             self._tokens -= len(rows)
+        return True

@@ -159,3 +159,40 @@ def test_alarms_go_first_and_reach_the_cloud(
         pub.close()
         gw.terminate()
         capture.close()
+
+
+def test_cloud_and_local_broker_restarts_lose_nothing(tmp_path: Path) -> None:
+    """The cloud broker goes away for a while under load (the store holds the backlog and
+    the uplink resends what was unacknowledged), then the local broker restarts (its
+    persistent session keeps the gateway's queue): every reading still arrives. Both
+    brokers persist sessions, so the backend's subscription survives the cloud restart."""
+    local = Mosquitto(tmp_path / "local", persistence=True, extra=LOCAL_BROKER_EXTRA).start()
+    cloud = Mosquitto(tmp_path / "cloud", persistence=True).start()
+    _cfg, capture, gw, pub = start_all(tmp_path, local, cloud)
+    try:
+        for seq in range(0, 100):
+            for d in DEVICES:
+                pub.publish(d, frame(d, seq))
+        cloud.stop()
+        for seq in range(100, 200):  # stored at the gateway while the cloud is away
+            for d in DEVICES:
+                pub.publish(d, frame(d, seq))
+        time.sleep(2)
+        cloud.start()  # the capture reconnects to its persistent session by itself
+        pub.close()
+        local.stop()  # now the local broker restarts
+        time.sleep(1)
+        local.start()
+        pub = DevicePublisher(local.port)
+        for seq in range(200, 250):
+            for d in DEVICES:
+                pub.publish(d, frame(d, seq))
+        expected = {(d, 1, s) for d in DEVICES for s in range(100, 250)}
+        assert wait_for(lambda: expected <= set(identities(capture)), 60), \
+            len(expected - set(identities(capture)))
+    finally:
+        pub.close()
+        gw.terminate()
+        capture.close()
+        local.stop()
+        cloud.stop()
