@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS records (
     body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_by_priority ON records (priority, id);
+-- The age bound runs at every commit: without this it scans every telemetry row.
+CREATE INDEX IF NOT EXISTS records_by_age ON records (priority, created_ms);
 CREATE TABLE IF NOT EXISTS marks (
     device TEXT PRIMARY KEY,
     boot INTEGER NOT NULL,
