@@ -69,6 +69,7 @@ class Pipeline:
         self.on_commit: Callable[[], None] | None = None  # e.g. wake the uplink
         self.alarms = 0
         self.devices = dict(devices)
+        self._new_devices: dict[str, DeviceInfo] | None = None
         self.decoder = FrameDecoder({d: info.key for d, info in self.devices.items()})
         self.dedup = Deduplicator(store.marks())
         self.commit_interval_s = commit_interval_ms / 1000
@@ -78,7 +79,6 @@ class Pipeline:
         self.rejected: Counter[str] = Counter()
         self.missing = 0
         self.late = 0
-        self.last_seen: dict[str, float] = {}
         self.commits = 0
         self.progress = time.monotonic()  # the watchdog looks at this
         self._log = RateLimitedLog()
@@ -86,9 +86,15 @@ class Pipeline:
         self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
 
     def set_devices(self, devices: Mapping[str, DeviceInfo]) -> None:
-        """New registry (SIGHUP): keys and metadata; de-dup state is kept."""
-        self.devices = dict(devices)
-        self.decoder.keys = {d: info.key for d, info in self.devices.items()}
+        """New registry (SIGHUP): keys and metadata; de-dup state is kept. The committer
+        swaps it in between batches, so keys and metadata always change together."""
+        self._new_devices = dict(devices)
+
+    def _apply_devices(self) -> None:
+        new, self._new_devices = self._new_devices, None
+        if new is not None:
+            self.devices = new
+            self.decoder.keys = {d: info.key for d, info in new.items()}
 
     def submit(self, raw: bytes, source: str, ack: Ack | None = None) -> None:
         """Called by readers; blocks when the committer is far behind (back-pressure)."""
@@ -165,10 +171,9 @@ class Pipeline:
         return frame
 
     def record(self, frame: Frame) -> Record:
-        info = self.devices.get(frame.device_id)
-        names = dict(enumerate(info.channels)) if info else None
-        body = reading_dict(frame, info.site or None if info else None,
-                            info.feeder or None if info else None, names)
+        info = self.devices[frame.device_id]  # decoded, so the registry knows the device
+        body = reading_dict(frame, info.site or None, info.feeder or None,
+                            dict(enumerate(info.channels)) or None)
         return Record(TELEMETRY, frame.device_id, frame.boot, frame.seq,
                       json.dumps(body, separators=(",", ":")).encode())
 
@@ -189,13 +194,13 @@ class Pipeline:
             self.rejected["alarm_not_stored"] += len(events)
 
     def _process(self, batch: list[tuple[bytes, str, Ack | None]]) -> None:
+        self._apply_devices()
         records = []
         now = time.time()
         for raw, _source, _ack in batch:
             frame = self._verify(raw)
             if frame is not None:
                 records.append(self.record(frame))
-                self.last_seen[frame.device_id] = now
                 if self.checks is not None:
                     for ev in self.checks.observe(frame, now):
                         records.append(self.alarm_record(ev, frame.boot, frame.seq))
