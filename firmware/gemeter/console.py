@@ -193,11 +193,8 @@ class Console:
             ch, args[0], per_unit, args[2])]
 
     def cmd_pzem_address(self, args):
-        if len(args) != 1:
-            return ["error: usage: pzem-address N (1..247, one PZEM alone on the bus)"]
-        try:
-            n = int(args[0])
-        except ValueError:
+        n = _one_int(args)
+        if n is None:
             return ["error: usage: pzem-address N (1..247, one PZEM alone on the bus)"]
         if not 1 <= n <= 247:
             return ["error: PZEM address must be 1..247"]
@@ -208,11 +205,8 @@ class Console:
         return ["error: no PZEM-004T on this board"]
 
     def cmd_reset_energy(self, args):
-        if len(args) != 1:
-            return ["error: usage: reset-energy CHANNEL"]
-        try:
-            ch = int(args[0])
-        except ValueError:
+        ch = _one_int(args)
+        if ch is None:
             return ["error: usage: reset-energy CHANNEL"]
         src = self._source_of(ch)
         if src is None:
@@ -285,6 +279,16 @@ class Console:
         self.cfg = Config(self.paths.config)
         self.dirty = False
         return ["factory reset done: defaults, no key (key generate), counters cleared"]
+
+
+def _one_int(args):
+    """The single whole-number argument, or None when there is not exactly one."""
+    if len(args) != 1:
+        return None
+    try:
+        return int(args[0])
+    except ValueError:
+        return None
 
 
 def _today():
