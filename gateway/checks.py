@@ -128,6 +128,17 @@ class EdgeChecks:
         ev.update(evidence)
         return ev
 
+    def open_alarms(self) -> list[tuple[str, str, str]]:
+        """(kind, device or feeder, channel) of every alarm raised and not yet cleared."""
+        # list() copies each dict in one step: the metrics thread calls this while the
+        # committer thread updates the dicts.
+        out = [(kind, device, str(ch)) for (device, ch, kind), c in
+               list(self.conditions.items()) if c.active]
+        out += [("offline", d, "") for d, st in list(self.devices.items()) if st.offline]
+        out += [("non_technical_loss", f, "") for f, on in list(self.balance_alarm.items())
+                if on]
+        return sorted(out)
+
     def observe(self, frame: Frame, now: float | None = None) -> list[Event]:
         now = time.time() if now is None else now
         t_ms = frame.unix_ms if frame.unix_ms is not None else int(now * 1000)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
 from gridedge.gateway.config import ConfigError, load
+from gridedge.gateway.registry import RegistryError
 from gridedge.gateway.store import StoreError
 
 DEFAULT_CONFIG = "/etc/gridedge/gateway.toml"
@@ -45,13 +46,46 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from gridedge.gateway.store import Store
+    from gridedge.gateway.status import collect
 
-    cfg = load(args.config)
-    store = Store(cfg.store_path, cfg.store.max_bytes, cfg.store.max_age_s)
-    status = {"store": str(cfg.store_path), **store.depth(), "counters": store.counters(),
-              "devices": {d: {"boot": m.boot, "seq": m.seq} for d, m in store.marks().items()}}
-    print(json.dumps(status, indent=1))
+    print(json.dumps(collect(load(args.config)), indent=1))
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gridedge.gateway.registry import Registry, read_key_file
+
+    reg = Registry(args.config)
+    if args.action == "list":
+        rows = [{"id": e.device.id, "role": e.device.role, "site": e.device.site,
+                 "feeder": e.device.feeder, "channels": e.device.channels,
+                 "fingerprint": e.fingerprint, "defined_in": e.source} for e in reg.entries()]
+        if args.json:
+            print(json.dumps(rows, indent=1))
+        else:
+            print(f"{'id':<20} {'role':<12} {'site':<12} {'feeder':<8} {'fingerprint':<17} "
+                  "defined in")
+            for r in rows:
+                print(f"{r['id']:<20} {r['role']:<12} {r['site']:<12} {r['feeder']:<8} "
+                      f"{r['fingerprint']:<17} {r['defined_in']}")
+        return 0
+    if args.action == "add":
+        key = None
+        if args.key_file:
+            key = read_key_file(Path(args.key_file))
+        entry, _key = reg.add(args.id, role=args.role, site=args.site, feeder=args.feeder,
+                              channels=tuple(args.channel or ()), key=key)
+        print(f"added {args.id} ({args.role}), key fingerprint {entry.fingerprint}, "
+              f"in {reg.path}")
+        if args.key_out:
+            reg.export_key(args.id, Path(args.key_out))
+            print(f"key written to {args.key_out} (mode 0600) for provisioning")
+    else:
+        reg.remove(args.id)
+        print(f"removed {args.id} from {reg.path}")
+    print("apply it to a running gateway with: systemctl reload gridedge-gateway")
     return 0
 
 
@@ -76,6 +110,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="queue depth, drops and devices from the store")
     p.add_argument("--config", default=DEFAULT_CONFIG)
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser("devices", help="the device registry: add (generates a key), list, "
+                       "remove")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    d = dsub.add_parser("list", help="registered devices with their key fingerprints")
+    d.add_argument("--json", action="store_true")
+    d = dsub.add_parser("add", help="register a device; a new random key unless --key-file")
+    d.add_argument("id")
+    d.add_argument("--role", choices=["meter", "line_sensor"], default="meter")
+    d.add_argument("--site", default="")
+    d.add_argument("--feeder", default="")
+    d.add_argument("--channel", action="append", metavar="NAME",
+                   help="channel name, in channel order (repeat)")
+    d.add_argument("--key-file", help="use this key (64 hex digits) instead of a new one")
+    d.add_argument("--key-out", help="write the key to this file (mode 0600) to provision "
+                   "the device; the key is never printed")
+    d = dsub.add_parser("remove", help="remove a device added with `devices add`")
+    d.add_argument("id")
+    p.set_defaults(func=cmd_devices)
     return parser
 
 
@@ -86,9 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"gridedge-gateway: {e}", file=sys.stderr)
         return 2
-    except StoreError as e:
+    except (StoreError, RegistryError) as e:
         print(f"gridedge-gateway: {e}", file=sys.stderr)
         return 1
+
 
 
 if __name__ == "__main__":

@@ -46,6 +46,8 @@ class GatewaySection:
     id: str = field(default="gw-1", metadata={"pattern": DEVICE_ID})
     state_dir: str = "/var/lib/gridedge"
     log_level: str = field(default="info", metadata=choice("debug", "info", "warning", "error"))
+    # Devices added with `gridedge-gateway devices add` (relative: next to this file).
+    devices_file: str = "devices.toml"
 
 
 @dataclass
@@ -156,6 +158,15 @@ class MetricsSection:
 
 
 @dataclass
+class HomeAssistantSection:
+    """MQTT discovery for Home Assistant on the local broker (off by default)."""
+
+    enabled: bool = False
+    discovery_prefix: str = "homeassistant"
+    state_prefix: str = "gridedge/v1/state"
+
+
+@dataclass
 class Config:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     local: LocalBroker = field(default_factory=LocalBroker)
@@ -165,6 +176,7 @@ class Config:
     devices: list[Device] = field(default_factory=list)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     checks: ChecksSection = field(default_factory=ChecksSection)
+    homeassistant: HomeAssistantSection = field(default_factory=HomeAssistantSection)
 
     def device_keys(self) -> dict[str, bytes]:
         return {d.id: bytes.fromhex(d.key) for d in self.devices}
@@ -309,7 +321,40 @@ def _inherit_limits(cfg: Config, raw: dict[str, Any]) -> None:
                                                  if hasattr(o.limits, k)})
 
 
-def parse(text: str, source: str = "<config>", env: dict[str, str] | None = None) -> Config:
+def devices_path(cfg: Config, base_dir: Path | None) -> Path | None:
+    """The registry file that ``devices add`` writes, or None when switched off."""
+    if not cfg.gateway.devices_file:
+        return None
+    path = Path(cfg.gateway.devices_file)
+    return path if path.is_absolute() or base_dir is None else base_dir / path
+
+
+def read_devices(path: Path, problems: list[str]) -> list[Device]:
+    """The devices of a registry file (a list of [[devices]] tables); [] if absent."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        problems.append(f"{path}: cannot read: {e.strerror}")
+        return []
+    except tomllib.TOMLDecodeError as e:
+        problems.append(f"{path}: not valid TOML: {e}")
+        return []
+    unknown = sorted(set(raw) - {"devices"})
+    if unknown:
+        problems.append(f"{path}: {', '.join(unknown)}: unknown key (only [[devices]])")
+    table = raw.get("devices", [])
+    if not isinstance(table, list):
+        problems.append(f"{path}: devices: must be a list of tables")
+        return []
+    return [build(Device, d, f"{path}: devices[{i}]", problems) for i, d in enumerate(table)]
+
+
+def parse(text: str, source: str = "<config>", env: dict[str, str] | None = None,
+          base_dir: Path | None = None) -> Config:
+    """A Config from TOML text; ``base_dir`` is where relative file names resolve
+    (the config file's folder); without it no devices file is read."""
     problems: list[str] = []
     try:
         raw = tomllib.loads(text)
@@ -317,6 +362,9 @@ def parse(text: str, source: str = "<config>", env: dict[str, str] | None = None
         raise ConfigError(source, [f"not valid TOML: {e}"]) from e
     raw = substitute_env(raw, "", dict(os.environ) if env is None else env, problems)
     cfg = build(Config, raw, "", problems)
+    registry = devices_path(cfg, base_dir)
+    if registry is not None and base_dir is not None:
+        cfg.devices.extend(read_devices(registry, problems))
     cross_checks(cfg, problems)
     _inherit_limits(cfg, raw)
     if problems:
@@ -329,4 +377,4 @@ def load(path: str | Path, env: dict[str, str] | None = None) -> Config:
         text = Path(path).read_text()
     except OSError as e:
         raise ConfigError(str(path), [f"cannot read: {e.strerror}"]) from e
-    return parse(text, str(path), env)
+    return parse(text, str(path), env, Path(path).parent)

@@ -66,6 +66,14 @@ class DaemonCollector(Collector):
         c = CounterMetricFamily("gridedge_uplink_reconnects", "Connections made to the cloud")
         c.add_metric([], up.connects if up is not None else 0)
         yield c
+        g = GaugeMetricFamily("gridedge_alarm_open", "1 per alarm raised and not cleared",
+                              labels=["kind", "source", "channel"])
+        for kind, source, channel in (p.checks.open_alarms() if p.checks else []):
+            g.add_metric([kind, source, channel], 1)
+        yield g
+        c = CounterMetricFamily("gridedge_alarm_events", "Alarm events stored for the cloud")
+        c.add_metric([], p.alarms)
+        yield c
         g = GaugeMetricFamily("gridedge_serial_open", "1 while a serial port is open",
                               labels=["port"])
         for reader in d.serial:

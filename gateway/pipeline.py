@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from gridedge.gateway.checks import EdgeChecks, Event
 from gridedge.gateway.dedup import Deduplicator
 from gridedge.gateway.errors import ProtocolError
-from gridedge.gateway.payloads import reading_dict
+from gridedge.gateway.payloads import iso_ms, reading_dict
 from gridedge.gateway.protocol import Frame, FrameDecoder
 from gridedge.gateway.store import ALARM, TELEMETRY, Record, Store, StoreError
 
@@ -67,6 +67,9 @@ class Pipeline:
         self.store = store
         self.checks = checks
         self.on_commit: Callable[[], None] | None = None  # e.g. wake the uplink
+        # Sees each committed batch's accepted frames (Home Assistant states); its errors
+        # are logged, never allowed to stop the committer.
+        self.on_frames: Callable[[list[Frame]], None] | None = None
         self.alarms = 0
         self.devices = dict(devices)
         self._new_devices: dict[str, DeviceInfo] | None = None
@@ -150,7 +153,8 @@ class Pipeline:
                 break
         return batch
 
-    def _verify(self, raw: bytes) -> Frame | None:
+    def _verify(self, raw: bytes) -> tuple[Frame, int] | None:
+        """The authenticated, new frame and how many frames were found missing before it."""
         try:
             frame = self.decoder.decode(raw)
         except ProtocolError as e:
@@ -168,7 +172,14 @@ class Pipeline:
                       f"seq {frame.seq}")
         if verdict.late:
             self.late += 1
-        return frame
+        return frame, verdict.missing
+
+    @staticmethod
+    def gap_event(frame: Frame, missing: int, now: float) -> Event:
+        """Frames lost upstream (a late one may still fill the gap; the cloud sees it then)."""
+        return {"type": "event", "state": "event", "kind": "gap", "device": frame.device_id,
+                "time": iso_ms(int(now * 1000)), "boot": frame.boot, "seq": frame.seq,
+                "missing": missing}
 
     def record(self, frame: Frame) -> Record:
         info = self.devices[frame.device_id]  # decoded, so the registry knows the device
@@ -196,11 +207,17 @@ class Pipeline:
     def _process(self, batch: list[tuple[bytes, str, Ack | None]]) -> None:
         self._apply_devices()
         records = []
+        frames: list[Frame] = []
         now = time.time()
         for raw, _source, _ack in batch:
-            frame = self._verify(raw)
-            if frame is not None:
+            verified = self._verify(raw)
+            if verified is not None:
+                frame, missing = verified
+                frames.append(frame)
                 records.append(self.record(frame))
+                if missing:
+                    records.append(self.alarm_record(self.gap_event(frame, missing, now),
+                                                     frame.boot, frame.seq))
                 if self.checks is not None:
                     for ev in self.checks.observe(frame, now):
                         records.append(self.alarm_record(ev, frame.boot, frame.seq))
@@ -225,3 +242,8 @@ class Pipeline:
         for _raw, _source, ack in batch:
             if ack is not None:
                 ack()
+        if self.on_frames is not None and frames:
+            try:
+                self.on_frames(frames)
+            except Exception:
+                log.exception("after-commit hook failed (the frames are stored)")

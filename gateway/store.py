@@ -276,6 +276,11 @@ class Store:
                 self.db.execute("SELECT device, boot, seq, window FROM marks")}
 
     @locked
+    def last_seen(self) -> dict[str, int]:
+        """Unix ms of each device's last committed frame."""
+        return dict(self.db.execute("SELECT device, updated_ms FROM marks").fetchall())
+
+    @locked
     def counters(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT name, value FROM counters").fetchall())
 

@@ -1,0 +1,70 @@
+"""``gridedge-gateway status``: what the store holds, plus the running daemon's live state.
+
+The store part (queue depth, oldest record age, drop counters, each device's last
+(boot, seq)) is read from the SQLite file, so it works with the daemon stopped. The live
+part (uplink connected, reconnects, delivered records, open alarms, serial ports) lives
+only in the daemon's memory; it is read from the daemon's own metrics endpoint on
+localhost, so the daemon never writes status files to the SD card. A daemon that does not
+answer is reported as such, not as an error.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from gridedge.gateway.config import Config
+from gridedge.gateway.payloads import iso_ms
+from gridedge.gateway.store import Store, now_ms
+
+
+def live(host: str, port: int, timeout: float = 2.0) -> dict[str, Any]:
+    url = f"http://{host}:{port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            text = r.read().decode()
+    except (OSError, urllib.error.URLError) as e:
+        return {"running": False, "detail": f"no answer from {url}: {e}"}
+    out: dict[str, Any] = {"running": True, "uplink": {}, "open_alarms": [], "serial": {},
+                           "rejected": {}}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            name, labels, value = s.name, s.labels, s.value
+            if name == "gridedge_uplink_connected":
+                out["uplink"]["state"] = "connected" if value else "disconnected"
+            elif name == "gridedge_uplink_reconnects_total":
+                out["uplink"]["connects"] = int(value)
+            elif name == "gridedge_uplink_delivered_total":
+                out["uplink"]["delivered"] = int(value)
+            elif name == "gridedge_alarm_open":
+                out["open_alarms"].append(dict(labels))
+            elif name == "gridedge_serial_open":
+                out["serial"][labels["port"]] = "open" if value else "closed"
+            elif name == "gridedge_frames_accepted_total":
+                out["accepted"] = int(value)
+            elif name == "gridedge_frames_rejected_total":
+                out["rejected"][labels["reason"]] = int(value)
+    return out
+
+
+def collect(cfg: Config) -> dict[str, Any]:
+    store = Store(cfg.store_path, cfg.store.max_bytes, cfg.store.max_age_s)
+    try:
+        seen = store.last_seen()
+        status: dict[str, Any] = {
+            "store": str(cfg.store_path), **store.depth(), "counters": store.counters(),
+            "devices": {d: {"boot": m.boot, "seq": m.seq,
+                            "last_seen": iso_ms(seen.get(d, 0)),
+                            "silent_s": round(max(0, now_ms() - seen.get(d, 0)) / 1000, 1)}
+                        for d, m in store.marks().items()},
+        }
+    finally:
+        store.close()
+    if cfg.metrics.enabled:
+        status["daemon"] = live(cfg.metrics.host, cfg.metrics.port)
+    else:
+        status["daemon"] = {"running": None, "detail": "metrics disabled: live state unknown"}
+    return status
