@@ -16,6 +16,7 @@ from types import FrameType
 from gridedge.gateway import sdnotify
 from gridedge.gateway.checks import EdgeChecks
 from gridedge.gateway.config import Config, ConfigError, load
+from gridedge.gateway.homeassistant import Discovery
 from gridedge.gateway.ingest_mqtt import MQTTIngest
 from gridedge.gateway.ingest_serial import SerialIngest
 from gridedge.gateway.pipeline import DeviceInfo, Pipeline
@@ -48,6 +49,11 @@ class Daemon:
                                  cfg.store.commit_interval_ms, checks=checks)
         self.ingest = MQTTIngest(cfg.local, self.pipeline)
         self.serial = [SerialIngest(p, self.pipeline) for p in cfg.serial]
+        if cfg.homeassistant.enabled:
+            ha = Discovery(self.ingest.publish, cfg.homeassistant.discovery_prefix,
+                           cfg.homeassistant.state_prefix)
+            self.pipeline.on_frames = lambda frames: ha.frames(frames, self.pipeline.devices)
+            self.ingest.on_connected = ha.forget
         self.uplink = Uplink(cfg.uplink, cfg.gateway.id, self.store) \
             if cfg.uplink.enabled else None
         if self.uplink is not None:
@@ -84,7 +90,7 @@ class Daemon:
         if self.pipeline.checks is not None:
             self.pipeline.checks.set_devices(device_info(new))
         logging.getLogger().setLevel(new.gateway.log_level.upper())
-        for section in ("local", "uplink", "store", "serial", "metrics"):
+        for section in ("local", "uplink", "store", "serial", "metrics", "homeassistant"):
             if getattr(new, section) != getattr(self.cfg, section):
                 log.warning("reload: [%s] changed; it takes effect at the next restart",
                             section)

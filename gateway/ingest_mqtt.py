@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -29,6 +30,7 @@ class MQTTIngest:
         self.cfg = cfg
         self.pipeline = pipeline
         self.connects = 0
+        self.on_connected: Callable[[], None] | None = None  # e.g. re-announce to HA
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=cfg.client_id, clean_session=False,
             protocol=mqtt.MQTTv311, manual_ack=True,
@@ -40,6 +42,10 @@ class MQTTIngest:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """Publish on the local broker (thread-safe in paho 2.x; dropped while offline)."""
+        self.client.publish(topic, payload, qos=qos, retain=retain)
 
     def start(self) -> None:
         self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=30)
@@ -69,6 +75,8 @@ class MQTTIngest:
             return
         self.connects += 1
         client.subscribe(self.cfg.topic, qos=1)
+        if self.on_connected is not None:
+            self.on_connected()
         log.info("ingest connected to %s:%d, subscribed to %s",
                  self.cfg.host, self.cfg.port, self.cfg.topic)
 
