@@ -38,6 +38,10 @@ class DaemonCollector(Collector):
         c = CounterMetricFamily("gridedge_frames_missing", "Frames found missing (seq gaps)")
         c.add_metric([], p.missing)
         yield c
+        c = CounterMetricFamily("gridedge_store_commit_failures",
+                                "Store commits that failed (disk full, I/O errors)")
+        c.add_metric([], p.store_failures)
+        yield c
         depth = d.store.depth()
         g = GaugeMetricFamily("gridedge_store_records", "Records waiting for the uplink",
                               labels=["priority"])

@@ -83,9 +83,11 @@ class Pipeline:
         self.missing = 0
         self.late = 0
         self.commits = 0
+        self.store_failures = 0  # commits that failed (disk full, I/O error)
         self.progress = time.monotonic()  # the watchdog looks at this
         self._log = RateLimitedLog()
         self._stop = threading.Event()
+        self._abandoned = False  # a batch could not be stored at shutdown
         self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
 
     def set_devices(self, devices: Mapping[str, DeviceInfo]) -> None:
@@ -134,6 +136,8 @@ class Pipeline:
                     self.rejected["internal_error"] += len(batch)
                     self._stop.wait(1.0)
             elif self._stop.is_set():
+                return
+            if self._abandoned:
                 return
             self.progress = time.monotonic()
 
@@ -224,6 +228,7 @@ class Pipeline:
                         self.alarms += 1
         touched = {r.device for r in records if r.priority == TELEMETRY}
         marks = {d: self.dedup.marks[d] for d in touched}
+        failures = 0
         while True:
             try:
                 self.store.commit(records, marks)
@@ -231,10 +236,20 @@ class Pipeline:
             except StoreError as e:
                 # The same records and marks are retried until they fit (the in-memory
                 # marks already include this batch). Nothing is acknowledged meanwhile.
-                log.error("store: %s; %d frames wait, unacknowledged", e, len(batch))
+                if failures % 60 == 0:  # at once, then once a minute
+                    log.error("store: %s; %d frames wait, unacknowledged (retrying every "
+                              "second)", e, len(batch))
+                failures += 1
+                self.store_failures += 1
                 if self._stop.wait(1.0):
-                    self.dedup.reload(self.store.marks())  # giving up: forget the batch
-                    return  # unacknowledged: the broker redelivers them after a restart
+                    # Giving up at shutdown: forget the batch and take nothing after it
+                    # (committing later frames first would make these look stale when
+                    # the broker redelivers them, unacknowledged, after the restart).
+                    self.dedup.reload(self.store.marks())
+                    self._abandoned = True
+                    return
+        if failures:
+            log.warning("store: writable again after %d failed attempts", failures)
         self.accepted += sum(r.priority == TELEMETRY for r in records)
         self.commits += 1
         if self.on_commit is not None:

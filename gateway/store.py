@@ -122,6 +122,8 @@ class Store:
         self.max_age_s = max_age_s
         self.recovered_from: Path | None = None
         self.bytes = 0
+        self._bound_logged = -1e9
+        self._dropped_unlogged = 0
         self.lock = threading.RLock()
         self.db = self._open()
 
@@ -193,7 +195,10 @@ class Store:
                          for d, m in marks.items()])
                 self.db.execute("COMMIT")
             except BaseException:
-                self.db.execute("ROLLBACK")
+                # SQLite may have rolled back already (SQLITE_FULL does); a second
+                # ROLLBACK would replace the real error with "no transaction is active".
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
                 raise
         except sqlite3.OperationalError as e:
             raise StoreError(f"cannot write {self.path}: {e}") from e
@@ -231,8 +236,13 @@ class Store:
             dropped = self._drop_bytes(over)
             if self.bytes > self.max_bytes:  # only alarms left: keep them, say so
                 self.bump("alarms_over_bound", 1)
-            log.warning("store over %d bytes: dropped %d oldest telemetry records",
-                        self.max_bytes, dropped)
+            self._dropped_unlogged += dropped
+            now = time.monotonic()
+            if now - self._bound_logged >= 60:  # a full store drops at every commit
+                log.warning("store over its bound of %d bytes: dropped the %d oldest "
+                            "telemetry records (since the last report)", self.max_bytes,
+                            self._dropped_unlogged)
+                self._bound_logged, self._dropped_unlogged = now, 0
 
     def _drop(self, query: str, args: tuple[int, ...], counter: str) -> int:
         rows = self.db.execute(query, args).fetchall()

@@ -71,8 +71,11 @@ class GatewayProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gridedge.gateway.cli", "run", "--config", str(self.config)],
             stdout=out, stderr=subprocess.STDOUT)
-        if wait_subscribed and not wait_for(
-                lambda: self.log.read_text().count("subscribed to") > before, 30):
+        proc = self.proc
+        if wait_subscribed and (proc.poll() is not None or not wait_for(
+                lambda: proc.poll() is not None or
+                self.log.read_text().count("subscribed to") > before, 30)
+                or proc.poll() is not None):
             raise TimeoutError(f"gateway did not subscribe: {self.log.read_text()[-2000:]}")
         return self
 
