@@ -25,12 +25,15 @@ from typing import Any
 import cbor2
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from gridedge.gateway.config import UplinkSection
 from gridedge.gateway.store import ALARM, TELEMETRY, Store, Stored
 
 log = logging.getLogger(__name__)
 TOPICS = {ALARM: "alarms", TELEMETRY: "readings"}
+CONTENT_TYPES = {"json": "application/json", "cbor": "application/cbor"}
 
 
 class Uplink:
@@ -56,6 +59,10 @@ class Uplink:
         self.wake = threading.Event()  # set by the committer after each commit
         self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
         self.client = self._make_client()
+        self._props: Properties | None = None
+        if cfg.protocol == "mqtt5":  # lets a backend dispatch on the payload format
+            self._props = Properties(PacketTypes.PUBLISH)
+            self._props.ContentType = CONTENT_TYPES[cfg.format]
 
     def _make_client(self) -> mqtt.Client:
         cfg = self.cfg
@@ -221,7 +228,8 @@ class Uplink:
             payload = b"[" + b",".join(r.body for r in rows) + b"]"
         else:
             payload = cbor2.dumps([json.loads(r.body) for r in rows])
-        info = self.client.publish(f"{self.base}/{TOPICS[priority]}", payload, qos=1)
+        info = self.client.publish(f"{self.base}/{TOPICS[priority]}", payload, qos=1,
+                                   properties=self._props)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             log.warning("uplink: publish refused (%s); reconnecting", mqtt.error_string(info.rc))
             self.client.disconnect()

@@ -1,0 +1,145 @@
+"""The uplink against real Mosquitto: mutual TLS, protocol versions, CBOR, a half-open link."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import cbor2
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from tcp_proxy import FreezableProxy
+
+from brokers import Mosquitto, free_port
+from certs import make_pki
+from gateway_fixtures import (
+    LOCAL_BROKER_EXTRA,
+    DevicePublisher,
+    GatewayProcess,
+    config_text,
+    frame,
+)
+from mqtt_capture import Capture, wait_for
+
+DEVICES = ["mtr-1", "mtr-2"]
+
+
+class V5Capture:
+    """An MQTT v5 subscriber that keeps each message's content type."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        self.messages: list[tuple[str, bytes, str | None]] = []
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        wait_for(self.client.is_connected, 10)
+        time.sleep(0.2)  # the SUBACK
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.messages.append((msg.topic, bytes(msg.payload),
+                                  getattr(msg.properties, "ContentType", None)))
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def publish_rounds(pub: DevicePublisher, seqs: range) -> set[tuple[str, int, int]]:
+    for seq in seqs:
+        for d in DEVICES:
+            pub.publish(d, frame(d, seq))
+    return {(d, 1, s) for d in DEVICES for s in seqs}
+
+
+def test_mutual_tls_refuses_a_wrong_ca_then_delivers_everything_as_cbor(tmp_path: Path) -> None:
+    """Verification is on: a gateway holding the wrong CA never connects (and keeps the
+    readings); with the right CA and its client certificate, over MQTT 3.1.1 with CBOR
+    payloads, every reading arrives."""
+    pki, other = make_pki(tmp_path / "pki"), make_pki(tmp_path / "other-pki")
+    tls_port = free_port()
+    local = Mosquitto(tmp_path / "local", persistence=True, extra=LOCAL_BROKER_EXTRA).start()
+    cloud = Mosquitto(tmp_path / "cloud", extra="\n".join([  # plain listener for the capture
+        f"listener {tls_port} 127.0.0.1", f"cafile {pki.ca_pem}",
+        f"certfile {pki.server_cert}", f"keyfile {pki.server_key}",
+        "require_certificate true", "use_identity_as_username true", ""])).start()
+    capture = Capture(cloud.port, topic="gridedge/v1/gw/#")
+    cfg = tmp_path / "gw.toml"
+
+    def configure(ca: Path) -> None:
+        cfg.write_text(config_text(
+            tmp_path / "state", local, cloud, DEVICES, port=tls_port, tls=True,
+            ca_file=str(ca), client_cert=str(pki.client_cert), client_key=str(pki.client_key),
+            protocol="mqtt311", format="cbor", backoff_min_s=0.2, backoff_max_s=1.0))
+
+    configure(other.ca_pem)
+    gw = GatewayProcess(cfg, tmp_path / "gw.log").start(wait_subscribed=True)
+    pub = DevicePublisher(local.port)
+    try:
+        expected = publish_rounds(pub, range(0, 20))
+        assert wait_for(lambda: "certificate verify failed" in
+                        (tmp_path / "gw.log").read_text(), 10)
+        assert capture.payloads("/readings") == []
+        assert gw.terminate() == 0
+        configure(pki.ca_pem)
+        gw.start()
+        expected |= publish_rounds(pub, range(20, 40))
+
+        def seen() -> set[tuple[str, int, int]]:
+            return {(r["device"], r["boot"], r["seq"]) for p in capture.payloads("/readings")
+                    for r in cbor2.loads(p)}
+
+        assert wait_for(lambda: seen() == expected, 20), len(expected - seen())
+        sample = cbor2.loads(capture.payloads("/readings")[0])[0]
+        assert sample["channels"][0]["voltage_v"]["max"] == 231.0
+    finally:
+        pub.close()
+        gw.terminate()
+        capture.close()
+        local.stop()
+        cloud.stop()
+    broker_log = (tmp_path / "cloud" / "mosquitto.log").read_text()
+    assert "as gridedge-gw-test (p2," in broker_log  # MQTT 3.1.1, as configured
+
+
+def test_half_open_link_is_dropped_after_ack_timeout(tmp_path: Path) -> None:
+    """The link to the cloud freezes without closing. PUBACKs stop; after ack_timeout_s
+    the uplink drops the connection, reconnects, resends what was unacknowledged, and
+    every reading arrives (MQTT 5, JSON with its content type)."""
+    local = Mosquitto(tmp_path / "local", persistence=True, extra=LOCAL_BROKER_EXTRA).start()
+    cloud = Mosquitto(tmp_path / "cloud").start()
+    proxy = FreezableProxy(cloud.port)
+    capture = V5Capture(cloud.port, "gridedge/v1/gw/+/readings")
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(config_text(tmp_path / "state", local, cloud, DEVICES, port=proxy.port,
+                               ack_timeout_s=1.0, backoff_min_s=0.2, backoff_max_s=1.0))
+    gw = GatewayProcess(cfg, tmp_path / "gw.log").start(wait_subscribed=True)
+    pub = DevicePublisher(local.port)
+
+    def seen() -> set[tuple[str, int, int]]:
+        with capture.lock:
+            return {(r["device"], r["boot"], r["seq"]) for _t, p, _c in capture.messages
+                    for r in json.loads(p)}
+
+    try:
+        expected = publish_rounds(pub, range(0, 10))
+        assert wait_for(lambda: seen() == expected, 10)
+        proxy.freeze()
+        expected |= publish_rounds(pub, range(10, 30))
+        assert wait_for(lambda: "half-open" in (tmp_path / "gw.log").read_text(), 10)
+        assert wait_for(lambda: seen() == expected, 20), len(expected - seen())
+        assert proxy.connections >= 2
+        assert {c for _t, _p, c in capture.messages} == {"application/json"}
+    finally:
+        pub.close()
+        gw.terminate()
+        capture.close()
+        proxy.close()
+        local.stop()
+        cloud.stop()
+    assert "as gridedge-gw-test (p5," in (tmp_path / "cloud" / "mosquitto.log").read_text()
