@@ -8,7 +8,7 @@ included so a backend can de-duplicate.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
 from typing import Any
 
 from gridedge.gateway.protocol import Frame, Stat
@@ -29,14 +29,10 @@ JSON_UNITS: dict[str, tuple[str, int]] = {
 }
 
 
-def _scaled(v: Stat | int, div: int) -> Any:
-    if isinstance(v, Stat):
-        return {"mean": v.mean / div, "min": v.min / div, "max": v.max / div}
-    return v if div == 1 else v / div
-
-
 def iso_ms(unix_ms: int) -> str:
-    return datetime.fromtimestamp(unix_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """RFC 3339 UTC with milliseconds (time.gmtime: twice as fast as datetime here)."""
+    s, ms = divmod(unix_ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s)) + f".{ms:03d}Z"
 
 
 def reading_dict(
@@ -66,7 +62,10 @@ def reading_dict(
         c["status"] = ch.flags
         for name, v in ch.values.items():
             key, div = JSON_UNITS[name]
-            c[key] = _scaled(v, div)
+            if type(v) is Stat:
+                c[key] = {"mean": v.mean / div, "min": v.min / div, "max": v.max / div}
+            else:
+                c[key] = v if div == 1 else v / div
         channels.append(c)
     out["channels"] = channels
     return out

@@ -34,6 +34,7 @@ from gridedge.gateway.store import ALARM, TELEMETRY, Record, Store, StoreError
 log = logging.getLogger(__name__)
 
 Ack = Callable[[], None]
+_JSON = json.JSONEncoder(separators=(",", ":"))  # built once: the record path is hot
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ class Pipeline:
         body = reading_dict(frame, info.site or None, info.feeder or None,
                             dict(enumerate(info.channels)) or None)
         return Record(TELEMETRY, frame.device_id, frame.boot, frame.seq,
-                      json.dumps(body, separators=(",", ":")).encode())
+                      _JSON.encode(body).encode())
 
     @staticmethod
     def alarm_record(ev: Event, boot: int = 0, seq: int = 0) -> Record:
@@ -198,7 +199,7 @@ class Pipeline:
                          ("kind", "state", "device", "feeder", "channel", "time"))
         body = {"id": ident, **ev}
         return Record(ALARM, ev.get("device") or ev.get("feeder", ""), boot, seq,
-                      json.dumps(body, separators=(",", ":")).encode())
+                      _JSON.encode(body).encode())
 
     def _commit_events(self, events: list[Event]) -> None:
         try:

@@ -80,6 +80,7 @@ QUANTITIES = (
     Quantity(12, "errors", "1", 0, U32),
 )
 QUANTITY_BY_NAME = {q.name: q for q in QUANTITIES}
+QUANTITY_BY_KEY = {q.key: q for q in QUANTITIES}
 COUNTERS = frozenset({"samples", "errors"})  # the only keys an invalid channel may carry
 
 
@@ -152,9 +153,24 @@ def _channel(raw: Any, pos: int) -> Channel:
         raise ProtocolError(Reason.MALFORMED, f"channel {pos} is not a map")
     index = _int(raw.get(C_INDEX), 0, MAX_CHANNELS - 1, f"channels[{pos}].index")
     status = _int(raw.get(C_STATUS), 0, 0xFFFF, f"channels[{pos}].status")
-    values = {
-        q.name: _quantity(q, raw[q.key], f"channels[{pos}]") for q in QUANTITIES if q.key in raw
-    }
+    values: dict[str, Stat | int] = {}
+    for k, v in raw.items():
+        q = QUANTITY_BY_KEY.get(k)
+        if q is None:
+            continue  # C_INDEX, C_STATUS, or a key from a newer firmware: ignored
+        # Fast path for the well-formed case (the gateway's hottest loop); anything
+        # unusual goes through _quantity, which says precisely what is wrong.
+        if type(v) is int and not q.aggregated:
+            if q.lo <= v <= q.hi:
+                values[q.name] = v
+                continue
+        elif q.aggregated and type(v) is list and len(v) == 3:
+            mean, lo, hi = v
+            if type(mean) is int and type(lo) is int and type(hi) is int and \
+                    q.lo <= lo <= mean <= hi <= q.hi:
+                values[q.name] = Stat(mean, lo, hi)
+                continue
+        values[q.name] = _quantity(q, v, f"channels[{pos}]")
     if status & ST_INVALID and any(n not in COUNTERS for n in values):
         raise ProtocolError(Reason.MALFORMED, f"channel {index} is invalid but carries readings")
     return Channel(index, status, values)

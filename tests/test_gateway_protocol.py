@@ -74,6 +74,18 @@ def test_reasons_are_precise() -> None:
     m[8][0][1] = ST_INVALID  # invalid channel must not carry a voltage
     assert reason_of(signed(m)) == Reason.MALFORMED
     m = reading_map(frame())
+    m[8][0][7] = [900, 900, 900]  # power factor is not aggregated: a triple is malformed
+    assert reason_of(signed(m)) == Reason.MALFORMED
+    m = reading_map(frame())
+    m[8][0][2] = [230_000, 229_000, True]  # not an integer inside a triple
+    assert reason_of(signed(m)) == Reason.MALFORMED
+    m = reading_map(frame())
+    m[8][0][2] = [230_000, -1, 231_000]  # below the quantity's range
+    assert reason_of(signed(m)) == Reason.OUT_OF_RANGE
+    m = reading_map(frame())
+    m[8][0][2] = 230_000  # an aggregated quantity may be sent as one instantaneous value
+    assert DECODER.decode(signed(m)).channels[0].values["voltage"] == 230_000
+    m = reading_map(frame())
     m[3] = True  # booleans are not integers here
     assert reason_of(signed(m)) == Reason.MALFORMED
     assert reason_of(signed(reading_map(frame()), device="bad/id")) == Reason.MALFORMED
