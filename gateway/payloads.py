@@ -62,7 +62,7 @@ def reading_dict(
         c["status"] = ch.flags
         for name, v in ch.values.items():
             key, div = JSON_UNITS[name]
-            if type(v) is Stat:
+            if isinstance(v, Stat):
                 c[key] = {"mean": v.mean / div, "min": v.min / div, "max": v.max / div}
             else:
                 c[key] = v if div == 1 else v / div

@@ -61,7 +61,7 @@ class Uplink:
         self.client = self._make_client()
         self._props: Properties | None = None
         if cfg.protocol == "mqtt5":  # lets a backend dispatch on the payload format
-            self._props = Properties(PacketTypes.PUBLISH)
+            self._props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             self._props.ContentType = CONTENT_TYPES[cfg.format]
 
     def _make_client(self) -> mqtt.Client:
