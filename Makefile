@@ -27,7 +27,7 @@ mosquitto:
 	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  echo "installing mosquitto with apt-get"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients socat >/dev/null; \
 	else \
 	  echo "gridedge: Mosquitto is missing; install it with: sudo apt-get install mosquitto mosquitto-clients" >&2; \
 	fi
@@ -51,11 +51,17 @@ demo: setup
 bench: setup
 	$(BIN)/python -m gridedge.tools.bench --json build/bench.json
 
+# Long fault-injection runs (default 10 minutes; SOAK_SECONDS=60 make soak for a short one).
 soak: setup
-	@echo "make soak: no soak runs yet (they arrive with the gateway's fault-injection tests)"
+	$(BIN)/python -m pytest -m soak -p no:cacheprovider -s
 
+# make flash BOARD=esp32-devkitc PORT=/dev/ttyUSB0 [CONFIG=site.json] [FLASH_ARGS="--wipe"]
 flash: setup
-	@echo "make flash: 'gridedge flash' arrives with the tools issue" >&2; exit 1
+	@if [ -z "$(BOARD)" ] || [ -z "$(PORT)" ]; then \
+	  echo "usage: make flash BOARD=NAME PORT=/dev/ttyUSB0 [CONFIG=FILE] [FLASH_ARGS='--dry-run --wipe']" >&2; \
+	  echo "boards: $$(cd boards && ls *.json | sed 's/\.json$$//' | tr '\n' ' ')" >&2; exit 2; \
+	fi
+	$(BIN)/gridedge flash --board $(BOARD) --port $(PORT) $(if $(CONFIG),--config $(CONFIG)) $(FLASH_ARGS)
 
 frame-size: setup
 	@$(BIN)/gridedge frame-size
