@@ -99,6 +99,7 @@ class UplinkSection:
     backoff_min_s: float = field(default=1.0, metadata=rng(0.1, 60))
     backoff_max_s: float = field(default=60.0, metadata=rng(1, 3600))
     drain_rate: int = field(default=0, metadata=rng(0, 10_000_000))  # records/s, 0 = no cap
+    health_interval_s: float = field(default=10.0, metadata=rng(0, 86_400))  # 0 = off
 
 
 @dataclass

@@ -58,6 +58,7 @@ class Daemon:
             if cfg.uplink.enabled else None
         if self.uplink is not None:
             self.pipeline.on_commit = self.uplink.wake.set
+            self.uplink.health = self.health
         self._stop = threading.Event()
         self._reload = threading.Event()
         probes = {"committer": lambda: self.pipeline.progress,
@@ -68,6 +69,18 @@ class Daemon:
         for reader in self.serial:
             probes[reader.source] = (lambda r: lambda: r.progress)(reader)
         self.watchdog = sdnotify.Watchdog(probes)
+
+    def health(self) -> dict[str, object]:
+        """Store depth, ingest counts and open alarms for the uplink's health message."""
+        depth = self.store.depth()
+        p = self.pipeline
+        return {
+            "store": {"alarms": depth["alarms"], "telemetry": depth["telemetry"],
+                      "bytes": depth["bytes"], "oldest_age_s": depth["oldest_age_ms"] / 1000},
+            "ingest": {"accepted": p.accepted, "rejected": dict(p.rejected),
+                       "missing": p.missing},
+            "open_alarms": len(p.checks.open_alarms()) if p.checks is not None else 0,
+        }
 
     def _signal(self, signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:

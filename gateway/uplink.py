@@ -9,7 +9,9 @@ its PUBACK arrives. A message unacknowledged for ``ack_timeout_s`` means a half-
 the connection is dropped and rebuilt. After any reconnect the unacknowledged records are
 read again and resent: every record carries (device, boot, seq), so the cloud de-duplicates.
 TLS verifies the broker against ``ca_file`` and is on unless configured off; the config
-refuses TLS without a CA. Birth and last will are retained on ``<prefix>/<gateway>/status``.
+refuses TLS without a CA. Birth and last will are retained on ``<prefix>/<gateway>/status``;
+the daemon's figures (store depth, ingest counts, open alarms, uplink) go every
+``health_interval_s`` to ``<prefix>/<gateway>/health``, retained.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import random
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import cbor2
@@ -29,6 +32,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gridedge.gateway.config import UplinkSection
+from gridedge.gateway.payloads import iso_ms
 from gridedge.gateway.store import ALARM, TELEMETRY, Store, Stored, StoreError
 
 log = logging.getLogger(__name__)
@@ -60,6 +64,9 @@ class Uplink:
         self._last_refill = time.monotonic()
         self._stop = threading.Event()
         self.wake = threading.Event()  # set by the committer after each commit
+        # The daemon's figures for the retained <base>/health message (None: not sent).
+        self.health: Callable[[], dict[str, Any]] | None = None
+        self._health_due = 0.0
         self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
         self.client = self._make_client()
         self._props: Properties | None = None
@@ -109,6 +116,7 @@ class Uplink:
             return
         self.connected = True
         self.connects += 1
+        self._health_due = 0.0  # a fresh connection gets fresh figures
         self._backoff = self.cfg.backoff_min_s
         client.publish(self.status_topic, json.dumps(
             {"state": "online", "gateway": self.gateway_id, "since": int(time.time())}),
@@ -172,6 +180,7 @@ class Uplink:
             if not self.connected:
                 continue
             self._check_ack_timeout()
+            self._send_health()
             if not self._send_some():
                 # Idle: sleep until the committer stores something (or PUBACKs may be due).
                 self.wake.wait(0.005 if self._inflight else 0.02)
@@ -182,6 +191,18 @@ class Uplink:
                                 qos=1, retain=True)
             self.client.loop(timeout=0.1)
             self.client.disconnect()
+
+    def _send_health(self) -> None:
+        """Retained, QoS 0: a dashboard wants the latest figures, not a backlog of them."""
+        now = time.monotonic()
+        if self.health is None or not self.cfg.health_interval_s or now < self._health_due:
+            return
+        self._health_due = now + self.cfg.health_interval_s
+        body = {"gateway": self.gateway_id, "time": iso_ms(int(time.time() * 1000)),
+                **self.health(),
+                "uplink": {"connects": self.connects, "delivered": self.delivered,
+                           "inflight": len(self._inflight)}}
+        self.client.publish(f"{self.base}/health", json.dumps(body), qos=0, retain=True)
 
     def _try_connect(self) -> None:
         if time.monotonic() < self._next_try:

@@ -9,6 +9,7 @@ import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,11 +51,13 @@ def status(config: Path) -> dict[str, object]:
 
 
 def start_all(
-    tmp_path: Path, local: Mosquitto, cloud: Mosquitto, metrics_port: int = 0
+    tmp_path: Path, local: Mosquitto, cloud: Mosquitto, metrics_port: int = 0,
+    **uplink: object,
 ) -> tuple[Path, Capture, GatewayProcess, DevicePublisher]:
     """Config, a cloud subscriber, the gateway (subscribed), a device publisher."""
     cfg = tmp_path / "gw.toml"
-    cfg.write_text(config_text(tmp_path / "state", local, cloud, DEVICES, metrics_port))
+    cfg.write_text(config_text(tmp_path / "state", local, cloud, DEVICES, metrics_port,
+                               **uplink))
     capture = Capture(cloud.port, topic="gridedge/v1/gw/#")
     gw = GatewayProcess(cfg, tmp_path / "gw.log").start(wait_subscribed=True)
     return cfg, capture, gw, DevicePublisher(local.port)
@@ -72,7 +75,8 @@ def metrics(port: int) -> dict[str, float]:
 
 def test_every_reading_arrives_once(tmp_path: Path, brokers: tuple[Mosquitto, Mosquitto]) -> None:
     port = free_port()
-    cfg, capture, gw, pub = start_all(tmp_path, *brokers, metrics_port=port)
+    cfg, capture, gw, pub = start_all(tmp_path, *brokers, metrics_port=port,
+                                      health_interval_s=0.2)
     try:
         for seq in range(100):
             for d in DEVICES:
@@ -97,6 +101,17 @@ def test_every_reading_arrives_once(tmp_path: Path, brokers: tuple[Mosquitto, Mo
                 reason, {k: v for k, v in m.items() if k.startswith("gridedge")})
         assert m["gridedge_uplink_connected"] == 1
         assert m["gridedge_uplink_delivered_total"] == 500
+
+        def health() -> dict[str, Any]:
+            latest: dict[str, Any] = json.loads(capture.payloads("/health")[-1])
+            return latest
+
+        assert wait_for(lambda: health()["uplink"]["delivered"] == 500, 5), health()
+        h = health()
+        assert h["gateway"] == "gw-test" and h["ingest"]["accepted"] == 500
+        assert h["ingest"]["rejected"] == {"malformed": 1, "bad_mac": 1, "unknown_device": 1,
+                                           "duplicate": 1}
+        assert h["store"]["telemetry"] == 0 and h["open_alarms"] == 0
     finally:
         pub.close()
         code = gw.terminate()
