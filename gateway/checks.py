@@ -87,6 +87,7 @@ class EdgeChecks:
         self.balance_start: float | None = None
         self.balance_alarm: dict[str, bool] = {}
         self.raised = 0
+        self.findings_open: set[tuple[str, str, int, str]] = set()  # anomalies, stuck
         self._rules: dict[tuple[str, int], tuple[Limits, list[Any]]] = {}
 
     def set_devices(self, devices: Mapping[str, Mapping[str, str]]) -> None:
@@ -135,6 +136,8 @@ class EdgeChecks:
         out = [(kind, device, str(ch)) for (device, ch, kind), c in
                list(self.conditions.items()) if c.active]
         out += [("offline", d, "") for d, st in list(self.devices.items()) if st.offline]
+        out += [(kind, d, str(ch)) for kind, d, ch, _q in list(self.findings_open)]
+        out = list(set(out))  # one anomaly per channel, whichever quantities show it
         out += [("non_technical_loss", f, "") for f, on in list(self.balance_alarm.items())
                 if on]
         return sorted(out)
@@ -168,7 +171,12 @@ class EdgeChecks:
                 if det is None:
                     det = self.detectors[key] = SeriesDetector(self.anomaly_cfg)
                 for f in det.observe(value, frame.period_ms / 1000):
-                    events.append(self._event("raised", f.kind, frame.device_id, ch.index,
+                    key3 = (f.kind, frame.device_id, ch.index, qty)
+                    if f.state == "raised":
+                        self.findings_open.add(key3)
+                    else:
+                        self.findings_open.discard(key3)
+                    events.append(self._event(f.state, f.kind, frame.device_id, ch.index,
                                               t_ms, quantity=qty, value=f.value,
                                               baseline=round(f.baseline, 3),
                                               score=round(f.score, 2)))

@@ -129,8 +129,33 @@ def test_anomaly_detector_spike_and_stuck() -> None:
     spike = det.observe(1200.0, 10)
     assert [f.kind for f in spike] == ["anomaly"] and spike[0].score > 5
     assert abs(spike[0].baseline - 1000) < 10
-    stuck = [f.kind for _ in range(5) for f in det.observe(1003.0, 10)]
-    assert stuck.count("stuck_value") == 1
+    stuck = [(f.kind, f.state) for _ in range(6) for f in det.observe(1003.0, 10)]
+    assert stuck.count(("stuck_value", "raised")) == 1
+    assert ("anomaly", "cleared") in stuck  # the spike was one reading
+    assert [(f.kind, f.state) for f in det.observe(1004.0, 10)] == [("stuck_value", "cleared")]
+
+
+def test_an_excursion_is_one_alarm_raised_then_cleared() -> None:
+    det = SeriesDetector(AnomalyConfig(sensitivity=5.0, warmup=20))
+    import random
+
+    rnd = random.Random(2)
+    for _ in range(100):
+        assert det.observe(1000.0 + rnd.gauss(0, 10), 10) == []
+    during = [(f.kind, f.state) for _ in range(10) for f in det.observe(2000.0, 10)]
+    assert during == [("anomaly", "raised")]  # ten readings out: one alarm
+    after = [(f.kind, f.state) for f in det.observe(1000.0, 10)]
+    assert after == [("anomaly", "cleared")]
+
+
+def test_zero_is_not_stuck_and_a_steady_voltage_has_a_noise_floor() -> None:
+    det = SeriesDetector(AnomalyConfig(sensitivity=5.0, warmup=5, stuck_after=5))
+    assert [f for _ in range(50) for f in det.observe(0.0, 10)] == []  # PV at night
+    volts = SeriesDetector(AnomalyConfig(sensitivity=5.0, warmup=5))
+    for _ in range(50):
+        volts.observe(230_000.0 + _ % 2, 10)  # mV, almost constant
+    assert volts.observe(231_000.0, 10) == []  # one volt is not an anomaly at 230 V
+    assert [f.kind for f in volts.observe(245_000.0, 10)] == ["anomaly"]
 
 
 def test_anomaly_events_carry_evidence() -> None:
