@@ -6,8 +6,8 @@ use ``${ENV}`` keys) and the registry file named by ``gateway.devices_file`` (de
 both, so the daemon sees one registry, and a SIGHUP applies a change. Writes are atomic
 (temporary file, fsync, rename) with mode 0600, because the file holds the devices' keys.
 Keys are generated here (32 bytes from ``secrets``) and shown only as their fingerprint
-(first 8 bytes of SHA-256, the same the firmware console shows); ``export_key`` writes one
-to a 0600 file for provisioning, never to the terminal.
+(first 8 bytes of SHA-256 over "gridedge-key:" + key, as the firmware console shows);
+``export_key`` writes one to a 0600 file for provisioning, never to the terminal.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def read_key_file(path: Path) -> bytes:
 
 
 def fingerprint(key: bytes) -> str:
-    return hashlib.sha256(key).hexdigest()[:16]
+    """The fingerprint the meter's console shows (docs/protocol.md, firmware auth.py)."""
+    return hashlib.sha256(b"gridedge-key:" + key).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from brokers import Mosquitto, free_port
+from fwrunner import firmware_module
 from gateway_fixtures import (
     LOCAL_BROKER_EXTRA,
     DevicePublisher,
@@ -49,7 +50,9 @@ def test_add_generates_a_key_that_never_reaches_the_terminal(config: Path) -> No
     key = bytes.fromhex(key_file.read_text().strip())
     assert len(key) == 32 and key != bytes(32)
     assert key.hex() not in out.stdout + out.stderr
-    assert fingerprint(key) in out.stdout  # the installer can compare it with the console's
+    assert fingerprint(key) in out.stdout
+    # ...and it is the fingerprint the meter's console shows for the same key.
+    assert fingerprint(key) == firmware_module("gemeter.auth").fingerprint(key)
     cfg = load(config)  # the loader sees both places as one registry
     dev = {d.id: d for d in cfg.devices}["mtr-0042"]
     assert (dev.site, dev.feeder, dev.role, dev.channels) == ("sub-3", "F2", "meter",
