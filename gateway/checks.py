@@ -177,8 +177,8 @@ class EdgeChecks:
                     else:
                         self.findings_open.discard(key3)
                     events.append(self._event(f.state, f.kind, frame.device_id, ch.index,
-                                              t_ms, quantity=qty, value=f.value,
-                                              baseline=round(f.baseline, 3),
+                                              t_ms, quantity=qty, value=f.value / 1000,
+                                              baseline=round(f.baseline / 1000, 6),
                                               score=round(f.score, 2)))
             delta = ch.values.get("energy_delta")
             if isinstance(delta, int):
@@ -205,7 +205,7 @@ class EdgeChecks:
         cond.since_ms = None
         state = "raised" if cond.active else "cleared"
         return [self._event(state, kind, device, channel, t_ms, value=value / 1000,
-                            threshold=limit / 1000)]
+                            threshold=round(limit / 1000, 6))]
 
     def _add_energy(self, device: str, delta_mwh: int) -> None:
         info = self.devices.get(device, DeviceState()).info

@@ -195,9 +195,11 @@ class Pipeline:
 
     @staticmethod
     def alarm_record(ev: Event, boot: int = 0, seq: int = 0) -> Record:
+        # Unique per event: one frame can raise the same kind on several quantities, and a
+        # device's (boot, seq) tells two events of one millisecond apart.
         ident = ":".join(str(ev.get(k, "")) for k in
-                         ("kind", "state", "device", "feeder", "channel", "time"))
-        body = {"id": ident, **ev}
+                         ("kind", "state", "device", "feeder", "channel", "quantity", "time"))
+        body = {"id": f"{ident}:{boot}:{seq}", **ev}
         return Record(ALARM, ev.get("device") or ev.get("feeder", ""), boot, seq,
                       _JSON.encode(body).encode())
 

@@ -119,7 +119,8 @@ class Uplink:
         self._health_due = 0.0  # a fresh connection gets fresh figures
         self._backoff = self.cfg.backoff_min_s
         client.publish(self.status_topic, json.dumps(
-            {"state": "online", "gateway": self.gateway_id, "since": int(time.time())}),
+            {"state": "online", "gateway": self.gateway_id,
+             "since": iso_ms(int(time.time() * 1000))}),
             qos=1, retain=True)
         log.info("uplink connected to %s:%d", self.cfg.host, self.cfg.port)
 
