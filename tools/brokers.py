@@ -15,8 +15,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from gridedge.tools.errors import ToolError
 
-class BrokerError(RuntimeError):
+
+class BrokerError(ToolError):
     pass
 
 

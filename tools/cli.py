@@ -32,20 +32,80 @@ def _frame_size(args: argparse.Namespace) -> int:
 def _flash(args: argparse.Namespace) -> int:
     from gridedge.tools import flash
 
-    try:
-        flash.flash(args.board, args.port, Path(args.config) if args.config else None,
-                    dry_run=args.dry_run, wipe=args.wipe, timeout=args.timeout)
-    except flash.FlashError as e:
-        print(f"gridedge flash: {e}", file=sys.stderr)
-        return 1
+    flash.flash(args.board, args.port, Path(args.config) if args.config else None,
+                dry_run=args.dry_run, wipe=args.wipe, timeout=args.timeout)
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from gridedge.tools import simulate
+
+    return simulate.main(args, sys.stdout)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import os
+
+    from gridedge.tools import demo
+
+    duration = args.duration if args.duration is not None else \
+        float(os.environ.get("DEMO_SECONDS", "0"))
+    return demo.main(duration, args.workdir, args.meters, not args.no_monitor, sys.stdout)
+
+
+def _tail(args: argparse.Namespace) -> int:
+    from gridedge.tools import tail
+
+    opts = tail.TailOptions(
+        host=args.host, port=args.port, tls=args.tls, ca=args.ca, cert=args.cert,
+        key=args.key, user=args.user, password_env=args.password_env, share=args.share,
+        topic=args.topic, format=args.format, count=args.count, duration=args.duration,
+        dedup=args.dedup, dedup_window=args.dedup_window, client_id=args.client_id,
+        session_expiry=args.session_expiry,
+    )
+    return tail.main(opts)
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    from gridedge.tools import monitor
+
+    if args.duration is not None and args.duration <= 0:
+        print("gridedge monitor: --duration must be positive", file=sys.stderr)
+        return 2
+    if args.refresh <= 0:
+        print("gridedge monitor: --refresh must be positive", file=sys.stderr)
+        return 2
+    opts = monitor.Options(
+        host=args.host, port=args.port, tls=args.tls, ca=args.ca, user=args.user,
+        password_env=args.password_env, prefix=args.prefix.rstrip("/"),
+        duration=args.duration, snapshot=Path(args.snapshot) if args.snapshot else None,
+        refresh=args.refresh)
+    return monitor.run(opts)
+
+
+def _provision(args: argparse.Namespace) -> int:
+    import os
+
+    from gridedge.tools import provision
+
+    settings, secrets = provision.read_settings(
+        args.device_id, args.link, args.set or [], args.secret_env or [],
+        args.secret_file or [], os.environ)
+    request = provision.Request(
+        args.port, args.device_id, Path(args.gateway_config), settings, secrets,
+        [tuple(c) for c in args.calibrate or []], role=args.role, site=args.site,
+        feeder=args.feeder, channels=tuple(args.channel or ()),
+        key=provision.read_key(Path(args.key_file) if args.key_file else None),
+        reboot=args.reboot, timeout=args.timeout)
+    provision.provision(request)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gridedge",
-        description="gridedge installer and developer tools. Flashing, provisioning, the "
-        "fleet simulator and benchmarks arrive as subcommands here.",
+        description="gridedge installer and developer tools: flash and provision meters, "
+        "simulate a fleet, watch the cloud topics, run the demo.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -76,21 +136,149 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_flash)
 
     p = sub.add_parser(
+        "simulate", help="run a fleet of simulated meters (the real firmware under "
+        "MicroPython, emulated ICs, scripted grid events) against a gateway")
+    from gridedge.tools.simulate import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=_simulate)
+
+    p = sub.add_parser(
+        "demo", help="the whole system on this machine: brokers, gateway, a simulated "
+        "fleet and the live dashboard (Ctrl-C stops it)")
+    p.add_argument("--duration", type=float,
+                   help="seconds, then stop (default: DEMO_SECONDS, else until Ctrl-C)")
+    p.add_argument("--meters", type=int, help="override the scenario's meter count")
+    p.add_argument("--workdir", help="keep the demo's files here (default: temporary)")
+    p.add_argument("--no-monitor", action="store_true", help="no dashboard, just a summary")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser(
+        "provision",
+        help="over the serial console: set the device id, link settings and calibration, "
+        "set a new key, save; then register the device in the gateway's registry",
+        description="Configure a meter over its installer console and register it at the "
+        "gateway in one step. Reset the board first, or run it with the console open: the "
+        "tool presses Enter until the console answers. The key is made here and never "
+        "printed; only its fingerprint is. Give passwords with --secret-env or "
+        "--secret-file, never on the command line.",
+    )
+    p.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0")
+    p.add_argument("--device-id", required=True, help="the device id (1-32 of A-Z a-z 0-9 . _ -)")
+    p.add_argument("--link", choices=["serial", "mqtt"], help="the link to the gateway")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a console setting, e.g. mqtt_host=gw.local (repeat; see the "
+                   "console's `show`)")
+    p.add_argument("--secret-env", action="append", metavar="KEY=VARIABLE",
+                   help="a password setting from an environment variable, e.g. "
+                   "wifi_password=WIFI_PASSWORD (repeat)")
+    p.add_argument("--secret-file", action="append", metavar="KEY=FILE",
+                   help="a password setting from a file holding it on one line (repeat)")
+    p.add_argument("--calibrate", action="append", nargs=3,
+                   metavar=("voltage|current|power", "CHANNEL", "REFERENCE"),
+                   help="calibrate an ADE7953 channel against a reference meter's reading "
+                   "(a steady load must be connected; repeat)")
+    p.add_argument("--gateway-config", default="/etc/gridedge/gateway.toml",
+                   help="the gateway's config; the device goes into its registry "
+                   "(default /etc/gridedge/gateway.toml)")
+    p.add_argument("--role", choices=["meter", "line_sensor"], default="meter")
+    p.add_argument("--site", default="", help="site name for the registry")
+    p.add_argument("--feeder", default="", help="feeder name for the registry")
+    p.add_argument("--channel", action="append", metavar="NAME",
+                   help="channel name for the registry, in channel order (repeat)")
+    p.add_argument("--key-file", help="use this key (64 hex digits) instead of a new one")
+    p.add_argument("--reboot", action="store_true",
+                   help="reboot the board at the end (default: leave the console, so the "
+                   "meter starts)")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to wait for the console and for each answer (default 10)")
+    p.set_defaults(func=_provision)
+
+    p = sub.add_parser(
         "frame-size", help="bytes per frame (CBOR + MAC, serial) against readable JSON"
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_frame_size)
+
+    p = sub.add_parser(
+        "monitor",
+        help="live terminal dashboard of the cloud topics: devices with sparklines, open "
+        "alarms, gateway store and uplink (Ctrl-C stops it)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="cloud broker (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=1883, help="broker port (default 1883)")
+    p.add_argument("--tls", action="store_true", help="TLS, verifying the broker")
+    p.add_argument("--ca", help="CA file for --tls (default: the system's CAs)")
+    p.add_argument("--user", help="MQTT user name")
+    p.add_argument("--password-env", metavar="VAR",
+                   help="environment variable holding the MQTT password")
+    p.add_argument("--prefix", default="gridedge/v1/gw",
+                   help="topic prefix (default gridedge/v1/gw)")
+    p.add_argument("--duration", type=float, metavar="S",
+                   help="stop after S seconds (non-interactive, for CI and demos)")
+    p.add_argument("--snapshot", metavar="FILE",
+                   help="at exit, write the last frame as plain text (120 columns) to FILE")
+    p.add_argument("--refresh", type=float, default=2.0, metavar="HZ",
+                   help="screen refreshes per second (default 2)")
+    p.set_defaults(func=_monitor)
+
+    p = sub.add_parser(
+        "tail",
+        help="consume the gateways' cloud readings and alarms (MQTT v5, QoS 1, optionally "
+        "a shared subscription) and print one JSON record per line; see docs/cloud.md",
+    )
+    p.add_argument("--host", required=True, help="the cloud broker")
+    p.add_argument("--port", type=int, default=1883, help="default 1883")
+    p.add_argument("--tls", action="store_true", help="TLS, verifying the broker")
+    p.add_argument("--ca", help="CA file for --tls (default: the system's CAs)")
+    p.add_argument("--cert", help="client certificate (mutual TLS)")
+    p.add_argument("--key", help="client key (mutual TLS)")
+    p.add_argument("--user", help="user name")
+    p.add_argument("--password-env", metavar="VAR",
+                   help="name of the environment variable holding the password")
+    p.add_argument("--share", metavar="GROUP",
+                   help="subscribe as a member of the shared subscription group GROUP "
+                   "($share/GROUP/...): the group's members split the stream")
+    p.add_argument("--topic", default="gridedge/v1/gw/+/", metavar="PREFIX",
+                   help="topic prefix before readings|alarms (default gridedge/v1/gw/+/)")
+    p.add_argument("--format", choices=["ndjson", "json"], default="ndjson",
+                   help="ndjson: one compact record per line (default); json: indented")
+    p.add_argument("--count", type=int, default=0, metavar="N",
+                   help="stop after at least N records (the message that reaches N is "
+                   "written whole)")
+    p.add_argument("--duration", type=float, default=0.0, metavar="S",
+                   help="stop after S seconds")
+    p.add_argument("--dedup", action="store_true",
+                   help="drop records this process already wrote: readings by (device, "
+                   "boot, seq), alarms by (gateway, id)")
+    p.add_argument("--dedup-window", type=int, default=100_000, metavar="N",
+                   help="identities remembered for --dedup (default 100000)")
+    p.add_argument("--client-id", metavar="ID",
+                   help="a stable client id makes the session persistent: a restart with "
+                   "the same id gets what was queued meanwhile (default: random, no session)")
+    p.add_argument("--session-expiry", type=int, default=3600, metavar="S",
+                   help="seconds the broker keeps a --client-id session after a disconnect "
+                   "(default 3600)")
+    p.set_defaults(func=_tail)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The one place that reports errors: a line on stderr, never a traceback."""
+    from gridedge.gateway.config import ConfigError
+    from gridedge.gateway.registry import RegistryError
+    from gridedge.tools.errors import ToolError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
-    except OSError as e:
-        print(f"gridedge: {e}", file=sys.stderr)
+    except ConfigError as e:  # a scenario or gateway config: every problem, with its key
+        print(f"gridedge {args.command}: {e}", file=sys.stderr)
+        return 2
+    except (ToolError, RegistryError, OSError) as e:
+        print(f"gridedge {args.command}: {e}", file=sys.stderr)
         return 1
 
 

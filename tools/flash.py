@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gridedge.tools import mpy_deps
+from gridedge.tools.errors import ToolError
 
 REPO = Path(__file__).resolve().parents[1]
 FIRMWARE = REPO / "firmware"
@@ -72,7 +73,7 @@ for p in %s:
         pass"""
 
 
-class FlashError(Exception):
+class FlashError(ToolError):
     """Flashing failed; the message is one line for the installer."""
 
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
+from gridedge.tools.errors import ToolError
+
 
 @dataclass(frozen=True)
 class Pin:
@@ -51,7 +53,7 @@ STAMP = ".fetched.json"
 TIMEOUT = 60
 
 
-class FetchError(Exception):
+class FetchError(ToolError):
     """A dependency could not be fetched or did not match its pin."""
 
 
@@ -212,11 +214,7 @@ def fetch(dest: Path, pins: tuple[Pin, ...] = PINS, force: bool = False) -> dict
 
 
 def main(dest: str, force: bool = False) -> int:
-    try:
-        files = fetch(Path(dest), force=force)
-    except FetchError as e:
-        print(f"gridedge: MicroPython dependencies: {e}", file=sys.stderr)
-        return 1
+    files = fetch(Path(dest), force=force)  # FetchError: reported by tools/cli.py
     for project, names in files.items():
         print(f"{project}: {len(names)} modules in {dest}")
     return 0

@@ -33,6 +33,7 @@ import serial
 
 from gridedge.gateway.config import DEVICE_ID, ConfigError
 from gridedge.gateway.registry import ROLES, Registry, RegistryError, fingerprint, read_key_file
+from gridedge.tools.errors import ToolError
 
 FIRMWARE_CONFIG = Path(__file__).resolve().parents[1] / "firmware" / "gemeter" / "config.py"
 PROMPT = "gridedge> "
@@ -43,7 +44,7 @@ QUIET_S = 0.3  # the console is ready once this long passes without output after
 CAL_KINDS = ("voltage", "current", "power")
 
 
-class ProvisionError(Exception):
+class ProvisionError(ToolError):
     """Provisioning failed; the message is one line for the installer."""
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from gridedge.tools.emulators.ade7953 import ADE7953
 from gridedge.tools.emulators.pzem004t import PZEM004T
+from gridedge.tools.errors import ToolError
 from gridedge.tools.sim_profiles import Grid, Quantities
 from gridedge.tools.sim_scenario import Scenario
 from gridedge.tools.vboard import VirtualBoard
@@ -41,7 +42,7 @@ BOARD = "esp32-devkitc"
 TICK_S = 0.25
 
 
-class FleetError(Exception):
+class FleetError(ToolError):
     """The fleet cannot start (no micropython, missing libraries, …)."""
 
 

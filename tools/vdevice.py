@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from gridedge.tools.errors import ToolError
+
 MACHINE_SHIM = Path(__file__).resolve().parent / "mpy_shim"
 
 _PRETEND = """\
@@ -63,7 +65,7 @@ del builtins
 """
 
 
-class VirtualDeviceError(Exception):
+class VirtualDeviceError(ToolError):
     """The virtual device could not be started."""
 
 
