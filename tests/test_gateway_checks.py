@@ -163,5 +163,6 @@ def test_anomaly_events_carry_evidence() -> None:
     for s in range(40):
         c.observe(reading("m1", s, p=1000.0 + (s % 3) * 10))
     ev = [e for e in c.observe(reading("m1", 40, p=5000.0)) if e["kind"] == "anomaly"]
-    assert ev and ev[0]["quantity"] == "power" and ev[0]["value"] == 5000.0  # W, like the thresholds
+    # In W, like the thresholds.
+    assert ev and ev[0]["quantity"] == "power" and ev[0]["value"] == 5000.0
     assert {"baseline", "score"} <= set(ev[0])
