@@ -46,13 +46,12 @@ lint: $(INSTALLED)
 	$(BIN)/mypy -p gridedge.gateway -p gridedge.tools
 
 test: setup lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 3
 
+# The whole system on this machine; Ctrl-C stops it. DEMO_SECONDS=60 make demo runs it for
+# a fixed time and prints a summary (CI does that).
 demo: setup
-	@echo "make demo: the end-to-end demo (local and cloud Mosquitto, gateway, a simulated"
-	@echo "fleet of ~20 meters and a line sensor running the real firmware under MicroPython,"
-	@echo "and a live dashboard) arrives with the tools issue. What runs today:"
-	@$(BIN)/gridedge frame-size
+	$(BIN)/gridedge demo
 
 bench: setup
 	$(BIN)/python -m gridedge.tools.bench --json build/bench.json
