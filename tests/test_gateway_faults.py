@@ -220,3 +220,30 @@ def test_mutated_frames_through_the_running_pipeline(collector: Collector,
     assert sum(pipe.rejected.values()) == sum(before.values()) + 1
     assert pipe.accepted == accepted + 1
     assert collector.store.fetch(TELEMETRY, 0, 10**6)[-1].seq == seq
+
+
+def test_corrupt_store_is_moved_aside_and_the_cloud_is_told(tmp_path: Path) -> None:
+    local = Mosquitto(tmp_path / "local", persistence=True, extra=LOCAL_BROKER_EXTRA).start()
+    cloud = Mosquitto(tmp_path / "cloud").start()
+    capture = Capture(cloud.port, topic="gridedge/v1/gw/+/alarms")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "store.db").write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 20)
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(config_text(tmp_path / "state", local, cloud, DEVICES))
+    gw = GatewayProcess(cfg, tmp_path / "gw.log").start(wait_subscribed=True)
+    pub = DevicePublisher(local.port)
+    try:
+        pub.publish("mtr-1", frame("mtr-1", 0))  # and the gateway keeps working
+        assert wait_for(lambda: capture.payloads("/alarms"), 10)
+        (event,) = json.loads(capture.payloads("/alarms")[0])
+        assert event["kind"] == "store_corrupt" and event["type"] == "event"
+        assert Path(event["moved_to"]).exists() and "corrupt" in event["moved_to"]
+    finally:
+        pub.close()
+        assert gw.terminate() == 0
+        capture.close()
+        local.stop()
+        cloud.stop()
+    store = Store(tmp_path / "state" / "store.db", 2**30, 86400)
+    assert store.marks()["mtr-1"].seq == 0  # the new store took the frame
+    store.close()
