@@ -711,9 +711,13 @@ class Consumer:
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
-        os.kill(self.proc.pid, sig)
+        pid = self.proc.pid
+        os.kill(pid, sig)
         if sig == signal.SIGKILL:
             self.proc.wait()
+        elif sig == signal.SIGSTOP:  # kill() returns before the stop takes: wait for it
+            assert wait_for(lambda: Path(f"/proc/{pid}/stat").read_text()
+                            .rsplit(")", 1)[1].split()[0] == "T", 5)
 
     def stop(self) -> int:
         if self.proc is None or self.proc.poll() is not None:
