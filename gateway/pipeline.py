@@ -169,6 +169,10 @@ class Pipeline:
         verdict = self.dedup.check(frame.device_id, frame.boot, frame.seq)
         if not verdict.accept:
             self.rejected[verdict.reason or "rejected"] += 1
+            if verdict.reason != "duplicate":  # a resend is normal; these are not
+                self._log(frame.device_id, verdict.reason or "rejected",
+                          f"boot {frame.boot} seq {frame.seq} is older than what was "
+                          "already accepted")
             return None
         if verdict.missing:
             self.missing += verdict.missing

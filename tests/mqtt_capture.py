@@ -32,6 +32,10 @@ class Capture:
         )
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        # Ready only once the broker confirmed the subscription: a publish that overtakes
+        # the SUBSCRIBE is not delivered to a new session (seen on a loaded CI machine).
+        self.subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.reconnect_delay_set(0.1, 0.5)
         if ca:
             self.client.tls_set(ca_certs=ca)
@@ -39,7 +43,8 @@ class Capture:
             self.client.username_pw_set(user, password)
         self.client.connect(host, port, keepalive=10)
         self.client.loop_start()
-        self.wait(lambda: self.client.is_connected(), 10)
+        if not self.subscribed.wait(10):
+            raise TimeoutError(f"no SUBACK from the broker on port {port} for {topic}")
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         with self.lock:

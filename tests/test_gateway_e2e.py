@@ -140,8 +140,10 @@ def test_sigkill_under_load_loses_nothing(
                 time.sleep(0.05)
                 gw.kill()
                 gw.start()
-        assert wait_for(lambda: len(identities(capture)) == total, 60), \
-            (len(identities(capture)), total)
+        expected = {(d, 1, s) for d in DEVICES for s in range(600)}
+        assert wait_for(lambda: len(identities(capture)) == total, 60), (
+            len(identities(capture)), total, sorted(expected - set(identities(capture)))[:10],
+            (tmp_path / "gw.log").read_text()[-3000:])
     finally:
         pub.close()
         gw.terminate()

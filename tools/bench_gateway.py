@@ -92,11 +92,12 @@ class Counter:
         self.client.max_inflight_messages_set(1000)
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_: subscribed.set()
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        while not self.client.is_connected():
-            time.sleep(0.01)
-        time.sleep(0.2)
+        if not subscribed.wait(30):
+            raise TimeoutError(f"no SUBACK for {topic}")
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         now = time.monotonic()

@@ -80,8 +80,12 @@ class Recorder:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="demo-recorder")
         self.client.on_connect = lambda c, *_: c.subscribe(f"{PREFIX}/+/#", qos=1)
         self.client.on_message = self._on_message
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_: subscribed.set()
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
+        if not subscribed.wait(30):  # readings published before the SUBACK would be missed
+            raise TimeoutError("the cloud broker did not confirm the recorder's subscription")
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         if not msg.topic.endswith(("/readings", "/alarms")):
