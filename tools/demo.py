@@ -163,9 +163,10 @@ def run(duration: float, workdir: Path, out: TextIO, scenario_path: Path = DEFAU
         cpu = fleet.cpu_seconds() - cpu0
         own = time.process_time() - own0  # virtual boards and emulators, in this process
         wall = time.monotonic() - t0
-        fleet.stop()
-        gateway.terminate()
+        fleet.power_off()
+        gateway.terminate()  # drains: what it took is acknowledged, stored, forwarded
         gateway.wait(60)
+        fleet.stop()
         time.sleep(0.5)
         summary = recorder.summary()
         recorder.close()
