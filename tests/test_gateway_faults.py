@@ -136,8 +136,10 @@ def test_store_bound_drops_oldest_telemetry_counts_it_and_keeps_alarms(tmp_path:
             finally:
                 st.close()
 
-        assert wait_for(lambda: len(identities(capture)) + dropped_so_far() ==
-                        len(published), 60)
+        # Done when everything newer than the dropped records has arrived. (A record can be
+        # both: an alarm commit - devices going offline - may enforce the bound while the
+        # oldest records are already on their way to the cloud.)
+        assert wait_for(lambda: set(published[dropped_so_far():]) <= identities(capture), 60)
         delivered = identities(capture)
         alarms = [a for p in capture.payloads("/alarms") for a in json.loads(p)]
     finally:
@@ -149,9 +151,10 @@ def test_store_bound_drops_oldest_telemetry_counts_it_and_keeps_alarms(tmp_path:
     store = Store(tmp_path / "state" / "store.db", 2**30, 86400)
     dropped = store.counters()["dropped_bytes"]
     store.close()
-    assert dropped > 0 and len(delivered) + dropped == len(published)
-    # Exactly the oldest were dropped (in arrival order), and the alarm survived.
-    assert delivered == set(published[dropped:])
+    assert dropped > 0 and len(delivered) + dropped >= len(published)
+    # Only the oldest were dropped (in arrival order), nothing else is missing, nothing
+    # arrived that was not published, and the alarm survived.
+    assert set(published[dropped:]) <= delivered <= set(published)
     assert ("over_voltage", "raised", "mtr-1") in {(a["kind"], a["state"], a["device"])
                                                    for a in alarms}
     log = (tmp_path / "gw.log").read_text()
