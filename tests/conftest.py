@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from brokers import Mosquitto
-from fwrunner import INTERPRETERS, FirmwareRunner, find_micropython, micropython_version
+from fwrunner import INTERPRETERS, FirmwareRunner, micropython_version
 from gridedge.tools.vboard import VirtualBoard
+from gridedge.tools.virtual_meter import find_micropython
 
 MICROPYTHON = find_micropython()
 _SKIP_REASON = (

@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,20 +34,6 @@ MACHINE_SHIM = REPO / "tools" / "mpy_shim"  # the virtual board's machine.py
 SCRIPTS = REPO / "tests" / "fw_scripts"
 
 INTERPRETERS = ("cpython", "micropython")
-
-
-def find_micropython() -> str | None:
-    """The `micropython` console script of this environment, else one on PATH.
-
-    GRIDEDGE_MICROPYTHON overrides the search (a path; empty means "not installed").
-    """
-    if "GRIDEDGE_MICROPYTHON" in os.environ:
-        forced = os.environ["GRIDEDGE_MICROPYTHON"]
-        return forced if forced and Path(forced).exists() else None
-    beside = Path(sys.executable).parent / "micropython"
-    if beside.exists():
-        return str(beside)
-    return shutil.which("micropython")
 
 
 def micropython_version(exe: str) -> str:

