@@ -28,14 +28,14 @@ from gridedge.gateway.uplink import Uplink
 log = logging.getLogger(__name__)
 
 
-def device_info(cfg: Config) -> dict[str, dict[str, str]]:
-    """What the edge checks need to know of each device."""
-    return {d.id: {"site": d.site, "feeder": d.feeder, "role": d.role} for d in cfg.devices}
-
-
 def device_registry(cfg: Config) -> dict[str, DeviceInfo]:
     return {d.id: DeviceInfo(bytes.fromhex(d.key), d.site, d.feeder, d.role,
                              tuple(d.channels)) for d in cfg.devices}
+
+
+def check_info(registry: dict[str, DeviceInfo]) -> dict[str, dict[str, str]]:
+    """What the edge checks need to know of each device (no keys)."""
+    return {d: {"site": i.site, "feeder": i.feeder, "role": i.role} for d, i in registry.items()}
 
 
 class Daemon:
@@ -51,8 +51,9 @@ class Daemon:
                 "type": "event", "state": "event", "kind": "store_corrupt", "device": "",
                 "feeder": "", "time": iso_ms(int(time.time() * 1000)),
                 "moved_to": str(self.store.recovered_from)})])
-        checks = EdgeChecks(cfg.checks, device_info(cfg)) if cfg.checks.enabled else None
-        self.pipeline = Pipeline(self.store, device_registry(cfg),
+        registry = device_registry(cfg)
+        checks = EdgeChecks(cfg.checks, check_info(registry)) if cfg.checks.enabled else None
+        self.pipeline = Pipeline(self.store, registry,
                                  cfg.store.commit_interval_ms, checks=checks)
         self.ingest = MQTTIngest(cfg.local, self.pipeline)
         self.serial = [SerialIngest(p, self.pipeline) for p in cfg.serial]
@@ -106,9 +107,10 @@ class Daemon:
         except ConfigError as e:
             log.error("reload refused, keeping the running configuration: %s", e)
             return
-        self.pipeline.set_devices(device_registry(new))
+        registry = device_registry(new)
+        self.pipeline.set_devices(registry)
         if self.pipeline.checks is not None:
-            self.pipeline.checks.set_devices(device_info(new))
+            self.pipeline.checks.set_devices(check_info(registry))
         logging.getLogger().setLevel(new.gateway.log_level.upper())
         for section in ("local", "uplink", "store", "serial", "metrics", "homeassistant"):
             if getattr(new, section) != getattr(self.cfg, section):
