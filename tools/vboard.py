@@ -251,7 +251,10 @@ class VirtualBoard:
                     if answer is not None:
                         out.append(answer)
                 if out:
-                    conn.sendall(("\n".join(out) + "\n").encode("ascii"))
+                    try:
+                        conn.sendall(("\n".join(out) + "\n").encode("ascii"))
+                    except OSError:  # the firmware process died mid-request (power cut)
+                        return
 
     def command(self, words: list[str]) -> str | None:
         """Execute one protocol line; returns the answer line for queries."""
