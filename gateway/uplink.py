@@ -129,11 +129,20 @@ class Uplink:
             log.warning("uplink lost %s:%d (%s)", self.cfg.host, self.cfg.port, rc)
         self._lost()
 
-    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
+    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, rc: Any, _p: Any) -> None:
         entry = self._inflight.pop(mid, None)
-        if entry is not None:
-            self._acked.update(entry[1])
-            self.delivered += len(entry[1])
+        if entry is None:
+            return
+        if getattr(rc, "is_failure", False):
+            # MQTT 5: a PUBACK with an error reason (quota exceeded, not authorised, …) means
+            # the broker did not take the message: keep the records, reconnect, resend.
+            log.warning("uplink: the cloud broker refused a message (%s); reconnecting", rc)
+            self.failures += 1
+            self.client.disconnect()
+            self._lost()
+            return
+        self._acked.update(entry[1])
+        self.delivered += len(entry[1])
 
     def _flush_acked(self, force: bool = False) -> None:
         """Delete acknowledged records, many per transaction: one commit (and fsync) per

@@ -86,7 +86,10 @@ def test_every_reading_arrives_once(tmp_path: Path, brokers: tuple[Mosquitto, Mo
         pub.publish(DEVICES[0], frame(DEVICES[0], 500, key=bytes(32)))  # forged MAC
         pub.publish(DEVICES[0], frame("stranger", 1))  # unknown device
         pub.publish(DEVICES[1], frame(DEVICES[1], 99))  # a duplicate
-        assert wait_for(lambda: len(identities(capture)) == 500, 30), len(identities(capture))
+        everything = {(d, 1, s) for d in DEVICES for s in range(100)}
+        assert wait_for(lambda: len(identities(capture)) == 500, 30), (
+            sorted(everything - set(identities(capture))), metrics(port),
+            (tmp_path / "gw.log").read_text()[-3000:])
         time.sleep(0.5)
         seen = identities(capture)
         assert set(seen) == {(d, 1, s) for d in DEVICES for s in range(100)}

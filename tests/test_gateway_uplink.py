@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import threading
 from pathlib import Path
 
@@ -143,3 +144,38 @@ def test_half_open_link_is_dropped_after_ack_timeout(tmp_path: Path) -> None:
         local.stop()
         cloud.stop()
     assert "as gridedge-gw-test (p5," in (tmp_path / "cloud" / "mosquitto.log").read_text()
+
+
+def test_a_refused_puback_keeps_the_records_until_the_broker_takes_them(tmp_path: Path) -> None:
+    """MQTT 5 brokers can answer a PUBLISH with an error PUBACK (here: not authorised by
+    the ACL). That is not a delivery: the records stay and are resent once allowed."""
+    acl = tmp_path / "acl"
+    acl.write_text("topic write gridedge/v1/gw/+/status\ntopic read gridedge/#\n")
+    local = Mosquitto(tmp_path / "local", persistence=True, extra=LOCAL_BROKER_EXTRA).start()
+    cloud = Mosquitto(tmp_path / "cloud", extra=f"acl_file {acl}\n").start()
+    capture = Capture(cloud.port, topic="gridedge/v1/gw/+/readings")
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(config_text(tmp_path / "state", local, cloud, DEVICES, backoff_min_s=0.2,
+                               backoff_max_s=1.0))
+    log = tmp_path / "gw.log"
+    gw = GatewayProcess(cfg, log).start(wait_subscribed=True)
+    pub = DevicePublisher(local.port)
+    try:
+        expected = publish_rounds(pub, range(0, 10))
+        assert wait_for(lambda: "refused a message" in log.read_text(), 10)
+        assert capture.payloads("/readings") == []
+        acl.write_text("topic readwrite gridedge/#\n")
+        assert cloud.proc is not None
+        cloud.proc.send_signal(signal.SIGHUP)  # Mosquitto reloads its ACL
+
+        def seen() -> set[tuple[str, int, int]]:
+            return {(r["device"], r["boot"], r["seq"]) for p in capture.payloads("/readings")
+                    for r in json.loads(p)}
+
+        assert wait_for(lambda: seen() == expected, 20), len(expected - seen())
+    finally:
+        pub.close()
+        gw.terminate()
+        capture.close()
+        local.stop()
+        cloud.stop()
