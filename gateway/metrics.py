@@ -60,6 +60,10 @@ class DaemonCollector(Collector):
             if name.startswith("dropped_"):
                 c.add_metric([name.removeprefix("dropped_")], n)
         yield c
+        g = GaugeMetricFamily("gridedge_ingest_subscribed",
+                              "1 while the local broker grants the frame subscription")
+        g.add_metric([], 1 if d.ingest is not None and d.ingest.subscribed else 0)
+        yield g
         up = d.uplink
         g = GaugeMetricFamily("gridedge_uplink_connected", "1 while the cloud link is up")
         g.add_metric([], 1 if up is not None and up.connected else 0)

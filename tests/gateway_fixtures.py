@@ -93,13 +93,14 @@ class GatewayProcess:
 class DevicePublisher:
     """Publishes frames to the local broker as devices do (QoS 1, waits for each PUBACK)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, qos: int = 1) -> None:
+        self.qos = qos
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-devices")
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
     def publish(self, device: str, payload: bytes) -> None:
-        info = self.client.publish(f"gridedge/v1/dev/{device}/frame", payload, qos=1)
+        info = self.client.publish(f"gridedge/v1/dev/{device}/frame", payload, qos=self.qos)
         info.wait_for_publish(timeout=10)
         if not info.is_published():
             raise TimeoutError("local broker did not acknowledge")

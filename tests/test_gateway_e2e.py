@@ -216,3 +216,34 @@ def test_cloud_and_local_broker_restarts_lose_nothing(tmp_path: Path) -> None:
         capture.close()
         local.stop()
         cloud.stop()
+
+
+def test_a_subscription_granted_at_qos0_is_reported(tmp_path: Path) -> None:
+    """A local broker limited to QoS 0 keeps no frames for a gateway that is down. The
+    gateway says so (an error, once, naming the fix) and still takes what arrives."""
+    local = Mosquitto(tmp_path / "local", extra="max_qos 0\n").start()
+    cloud = Mosquitto(tmp_path / "cloud").start()
+    port = free_port()
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(config_text(tmp_path / "state", local, cloud, DEVICES, port))
+    capture = Capture(cloud.port, topic="gridedge/v1/gw/#")
+    log = tmp_path / "gw.log"
+    gw = GatewayProcess(cfg, log).start(wait_subscribed=True)
+    pub = DevicePublisher(local.port, qos=0)
+    try:
+        assert "granted only QoS 0" in log.read_text()
+        assert "subscribed to gridedge/v1/dev/+/frame (QoS 0)" in log.read_text()
+        assert metrics(port)["gridedge_ingest_subscribed"] == 1
+        for seq in range(10):
+            for d in DEVICES:
+                pub.publish(d, frame(d, seq))
+        expected = {(d, 1, s) for d in DEVICES for s in range(10)}
+        assert wait_for(lambda: set(identities(capture)) == expected, 20)
+    finally:
+        pub.close()
+        code = gw.terminate()
+        capture.close()
+        local.stop()
+        cloud.stop()
+    assert code == 0
+    assert log.read_text().count("granted only QoS 0") == 1
