@@ -1,17 +1,21 @@
 """Cloud payloads: a verified Frame as a JSON-ready dict with readable keys and SI units.
 
 The wire carries scaled integers (mV, mA, mW, …); backends want volts and watts with names
-they can read. ``reading_dict`` is the one place that conversion happens; the uplink
-serialises its result as JSON (default) or CBOR. The identity (device, boot, seq) is always
-included so a backend can de-duplicate.
+they can read. ``reading_dict`` is the one place that conversion is defined; the uplink
+serialises records as JSON (default) or CBOR. ``reading_json`` writes the same JSON text as
+``json.dumps(reading_dict(...), separators=(",", ":"))`` byte for byte (a property test
+holds it to that) at a third of the cost: it runs once per reading on the gateway's hottest
+path. The identity (device, boot, seq) is always included so a backend can de-duplicate.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 from typing import Any
 
-from gridedge.gateway.protocol import Frame, Stat
+from gridedge.gateway.protocol import STATUS_NAMES, Frame, Stat
 
 # quantity -> (JSON name, divisor from the wire unit to the JSON unit)
 JSON_UNITS: dict[str, tuple[str, int]] = {
@@ -69,3 +73,56 @@ def reading_dict(
         channels.append(c)
     out["channels"] = channels
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _jstr(text: str) -> str:
+    """A JSON string literal (site, feeder, device and channel names repeat: cached)."""
+    return json.dumps(text)
+
+
+@functools.lru_cache(maxsize=256)
+def _jflags(status: int) -> str:
+    return json.dumps([name for bit, name in STATUS_NAMES.items() if status & bit],
+                      separators=(",", ":"))
+
+
+# quantity -> ('"json_name":', divisor)
+_JSON_KEYS = {name: (f'"{key}":', div) for name, (key, div) in JSON_UNITS.items()}
+
+
+def reading_json(
+    frame: Frame, site: str | None = None, feeder: str | None = None,
+    channel_names: dict[int, str] | None = None,
+) -> str:
+    """``reading_dict`` as compact JSON text, written directly (same bytes as json.dumps:
+    ints as ints, floats by repr, keys in the same order)."""
+    out = [f'{{"device":{_jstr(frame.device_id)},"boot":{frame.boot},"seq":{frame.seq},'
+           f'"uptime_ms":{frame.uptime_ms}']
+    if frame.unix_ms is not None:
+        out.append(f',"time":"{iso_ms(frame.unix_ms)}"')
+    out.append(f',"period_ms":{frame.period_ms}')
+    if site is not None:
+        out.append(f',"site":{_jstr(site)}')
+    if feeder is not None:
+        out.append(f',"feeder":{_jstr(feeder)}')
+    if frame.dropped:
+        out.append(f',"dropped":{frame.dropped}')
+    out.append(',"channels":[')
+    for i, ch in enumerate(frame.channels):
+        out.append(f'{"," if i else ""}{{"channel":{ch.index}')
+        if channel_names and ch.index in channel_names:
+            out.append(f',"name":{_jstr(channel_names[ch.index])}')
+        out.append(f',"status":{_jflags(ch.status)}')
+        for name, v in ch.values.items():
+            key, div = _JSON_KEYS[name]
+            if isinstance(v, Stat):
+                out.append(f',{key}{{"mean":{v.mean / div!r},"min":{v.min / div!r},'
+                           f'"max":{v.max / div!r}}}')
+            elif div == 1:
+                out.append(f",{key}{v!r}")
+            else:
+                out.append(f",{key}{v / div!r}")
+        out.append("}")
+    out.append("]}")
+    return "".join(out)

@@ -15,6 +15,7 @@ on each accepted frame, and their alarm events are committed in the same transac
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import queue
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from gridedge.gateway.checks import EdgeChecks, Event
 from gridedge.gateway.dedup import Deduplicator
 from gridedge.gateway.errors import ProtocolError
-from gridedge.gateway.payloads import iso_ms, reading_dict
+from gridedge.gateway.payloads import iso_ms, reading_json
 from gridedge.gateway.protocol import Frame, FrameDecoder
 from gridedge.gateway.store import ALARM, TELEMETRY, Record, Store, StoreError
 
@@ -44,6 +45,10 @@ class DeviceInfo:
     feeder: str = ""
     role: str = "meter"
     channels: tuple[str, ...] = ()
+
+    @functools.cached_property
+    def channel_names(self) -> dict[int, str]:
+        return dict(enumerate(self.channels))
 
 
 class RateLimitedLog:
@@ -71,6 +76,8 @@ class Pipeline:
         # Sees each committed batch's accepted frames (Home Assistant states); its errors
         # are logged, never allowed to stop the committer.
         self.on_frames: Callable[[list[Frame]], None] | None = None
+        # Called after each batch's acknowledgements (a reader that sends them together).
+        self.after_acks: list[Callable[[], None]] = []
         self.alarms = 0
         self.devices = dict(devices)
         self._new_devices: dict[str, DeviceInfo] | None = None
@@ -192,10 +199,9 @@ class Pipeline:
 
     def record(self, frame: Frame) -> Record:
         info = self.devices[frame.device_id]  # decoded, so the registry knows the device
-        body = reading_dict(frame, info.site or None, info.feeder or None,
-                            dict(enumerate(info.channels)) or None)
-        return Record(TELEMETRY, frame.device_id, frame.boot, frame.seq,
-                      _JSON.encode(body).encode())
+        body = reading_json(frame, info.site or None, info.feeder or None,
+                            info.channel_names or None)
+        return Record(TELEMETRY, frame.device_id, frame.boot, frame.seq, body.encode())
 
     @staticmethod
     def alarm_record(ev: Event, boot: int = 0, seq: int = 0) -> Record:
@@ -264,6 +270,8 @@ class Pipeline:
         for _raw, _source, ack in batch:
             if ack is not None:
                 ack()
+        for flush in self.after_acks:
+            flush()
         if self.on_frames is not None and frames:
             try:
                 self.on_frames(frames)
