@@ -61,6 +61,7 @@ class Uplink:
         self._backoff = cfg.backoff_min_s
         self._next_try = 0.0
         self._tokens = float(cfg.batch_size)
+        self._batch_due: float | None = None  # unix time a partial batch goes anyway
         self._last_refill = time.monotonic()
         self._stop = threading.Event()
         self.wake = threading.Event()  # set by the committer after each commit
@@ -192,8 +193,12 @@ class Uplink:
             self._check_ack_timeout()
             self._send_health()
             if not self._send_some():
-                # Idle: sleep until the committer stores something (or PUBACKs may be due).
-                self.wake.wait(0.005 if self._inflight else 0.02)
+                # Idle: sleep until the committer stores something, PUBACKs may be due, or
+                # a partial batch has waited its batch_delay_ms.
+                timeout = 0.005 if self._inflight else 0.02
+                if self._batch_due is not None:
+                    timeout = max(0.0, min(timeout, self._batch_due - time.time()))
+                self.wake.wait(timeout)
                 self.wake.clear()
         self._flush_acked(force=True)
         if self.connected:
@@ -272,10 +277,13 @@ class Uplink:
             rows = self._fetch(priority, limit)
             if not rows:
                 continue
-            young = time.time() * 1000 - rows[0].created_ms < self.cfg.batch_delay_ms
-            if priority == TELEMETRY and len(rows) < limit and young:
-                return []  # wait a little for a fuller batch (at most batch_delay_ms)
+            due = (rows[0].created_ms + self.cfg.batch_delay_ms) / 1000
+            if priority == TELEMETRY and len(rows) < limit and time.time() < due:
+                self._batch_due = due  # wait a little for a fuller batch
+                return []
+            self._batch_due = None
             return rows
+        self._batch_due = None
         return []
 
     def _fetch(self, priority: int, limit: int) -> list[Stored]:
