@@ -8,7 +8,9 @@ only a little (winsorised at the threshold), so a long excursion is still seen a
 No verdict during the warm-up. An excursion is one alarm: raised when the score first
 exceeds the sensitivity, cleared when it falls below 80 % of it. The scale has a floor of
 0.5 % of the level (and one wire unit), so a near-constant series (a steady 230.0 V) does
-not turn half a volt into an alarm. A non-zero value repeated exactly for ``stuck_after``
+not turn half a volt into an alarm. With a ``max_rate`` (per second, in the series' unit),
+a step faster than that raises ``rate_of_change`` and the first step within it clears it.
+A non-zero value repeated exactly for ``stuck_after``
 periods (a sensor that died showing its last value) is stuck until the value changes;
 zero repeats are not stuck: an idle circuit or PV at night reads exactly 0. Every finding
 carries its evidence: value, baseline and score.
@@ -49,6 +51,7 @@ class SeriesDetector:
     repeats: int = 0
     stuck: bool = field(default=False)
     anomalous: bool = False
+    fast: bool = False  # rate_of_change raised
 
     def observe(self, x: float, dt_s: float) -> list[Finding]:
         c = self.cfg
@@ -63,10 +66,14 @@ class SeriesDetector:
                 out.append(Finding("stuck_value", x, self.last or 0.0, 0.0, "cleared"))
             self.repeats = 0
             self.stuck = False
-        if self.last is not None and c.max_rate is not None and dt_s > 0:
-            rate = abs(x - self.last) / dt_s
-            if rate > c.max_rate:
-                out.append(Finding("rate_of_change", x, self.last, rate / c.max_rate))
+        if self.last is not None and c.max_rate and dt_s > 0:
+            score = abs(x - self.last) / dt_s / c.max_rate
+            if score > 1 and not self.fast:
+                self.fast = True
+                out.append(Finding("rate_of_change", x, self.last, score))
+            elif score <= 1 and self.fast:
+                self.fast = False
+                out.append(Finding("rate_of_change", x, self.last, score, "cleared"))
         self.last = x
         if self.n == 0:
             self.level, self.dev = x, 0.0

@@ -81,8 +81,14 @@ class EdgeChecks:
         self.devices = {d: DeviceState(info=info) for d, info in devices.items()}
         self.conditions: dict[tuple[str, int, str], Condition] = {}
         self.detectors: dict[tuple[str, int, str], SeriesDetector] = {}
-        self.anomaly_cfg = AnomalyConfig(cfg.anomaly_sensitivity, cfg.anomaly_warmup,
-                                         stuck_after=cfg.stuck_periods)
+        # One detector configuration per quantity: the rate limits are per unit (the
+        # detectors see wire units: mV, mA, mW).
+        self.anomaly_cfg = {
+            qty: AnomalyConfig(cfg.anomaly_sensitivity, cfg.anomaly_warmup,
+                               max_rate=rate * 1000 or None, stuck_after=cfg.stuck_periods)
+            for qty, rate in (("voltage", cfg.max_rate_v_per_s),
+                              ("current", cfg.max_rate_a_per_s),
+                              ("power", cfg.max_rate_w_per_s))}
         self.balance: dict[str, dict[str, float]] = {}  # feeder -> {"line", "meters"}
         self.balance_start: float | None = None
         self.balance_alarm: dict[str, bool] = {}
@@ -169,7 +175,7 @@ class EdgeChecks:
                 key = (frame.device_id, ch.index, qty)
                 det = self.detectors.get(key)
                 if det is None:
-                    det = self.detectors[key] = SeriesDetector(self.anomaly_cfg)
+                    det = self.detectors[key] = SeriesDetector(self.anomaly_cfg[qty])
                 for f in det.observe(value, frame.period_ms / 1000):
                     key3 = (f.kind, frame.device_id, ch.index, qty)
                     if f.state == "raised":

@@ -147,6 +147,11 @@ class ChecksSection:
     anomaly_sensitivity: float = field(default=5.0, metadata=rng(1, 100))
     anomaly_warmup: int = field(default=30, metadata=rng(2, 100_000))
     stuck_periods: int = field(default=30, metadata=rng(2, 100_000))
+    # rate_of_change: the fastest plausible change between two readings, per second
+    # (0 = off). A step faster than that is a fault or an event worth a look.
+    max_rate_v_per_s: float = field(default=0.0, metadata=rng(0, 1e6))
+    max_rate_a_per_s: float = field(default=0.0, metadata=rng(0, 1e6))
+    max_rate_w_per_s: float = field(default=0.0, metadata=rng(0, 1e9))
     balance_window_s: int = field(default=3600, metadata=rng(10, 7 * 86_400))
     balance_threshold: float = field(default=0.05, metadata=rng(0.001, 1))
 

@@ -412,7 +412,8 @@ def test_real_gateway_output_matches_schemas_in_json_and_cbor(
 def checks_events() -> list[dict[str, Any]]:
     """Run the real edge checks over a scripted series; return the uplink alarm records."""
     cfg = ChecksSection(limits=Limits(min_duration_s=0, max_current=10, max_power=2000),
-                        stuck_periods=3, anomaly_warmup=5, balance_window_s=10)
+                        stuck_periods=3, anomaly_warmup=5, balance_window_s=10,
+                        max_rate_v_per_s=20)
     devices = {"m1": {"site": "s1", "feeder": "F1", "role": "meter"},
                "l1": {"site": "s1", "feeder": "F1", "role": "line_sensor"}}
     checks = EdgeChecks(cfg, devices)
@@ -466,7 +467,8 @@ def test_every_alarm_kind_matches_schema_and_cddl(tmp_path: Path) -> None:
     for want in [("anomaly", "raised"), ("anomaly", "cleared"), ("stuck_value", "raised"),
                  ("stuck_value", "cleared"), ("offline", "raised"),
                  ("offline", "cleared"), ("non_technical_loss", "raised"),
-                 ("non_technical_loss", "cleared"), ("gap", "event")]:
+                 ("non_technical_loss", "cleared"), ("gap", "event"),
+                 ("rate_of_change", "raised"), ("rate_of_change", "cleared")]:
         assert want in seen, want
     loss = next(r for r in records if r["kind"] == "non_technical_loss")
     assert loss["device"] == "" and loss["feeder"] == "F1" and loss["loss"] > 0.05

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from gridedge.gateway.anomaly import AnomalyConfig, SeriesDetector
 from gridedge.gateway.checks import EdgeChecks
-from gridedge.gateway.config import parse
+from gridedge.gateway.config import ConfigError, parse
 from gridedge.gateway.protocol import ST_INVALID, Channel, Frame, Stat
 
 T0 = 1_763_776_800_000
@@ -166,3 +168,28 @@ def test_anomaly_events_carry_evidence() -> None:
     # In W, like the thresholds.
     assert ev and ev[0]["quantity"] == "power" and ev[0]["value"] == 5000.0
     assert {"baseline", "score"} <= set(ev[0])
+
+
+def test_rate_of_change_raises_on_a_fast_step_and_clears_at_the_next_slow_one() -> None:
+    c = checks("max_rate_v_per_s = 1.0\nmax_rate_w_per_s = 100.0\n")
+    out = [c.observe(reading("m1", s, v=v)) for s, v in enumerate([230, 231, 240, 240.5, 230])]
+    found = [[(e["kind"], e["state"]) for e in ev if e["kind"] == "rate_of_change"]
+             for ev in out]
+    # Readings 10 s apart: +1 V is 0.1 V/s (fine), +9 V is 0.9 V/s (fine), -10.5 V is over.
+    assert found == [[], [], [], [], [("rate_of_change", "raised")]]
+    ev = [e for e in out[4] if e["kind"] == "rate_of_change"][0]
+    assert ev["quantity"] == "voltage" and ev["value"] == 230.0 and ev["baseline"] == 240.5
+    assert ev["score"] == 1.05  # 1.05 V/s against 1 V/s
+    assert ("rate_of_change", "m1", "0") in c.open_alarms()
+    cleared = [(e["kind"], e["state"]) for e in c.observe(reading("m1", 5, v=230.2))
+               if e["kind"] == "rate_of_change"]
+    assert cleared == [("rate_of_change", "cleared")]
+    assert ("rate_of_change", "m1", "0") not in c.open_alarms()
+
+
+def test_rate_of_change_is_off_unless_configured() -> None:
+    c = checks()
+    events = [e for s, v in enumerate([230, 100, 230]) for e in c.observe(reading("m1", s, v=v))]
+    assert not [e for e in events if e["kind"] == "rate_of_change"]
+    with pytest.raises(ConfigError, match=r"checks.max_rate_v_per_s"):
+        parse("[uplink]\nenabled = false\n[checks]\nmax_rate_v_per_s = -1\n", env={})
