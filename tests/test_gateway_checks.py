@@ -177,7 +177,7 @@ def test_rate_of_change_raises_on_a_fast_step_and_clears_at_the_next_slow_one() 
              for ev in out]
     # Readings 10 s apart: +1 V is 0.1 V/s (fine), +9 V is 0.9 V/s (fine), -10.5 V is over.
     assert found == [[], [], [], [], [("rate_of_change", "raised")]]
-    ev = [e for e in out[4] if e["kind"] == "rate_of_change"][0]
+    ev = next(e for e in out[4] if e["kind"] == "rate_of_change")
     assert ev["quantity"] == "voltage" and ev["value"] == 230.0 and ev["baseline"] == 240.5
     assert ev["score"] == 1.05  # 1.05 V/s against 1 V/s
     assert ("rate_of_change", "m1", "0") in c.open_alarms()
