@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -63,8 +64,13 @@ def start_all(
     return cfg, capture, gw, DevicePublisher(local.port)
 
 
-def metrics(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+def metrics(port: int, missing_ok: bool = False) -> dict[str, float]:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    except urllib.error.URLError:
+        if missing_ok:  # not listening yet
+            return {}
+        raise
     out = {}
     for line in text.decode().splitlines():
         if line and not line.startswith("#"):
@@ -233,7 +239,9 @@ def test_a_subscription_granted_at_qos0_is_reported(tmp_path: Path) -> None:
     try:
         assert "granted only QoS 0" in log.read_text()
         assert "subscribed to gridedge/v1/dev/+/frame (QoS 0)" in log.read_text()
-        assert metrics(port)["gridedge_ingest_subscribed"] == 1
+        # The metrics endpoint may start a moment after the subscription.
+        assert wait_for(lambda: metrics(port, missing_ok=True)
+                        .get("gridedge_ingest_subscribed") == 1, 10)
         for seq in range(10):
             for d in DEVICES:
                 pub.publish(d, frame(d, seq))
