@@ -70,6 +70,24 @@ def test_settings_and_secrets(
     assert saved["wifi_password"] == WIFI_SECRET and saved["report_interval_s"] == 30
 
 
+def test_values_keep_their_spaces_and_can_be_emptied(
+    fw: FirmwareRunner, vboard: VirtualBoard, meter: VirtualMeter
+) -> None:
+    """A Wi-Fi name or password with spaces, one with outer spaces (quoted), a quote and a
+    backslash inside quotes, and a setting emptied with \"\"."""
+    lines = ["set wifi_ssid Site 7  Annex", 'set wifi_password " pass phrase "',
+             'set mqtt_user "a\\"b\\\\c"', "set mqtt_user2", 'set ntp_host ""', "save"]
+    out = session(fw, vboard, meter.root, lines)
+    assert replies(out, lines[0]) == ["wifi_ssid = Site 7  Annex (not saved yet: save)"]
+    assert " pass phrase " not in "\n".join(out)  # a secret is never shown
+    assert replies(out, "set mqtt_user2")[0].startswith("error: usage: set KEY VALUE")
+    saved = json.loads((meter.root / "config.json").read_text())
+    assert saved["wifi_ssid"] == "Site 7  Annex"
+    assert saved["wifi_password"] == " pass phrase "
+    assert saved["mqtt_user"] == 'a"b\\c'
+    assert saved["ntp_host"] == ""
+
+
 def test_every_bad_input_gets_one_error_line(
     fw: FirmwareRunner, vboard: VirtualBoard, meter: VirtualMeter
 ) -> None:

@@ -25,14 +25,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from firmware_fixtures import VirtualMeter
-from fwrunner import FIRMWARE, MPY_LIB
+from fwrunner import FIRMWARE, MPY_LIB, firmware_module
 from gridedge.gateway import framing
 from gridedge.gateway.config import load
 from gridedge.gateway.errors import ProtocolError
 from gridedge.gateway.protocol import Frame, FrameDecoder
 from gridedge.gateway.registry import Registry
+from gridedge.tools.provision import console_value
 from gridedge.tools.vboard import VirtualBoard
 from gridedge.tools.vdevice import MACHINE_SHIM, VirtualDevice
 
@@ -303,3 +306,14 @@ def test_fingerprint_mismatch_stops_before_save(gateway_config: Path) -> None:
     sent = [c for c in log if c]
     assert [c[:8] for c in sent] == ["show", "set devi", "key set ", "key fing", "exit"]
     assert Registry(gateway_config).entries() == []
+
+
+@given(st.text(st.characters(codec="utf-8", categories=("L", "N", "P", "S", "Zs")),
+               max_size=40))
+@settings(max_examples=300)
+def test_what_provision_types_is_what_the_console_reads(value: str) -> None:
+    """Any printable value (spaces, quotes, backslashes, empty) survives the trip through
+    provision's quoting and the firmware console's parser (run in-process, CPython)."""
+    console = firmware_module("gemeter.console")
+    assert console.set_args(f"set wifi_password {console_value(value)}") == (
+        "wifi_password", value)

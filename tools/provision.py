@@ -83,9 +83,18 @@ def _pair(text: str, option: str) -> tuple[str, str]:
 
 
 def _check_text(key: str, value: str, shown: str) -> None:
-    if not value or " ".join(value.split()) != value or not value.isprintable():
+    if not value.isprintable():
         raise ProvisionError(f"{key} {shown}: the console takes one line of printable text "
-                             "without leading, trailing or double spaces")
+                             "(no line breaks, tabs or control characters)")
+
+
+def console_value(value: str) -> str:
+    """VALUE as typed after 'set KEY ': as it is when the console reads it back unchanged,
+    else in double quotes (empty, outer spaces, or quotes at both ends)."""
+    if value and value == value.strip() and not (
+            len(value) >= 2 and value[0] == value[-1] == '"'):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def read_settings(device_id: str, link: str | None, sets: Sequence[str],
@@ -257,9 +266,11 @@ def _configure(con: Console, req: Request, key: bytes, out: TextIO) -> None:
             raise ProvisionError("the console holds unsaved changes from another session: "
                                  "save or discard them (exit) there first")
         for name, value in req.settings:
-            con.command(f"set {name} {value}", f"set {name} {value}")
+            typed = console_value(value)
+            con.command(f"set {name} {typed}", f"set {name} {typed}")
         for name, value in req.secret_settings.items():
-            con.command(f"set {name} {value}", f"set {name} (secret)", secret=value)
+            typed = console_value(value)  # the console echoes each typed character as '*'
+            con.command(f"set {name} {typed}", f"set {name} (secret)", secret=typed)
         names = [n for n, _ in req.settings] + [f"{n} (secret)" for n in req.secret_settings]
         print(f"set {', '.join(names)}", file=out)
         for kind, channel, reference in req.calibrations:

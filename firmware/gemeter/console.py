@@ -19,6 +19,7 @@ HELP = (
     "help                          this list",
     "show                          all settings (secrets masked) and problems",
     "get KEY / set KEY VALUE       read / change a setting (then: save)",
+    '                              VALUE: rest of line; "..." keeps spaces, "" is empty',
     "read                          one live reading per channel",
     "scan [FIRST LAST]             PZEM-004T addresses answering (default 1..247, ~15 s)",
     "calibrate voltage|current|power CHANNEL REFERENCE   gain from a reference meter",
@@ -79,6 +80,9 @@ class Console:
         fn = getattr(self, "cmd_" + cmd.replace("-", "_"), None)
         if fn is None:
             return ["error: unknown command '%s' (try: help)" % cmd]
+        if cmd == "set":  # the value is the rest of the line, not words
+            pair = set_args(line)
+            words = ["set"] + (list(pair) if pair else words[1:2])
         try:
             return fn(words[1:])
         except DriverError as e:
@@ -110,10 +114,10 @@ class Console:
         return ["%s = %s" % (args[0], self.cfg.shown(args[0]))]
 
     def cmd_set(self, args):
-        if len(args) < 2:
-            return ["error: usage: set KEY VALUE"]
+        if len(args) != 2:
+            return ['error: usage: set KEY VALUE (set KEY "" for an empty value)']
         key = args[0]
-        problem = self.cfg.set(key, " ".join(args[1:]))
+        problem = self.cfg.set(key, args[1])
         if problem:
             return ["error: " + problem]
         self.dirty = True
@@ -279,6 +283,26 @@ class Console:
         self.cfg = Config(self.paths.config)
         self.dirty = False
         return ["factory reset done: defaults, no key (key generate), counters cleared"]
+
+
+def set_args(line):
+    """(KEY, VALUE) of 'set KEY VALUE', or None without a value. VALUE is the rest of the
+    line: inner spaces kept, outer ones dropped. In double quotes it keeps outer spaces,
+    may be empty (to clear a password), and takes \\" and \\\\ for " and \\."""
+    parts = line.strip().split(None, 2)
+    if len(parts) < 3:
+        return None
+    value = parts[2]
+    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+        out = []
+        i, inner = 0, value[1:-1]
+        while i < len(inner):
+            if inner[i] == "\\" and i + 1 < len(inner) and inner[i + 1] in '"\\':
+                i += 1
+            out.append(inner[i])
+            i += 1
+        value = "".join(out)
+    return parts[1], value
 
 
 def _one_int(args):
