@@ -28,6 +28,7 @@ class VirtualMeter:
                  pzem_timeout_ms: int = 200, **config: Any) -> None:
         self.board = board
         self.root = root
+        self.key = KEY  # what the device signs with (a test may generate another)
         cfg = {"device_id": DEVICE, "link": "serial", "sample_interval_ms": 1,
                "report_interval_s": 1, **config}
         rig = wire_meter(board, root, board_name, cfg, KEY, pzem_timeout_ms)
@@ -45,7 +46,7 @@ class VirtualMeter:
     def frames(self) -> tuple[list[Frame], list[ProtocolError]]:
         """Everything the firmware wrote to its gateway UART, decoded by the gateway code."""
         stream = b"".join(self.link_bus.written)
-        decoder = FrameDecoder({DEVICE: KEY})
+        decoder = FrameDecoder({DEVICE: self.key})
         frames: list[Frame] = []
         errors: list[ProtocolError] = []
         for item in framing.Deframer().feed(stream):

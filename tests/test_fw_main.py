@@ -39,3 +39,32 @@ def test_main_loop_sends_frames_until_stopped(
     assert len(frames) >= 2 and [f.seq for f in frames[:2]] == [0, 1], (out, err)
     assert out.startswith("gridedge firmware 0.1.0\npress Enter within 3 s")
     assert vboard.wdt_timeout_ms == 8000 and vboard.wdt_feeds > 0
+
+
+def test_a_key_made_at_the_console_starts_the_meter_when_it_is_left(
+    fw: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path
+) -> None:
+    """No key: "cannot start", console. The installer generates one and leaves: the meter
+    starts (no reset needed) and sends frames signed with the new key."""
+    meter = VirtualMeter(vboard, tmp_path, sample_interval_ms=20, report_interval_s=1)
+    (meter.root / "key.bin").unlink()
+    proc = fw.start(FIRMWARE / "main.py", env=vboard.env(), cwd=meter.root)
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write("\n")  # into the boot window's console: leave it at once
+        proc.stdin.write("exit\n")
+        proc.stdin.write("key generate\nexit\n")  # at the "cannot start" console
+        proc.stdin.flush()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (meter.root / "key.bin").exists():
+            time.sleep(0.1)
+        meter.key = (meter.root / "key.bin").read_bytes()  # what frames are signed with
+        while time.monotonic() < deadline and len(meter.frames()[0]) < 1:
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        out, err = proc.communicate()
+    assert "gridedge: cannot start: no device key" in out, (out, err)
+    assert "new key, fingerprint" in out
+    frames, errors = meter.frames()
+    assert errors == [] and frames and frames[0].seq == 0, (out, err, errors)

@@ -50,6 +50,7 @@ class Console:
         self.cfg = Config(self.paths.config).load()
         self.keys = KeyStore(self.paths.key)
         self.dirty = False
+        self.eof = False  # run() ended because its input closed
         self._hw = None  # (board description, sources), built on first use
 
     # -- hardware on demand ---------------------------------------------------
@@ -380,6 +381,7 @@ def run(paths=None, stream_in=None, stream_out=None):
         if line is None or line.strip() in ("exit", "quit"):
             if con.dirty:
                 stream_out.write("unsaved changes discarded\n")
+            con.eof = line is None  # input closed (never on a board's serial port)
             return con
         for out in con.handle(line):
             stream_out.write(out + "\n")
