@@ -3,15 +3,14 @@
 A paho-mqtt 2.x client subscribes to the devices' frame topic with QoS 1 on a persistent
 session (clean_session off), with ``manual_ack``: paho does not PUBACK on delivery; the
 PUBACKs go out after the frame's batch is committed, all of one batch in a single write
-(see ``_send_acks``). While the
-gateway is down (or killed), the broker keeps the unacknowledged frames and every frame
-published meanwhile, and delivers them when the same client id reconnects. paho's own
-loop thread (``loop_start``: every socket write happens in that thread) reconnects with
-backoff after a broker restart. "subscribed to" is logged
-only when the broker's SUBACK grants the subscription: before that, frames published to a
-broker that has never seen this session are not kept for the gateway. A refused
-subscription, or one granted only at QoS 0 (which keeps nothing for a gateway that is
-down), is an error in the log, not a silently idle or lossy gateway.
+(see ``_send_acks``). While the gateway is down (or killed), the broker keeps the
+unacknowledged frames and every frame published meanwhile, and delivers them when the
+same client id reconnects. paho's own loop thread (``loop_start``: every socket write
+happens in that thread) reconnects with backoff after a broker restart. "subscribed to"
+is logged only when the broker's SUBACK grants the subscription: before that, frames
+published to a broker that has never seen this session are not kept for the gateway. A
+refused subscription, or one granted only at QoS 0 (which keeps nothing for a gateway
+that is down), is an error in the log, not a silently idle or lossy gateway.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import json
 import time
 from typing import Any
 
-from gridedge.gateway.protocol import STATUS_NAMES, Frame, Stat
+from gridedge.gateway.protocol import Channel, Frame, Stat
 
 # quantity -> (JSON name, divisor from the wire unit to the JSON unit)
 JSON_UNITS: dict[str, tuple[str, int]] = {
@@ -83,8 +83,7 @@ def _jstr(text: str) -> str:
 
 @functools.lru_cache(maxsize=256)
 def _jflags(status: int) -> str:
-    return json.dumps([name for bit, name in STATUS_NAMES.items() if status & bit],
-                      separators=(",", ":"))
+    return json.dumps(Channel(0, status).flags, separators=(",", ":"))
 
 
 # quantity -> ('"json_name":', divisor)
