@@ -35,7 +35,7 @@ from gridedge.gateway.store import ALARM, TELEMETRY, Record, Store, StoreError
 log = logging.getLogger(__name__)
 
 Ack = Callable[[], None]
-_JSON = json.JSONEncoder(separators=(",", ":"))  # built once: the record path is hot
+_JSON = json.JSONEncoder(separators=(",", ":"))  # alarm records (readings: reading_json)
 
 
 @dataclass(frozen=True)
