@@ -44,6 +44,20 @@ def test_emulator_register_widths_and_defaults() -> None:
     assert spi_read(chip, 0x212, 3) == (-15400 & 0xFFFFFF).to_bytes(3, "big")
 
 
+def test_emulator_32bit_view_copies_bit_23_of_unsigned_registers() -> None:
+    """Datasheet: in the 32-bit view "the upper 8 bits are sign extended", also for the
+    unsigned RMS registers, so a voltage of 2^23 counts or more has 0xFF on top."""
+    chip = emu.ADE7953()
+    spi_write(chip, 0x0FE, b"\xad")  # optimum settings: readings exact
+    spi_write(chip, 0x120, b"\x00\x30")
+    chip.voltage = 400.0  # 10,400,000 counts: above 2^23 = 8,388,608
+    chip.set_channel(0, current=1.0, power=230.0)
+    assert spi_read(chip, 0x21C, 3) == (10_400_000).to_bytes(3, "big")
+    assert spi_read(chip, 0x31C, 4) == b"\xff" + (10_400_000).to_bytes(3, "big")
+    chip.voltage = 230.0  # bit 23 clear: zeros on top
+    assert spi_read(chip, 0x31C, 4) == (5_980_000).to_bytes(4, "big")
+
+
 def test_emulator_reset_flag_and_unlock() -> None:
     chip = emu.ADE7953()
     assert int.from_bytes(spi_read(chip, 0x32E, 4), "big") & emu.IRQ_RESET
@@ -79,15 +93,26 @@ def test_emulator_absent_reads_zeros() -> None:
 def chip(vboard: VirtualBoard) -> emu.ADE7953:
     c = emu.ADE7953()
     vboard.attach_spi("spi1", "pin5", c)
-    vboard.on_pin("pin4", lambda v: c.chip_reset() if v == 0 else None)
+    pulses = [0]  # RESET pulses seen on pin4: each costs the driver a 100 ms wait
+
+    def reset_pin(v: int) -> None:
+        if v == 0:
+            pulses[0] += 1
+            c.chip_reset()
+
+    vboard.on_pin("pin4", reset_pin)
 
     def hook(args: list[str]) -> str:
+        if args[0] == "pulses":
+            return str(pulses[0])
         if args[0] == "advance":
             c.advance(float(args[1]))
         elif args[0] == "chip_reset":
             c.chip_reset()
         elif args[0] == "unplug":
             c.present = False
+        elif args[0] == "voltage":
+            c.voltage = float(args[1])
         elif args[0] == "plug":
             c.present = True
             c.chip_reset()  # power comes back: a fresh chip
@@ -177,3 +202,43 @@ def test_absent_chip_is_an_error_not_zeros(
     assert out[2] == "OK"
     assert out[3]["error"] == "reset"  # it came up with reset defaults: initialised now
     assert out[4][0][2] == 460_000
+
+
+def test_near_full_scale_rms_reads_positive_and_right(
+    fw: FirmwareRunner, vboard: VirtualBoard, chip: emu.ADE7953
+) -> None:
+    """RMS registers are unsigned 24-bit: above 2^23 counts (322.6 V, 83.9 A with the
+    default calibration) the 32-bit view has 0xFF on top and must not read negative."""
+    chip.voltage = 400.0
+    chip.set_channel(0, current=100.0, power=38_000.0, apparent=40_000.0, pf=0.95)
+    chip.set_channel(1, current=84.0, power=-30_000.0, apparent=33_600.0)  # exporting
+    out = run(fw, vboard, [["read"], ["host", "chip", "voltage", "322.7"], ["read"]])
+    a, b = out[0]
+    assert (a[0], a[1], a[2], a[4]) == (400_000, 100_000, 38_000_000, 40_000_000)
+    assert (b[0], b[1], b[2], b[4]) == (400_000, 84_000, -30_000_000, 33_600_000)
+    assert out[2][0][0] == 322_700  # just above 2^23 counts
+
+
+def test_floating_miso_is_absent_not_a_reset(
+    fw: FirmwareRunner, vboard: VirtualBoard, chip: emu.ADE7953
+) -> None:
+    """All ones (MISO floating high, no chip driving it) is an absent chip: no reset is
+    counted and no RESET pulse (with its 100 ms wait) is spent per sample; the chip is
+    initialised as soon as it answers again."""
+    chip.present = False
+    chip.absent_byte = 0xFF
+    chip.set_channel(0, current=2.0, power=460.0)
+    out = run(fw, vboard, [
+        ["host", "chip", "pulses"], ["reads", 100], ["host", "chip", "pulses"], ["stats"],
+        ["sleep_ms", 1100], ["reads", 2], ["host", "chip", "pulses"],
+        ["host", "chip", "plug"], ["read"], ["read"],
+    ], reset_pin=True)
+    assert out[1] == {"absent": 100}
+    # At most one recovery attempt: the back-off before the next one starts at 1 s.
+    assert int(out[2]) - int(out[0]) <= 1
+    assert out[3]["resets"] == 0 and out[3]["errors"]["reset"] == 0
+    assert out[3]["errors"]["absent"] >= 100
+    # Once the back-off has run out, one RESET pulse in case the chip hangs; then 2 s more.
+    assert out[5] == {"absent": 2} and int(out[6]) - int(out[2]) == 1
+    assert out[8]["error"] == "reset"  # it came up with reset defaults: initialised now
+    assert out[9][0][2] == 460_000

@@ -3,6 +3,7 @@
 # stdout: one JSON list of results.
 import json
 import sys
+import time
 
 import machine
 from machine import SPI, Pin
@@ -24,6 +25,19 @@ for op in req["ops"]:
         if op[0] == "read":
             out.append([[r.voltage_mv, r.current_ma, r.power_mw, r.reactive_mvar, r.apparent_mva,
                          r.pf_milli, r.frequency_mhz, r.energy_delta_mwh] for r in ade.read()])
+        elif op[0] == "reads":  # op[1] reads: how many of each outcome
+            kinds = {}
+            for _ in range(op[1]):
+                try:
+                    ade.read()
+                    kind = "ok"
+                except DriverError as e:
+                    kind = e.kind
+                kinds[kind] = kinds.get(kind, 0) + 1
+            out.append(kinds)
+        elif op[0] == "sleep_ms":
+            time.sleep_ms(op[1])
+            out.append(None)
         elif op[0] == "energy":
             out.append(list(ade.energy_mwh))
         elif op[0] == "version":
@@ -31,7 +45,7 @@ for op in req["ops"]:
         elif op[0] == "host":
             out.append(machine._board().query("X " + " ".join(op[1:])))
         elif op[0] == "stats":
-            out.append({"resets": ade.resets, "errors": ade.errors})
+            out.append({"resets": ade.resets, "errors": dict(ade.errors)})
     except DriverError as e:
         out.append({"error": e.kind, "msg": str(e)})
 print(json.dumps(out))

@@ -6,7 +6,12 @@ drivers; ../shared/reference/ade7953.md):
 - SPI: CS low, 16-bit register address MSB first, a command byte (0x80 read, 0x00 write),
   then data MSB first; CS high ends the transaction (a write takes effect then).
 - Width follows the address: 0x0xx 8-bit, 0x1xx 16-bit, 0x2xx 24-bit, 0x3xx the 32-bit
-  view of the same 24-bit registers with the upper 8 bits sign-extended, 0x7xx 8-bit.
+  view of the same 24-bit registers, 0x7xx 8-bit. In the 32-bit view "only the lower 24 bits
+  contain valid data (the upper 8 bits are sign extended)" (register section): the chip
+  copies bit 23 into the top byte of *every* 24-bit register, also of the unsigned ones
+  (Table 15: IRMSA, IRMSB, VRMS, the IRQ and gain registers are unsigned; AWATT, AVAR, AVA
+  and the energies are signed). So an RMS reading of 2^23 counts or more comes out of the
+  32-bit view with 0xFF on top; only the lower 24 bits, taken unsigned, are the value.
 - Reset defaults: CONFIG (0x102) 0x8004 (bit 15 COMM_LOCK=1 means *not* locked, bit 2
   HPFEN, bit 7 SWRST resets the chip), LCYCMODE (0x004) 0x40 (bit 6 RSTREAD: energy
   registers clear on read), gains 0x400000, IRQENA 0x100000, CRC (0x37F) 0xFFFFFFFF.
@@ -19,6 +24,22 @@ drivers; ../shared/reference/ade7953.md):
   signed, PF = value x 2^-15.
 - VERSION (0x702) is the silicon revision; no public source gives the value real parts
   return, so this emulator answers 0x01.
+- PHCALA/PHCALB (0x108/0x109): phase calibration, sign-magnitude (the only registers that
+  are not two's complement), at most +-383. This emulator takes bit 9 as the sign and bits
+  8-0 as the magnitude, one LSB as 4 / CLKIN (CLKIN 3.579545 MHz: 1.117 us, 0.0201 deg at
+  50 Hz), and a positive value as advancing the current channel, i.e. correcting a sensor
+  that delays the current. Those three facts are this model's assumptions (the register
+  table gives only the format and range): the installer procedure derives the value from a
+  measurement and checks its sign by reading again, so it holds either way.
+
+Not on the chip's pins but in front of them: a current transformer shifts the phase of
+the current it carries (``Channel.ct_phase_deg``, positive = the current arrives late).
+The chip then computes active and reactive power at the wrong angle: at a low power factor
+a small shift moves the active power a lot (20 W at PF 0.1 with 7.2 deg: -5 W).
+
+A missing chip, or one whose MISO line floats, is modelled by ``present=False``: every byte
+it shifts out is ``absent_byte`` (0x00: MISO pulled low or the chip unpowered; 0xFF: a
+floating MISO with a pull-up, the classic "all ones").
 
 The analog front end (shunt, divider) is a per-board constant set here in counts per unit;
 a driver must take those numbers from calibration, never from its own code.
@@ -26,6 +47,7 @@ a driver must take those numbers from calibration, never from its own code.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 CONFIG = 0x102
@@ -41,6 +63,11 @@ VERSION = 0x702
 VERSION_VALUE = 0x01
 PERIOD = 0x10E
 PFA, PFB = 0x10A, 0x10B
+PHCALA, PHCALB = 0x108, 0x109
+PHCAL_MAX = 383
+PHCAL_SIGN = 0x200  # bit 9; bits 8-0 are the magnitude
+CLKIN_HZ = 3_579_545
+PHCAL_LSB_S = 4 / CLKIN_HZ
 IRQ_RESET = 1 << 20
 GAIN_DEFAULT = 0x400000
 CLOCK_HZ = 223_750
@@ -54,6 +81,7 @@ AP_NOLOAD = 0x03
 CRC = 0x7F
 AIGAIN, AVGAIN, AWGAIN, AVARGAIN, AVAGAIN = 0x80, 0x81, 0x82, 0x83, 0x84
 BIGAIN, BVGAIN, BWGAIN, BVARGAIN, BVAGAIN = 0x8C, 0x8D, 0x8E, 0x8F, 0x90
+UNSIGNED_LIVE = (IRMSA, IRMSB, VRMS)  # Table 15 "Unsigned"; the other live values are signed
 
 
 @dataclass
@@ -74,16 +102,29 @@ class Channel:
     apparent: float = 0.0  # VA
     pf: float = 1.0
     energy_counts: float = 0.0  # accumulator, counts
+    ct_phase_deg: float = 0.0  # the sensor delays the current by this angle (deg)
 
 
 def _s24(value: int) -> int:
     return max(-(1 << 23), min((1 << 23) - 1, value))
 
 
+def _u24(value: int) -> int:
+    return max(0, min((1 << 24) - 1, value))
+
+
+def sign_magnitude(value: int) -> int:
+    """PHCALx encoding of a whole number of LSBs (-383..383)."""
+    if not -PHCAL_MAX <= value <= PHCAL_MAX:
+        raise ValueError(f"PHCAL must be -{PHCAL_MAX}..{PHCAL_MAX}")
+    return PHCAL_SIGN | -value if value < 0 else value
+
+
 @dataclass
 class ADE7953:
     front_end: FrontEnd = field(default_factory=FrontEnd)
     present: bool = True
+    absent_byte: int = 0x00  # what MISO reads while not present (0xFF: floating, pulled up)
 
     def __post_init__(self) -> None:
         self.voltage = 230.0
@@ -105,10 +146,38 @@ class ADE7953:
         c.apparent = abs(power) if apparent is None else apparent
         c.pf = (power / c.apparent if c.apparent else 1.0) if pf is None else pf
 
+    def set_load(self, ch: int, power: float, pf: float, capacitive: bool = False) -> None:
+        """A physically consistent load: active power (W, negative = export) at a power
+        factor; apparent and reactive power and the current follow from the line voltage."""
+        apparent = abs(power) / pf if pf else 0.0
+        reactive = math.sqrt(max(0.0, apparent**2 - power**2)) * (-1 if capacitive else 1)
+        self.set_channel(ch, current=apparent / self.voltage if self.voltage else 0.0,
+                         power=power, reactive=reactive, apparent=apparent,
+                         pf=math.copysign(pf, power) if power else pf)
+
+    def phcal_deg(self, ch: int) -> float:
+        """The phase correction PHCALA/PHCALB (by channel) applies now, in degrees."""
+        raw = self.r16.get(PHCALA + ch, 0)
+        lsb = min(raw & (PHCAL_SIGN - 1), PHCAL_MAX)
+        lsb = -lsb if raw & PHCAL_SIGN else lsb
+        return lsb * PHCAL_LSB_S * self.frequency * 360
+
+    def measured(self, ch: int) -> tuple[float, float, float]:
+        """(active W, reactive var, power factor) as the chip computes them: at the angle
+        the sensor's phase shift leaves after PHCAL's correction."""
+        c = self.channels[ch]
+        shift = c.ct_phase_deg - self.phcal_deg(ch)
+        if not shift:
+            return c.power, c.reactive, c.pf
+        d = math.radians(shift)  # the current lags by `shift` more than it does
+        p = c.power * math.cos(d) - c.reactive * math.sin(d)
+        q = c.reactive * math.cos(d) + c.power * math.sin(d)
+        return p, q, (p / c.apparent if c.apparent else c.pf)
+
     def advance(self, seconds: float) -> None:
-        """Let time pass: the energy accumulators integrate active power."""
-        for c in self.channels:
-            c.energy_counts += c.power * seconds / 3600 * self.front_end.wh
+        """Let time pass: the energy accumulators integrate the active power measured."""
+        for ch, c in enumerate(self.channels):
+            c.energy_counts += self.measured(ch)[0] * seconds / 3600 * self.front_end.wh
 
     def chip_reset(self) -> None:
         """Power glitch or brown-out: every register back to its default, RESET flagged."""
@@ -144,37 +213,42 @@ class ADE7953:
             return self.r8.get(addr, 0), 1
         if hi == 0x1:
             return self._read16(addr), 2
+        if addr == 0x300 | CRC:  # a 32-bit register of its own: the CRC is off by default
+            return 0xFFFFFFFF, 4
         if hi in (0x2, 0x3):
-            value = self._read24(addr & 0xFF)
+            value = self._read24(addr & 0xFF) & 0xFFFFFF
             if hi == 0x2:
-                return value & 0xFFFFFF, 3
-            return value & 0xFFFFFFFF, 4  # 32-bit view: sign-extended (value is signed)
+                return value, 3
+            # 32-bit view: bit 23 copied into the upper byte, whatever the register's type
+            return (value | 0xFF000000 if value & 0x800000 else value), 4
         return 0, 1
 
     def _read16(self, addr: int) -> int:
         if addr == PERIOD:
             return max(0, min(0xFFFF, round(CLOCK_HZ / self.frequency) - 1))
         if addr in (PFA, PFB):
-            pf = self.channels[addr - PFA].pf
+            pf = self.measured(addr - PFA)[2]
             return max(-32768, min(32767, round(pf * 32768))) & 0xFFFF
         return self.r16.get(addr, 0)
 
     def _read24(self, reg: int) -> int:
         fe, err = self.front_end, self._error()
         a, b = self.channels
+        (pa, qa, _), (pb, qb, _) = self.measured(0), self.measured(1)
         live = {
             VRMS: self.voltage * fe.volts * self._gain(AVGAIN),
             IRMSA: a.current * fe.amps * self._gain(AIGAIN),
             IRMSB: b.current * fe.amps * self._gain(BIGAIN),
-            AWATT: a.power * fe.watts * self._gain(AWGAIN),
-            BWATT: b.power * fe.watts * self._gain(BWGAIN),
-            AVAR: a.reactive * fe.watts * self._gain(AVARGAIN),
-            BVAR: b.reactive * fe.watts * self._gain(BVARGAIN),
+            AWATT: pa * fe.watts * self._gain(AWGAIN),
+            BWATT: pb * fe.watts * self._gain(BWGAIN),
+            AVAR: qa * fe.watts * self._gain(AVARGAIN),
+            BVAR: qb * fe.watts * self._gain(BVARGAIN),
             AVA: a.apparent * fe.watts * self._gain(AVAGAIN),
             BVA: b.apparent * fe.watts * self._gain(BVAGAIN),
         }
         if reg in live:
-            return _s24(round(live[reg] * err))
+            value = round(live[reg] * err)
+            return _u24(value) if reg in UNSIGNED_LIVE else _s24(value)
         if reg in (AENERGYA, AENERGYB):
             c = self.channels[reg - AENERGYA]
             whole = int(c.energy_counts)
@@ -185,9 +259,7 @@ class ADE7953:
             value = self.r24.get(IRQSTATA, 0)
             self.r24[IRQSTATA] = 0
             return value
-        if reg == CRC:
-            return -1  # 0xFFFFFFFF: the CRC is off by default
-        return _s24(self.r24.get(reg, 0))
+        return self.r24.get(reg, 0) & 0xFFFFFF
 
     def write_register(self, addr: int, data: bytes) -> None:
         hi = addr >> 8
@@ -234,4 +306,4 @@ class ADE7953:
                 out.append(self._out[pos - 3])
             else:
                 out.append(0)
-        return bytes(out) if self.present else bytes(len(data))
+        return bytes(out) if self.present else bytes([self.absent_byte]) * len(data)

@@ -4,20 +4,36 @@ Takes an already-built ``machine.SPI`` (mode and baud from the board file; the d
 timing diagrams give mode 3, public drivers use 0, 2 or 3) and the chip-select ``Pin``,
 optionally the RESET ``Pin``. Register names and addresses are the datasheet's (Rev. C
 tables 13-25). A transaction is CS low, 16-bit address MSB first, command byte (0x80 read,
-0x00 write), data MSB first, CS high. Measurements are read through the 32-bit views
-(0x3xx) of the 24-bit registers, which the chip sign-extends.
+0x00 write), data MSB first, CS high.
+
+Register types: measurements are read through the 32-bit views (0x3xx) of the 24-bit
+registers, where "only the lower 24 bits contain valid data (the upper 8 bits are sign
+extended)": the chip copies bit 23 into the top byte whatever the register's type. VRMS,
+IRMSA and IRMSB are *unsigned* (Table 15), and an RMS reading reaches 2^23 counts well inside
+the ADC's range (322.6 V or 83.9 A with the common calibration), so the driver decodes the
+lower 24 bits of every 32-bit view by the register's own type, never the 32-bit word as a
+whole. AWATT, AVAR, AVA (Table 15 lists apparent power as signed too) and the energies are
+two's complement; PHCALA/PHCALB are sign-magnitude.
 
 Scaling comes from per-device calibration (counts per V, A, W and Wh, set by the installer
 console), never from constants here. Energy registers are read-with-reset (LCYCMODE bit 6
 RSTREAD) and integrated into per-channel mWh totals that the application persists.
+Per channel the installer can set the phase calibration (PHCALA/PHCALB, written at every
+initialisation, so also after a chip reset) and invert the sign of the active and reactive
+power, power factor and energy (a current transformer clamped the wrong way round).
 
-Robustness: after init the driver checks that CONFIG reads back what it wrote (an absent or
-unpowered chip reads zeros); every read checks RSTIRQSTATA bit 20 (RESET, set at the end of
-any reset) and CONFIG, and re-runs the init sequence after a silent reset, raising a
-``DriverError`` of kind "reset" for that sample so the frame says so.
+Robustness. A chip that is missing or unpowered reads all zeros; a floating MISO line reads
+all ones. Neither is a reset: CONFIG can hold neither 0x0000 (bit 15 COMM_LOCK reads 1 until
+the port is locked, and the driver sets HPFEN) nor 0xFFFF (SWRST, bit 7, clears itself), so
+either value means "absent" and the sample fails with kind "absent" at the cost of one
+register read. Otherwise every read checks RSTIRQSTATA bit 20 (RESET, set at the end of any
+reset) and CONFIG, and re-runs the init sequence after a silent reset, raising a
+``DriverError`` of kind "reset" for that sample so the frame says so. Re-initialising costs
+a RESET pulse and a 100 ms wait, so a failed initialisation is not repeated at once: the
+next attempt waits 1 s, then 2, 4 ... 64 s (a chip that stays mute is reset on that
+schedule, in case it hangs; one that starts answering again is initialised at once).
 """
 
-import struct
 import time
 
 from micropython import const
@@ -25,40 +41,45 @@ from micropython import const
 from gemeter.drivers import KIND_ABSENT, KIND_RESET, DriverError
 
 # 8-bit registers
-LCYCMODE = const(0x004)
-LCYCMODE_RSTREAD = const(0x40)
-UNLOCK_REGISTER = const(0x0FE)
-UNLOCK_KEY = const(0xAD)
-VERSION = const(0x702)
+_LCYCMODE = const(0x004)
+_LCYCMODE_RSTREAD = const(0x40)
+_UNLOCK_REGISTER = const(0x0FE)
+_UNLOCK_KEY = const(0xAD)
+_VERSION = const(0x702)
 # 16-bit registers
-CONFIG = const(0x102)
-CONFIG_VALUE = const(0x0004)  # HPFEN on; COMM_LOCK (bit 15) = 0 locks the port to SPI
-PFA = const(0x10A)
-PFB = const(0x10B)
-PERIOD = const(0x10E)
-OPTIMUM_SETTINGS = const(0x120)
-OPTIMUM_VALUE = const(0x0030)  # required after every reset (datasheet, register 0x120)
+_CONFIG = const(0x102)
+_CONFIG_VALUE = const(0x0004)  # HPFEN on; COMM_LOCK (bit 15) = 0 locks the port to SPI
+_PHCALA = const(0x108)  # PHCALB is 0x109
+_PHCAL_MAX = const(383)  # datasheet range of the sign-magnitude phase calibration
+_PHCAL_SIGN = const(0x200)  # bit 9 is the sign, bits 8-0 the magnitude
+_PFA = const(0x10A)
+_PFB = const(0x10B)
+_PERIOD = const(0x10E)
+_OPTIMUM_SETTINGS = const(0x120)
+_OPTIMUM_VALUE = const(0x0030)  # required after every reset (datasheet, register 0x120)
 # 32-bit views of 24-bit registers
-AVA = const(0x310)
-BVA = const(0x311)
-AWATT = const(0x312)
-BWATT = const(0x313)
-AVAR = const(0x314)
-BVAR = const(0x315)
-IRMSA = const(0x31A)
-IRMSB = const(0x31B)
-VRMS = const(0x31C)
-AENERGYA = const(0x31E)
-AENERGYB = const(0x31F)
-RSTIRQSTATA = const(0x32E)
-IRQ_RESET = const(0x100000)  # IRQSTATA bit 20: end of a software or hardware reset
+_AVA = const(0x310)
+_BVA = const(0x311)
+_AWATT = const(0x312)
+_BWATT = const(0x313)
+_AVAR = const(0x314)
+_BVAR = const(0x315)
+_IRMSA = const(0x31A)
+_IRMSB = const(0x31B)
+_VRMS = const(0x31C)
+_AENERGYA = const(0x31E)
+_AENERGYB = const(0x31F)
+_RSTIRQSTATA = const(0x32E)
+_IRQ_RESET = const(0x100000)  # IRQSTATA bit 20: end of a software or hardware reset
 
-PERIOD_CLOCK_HZ = const(223750)  # f = 223750 / (PERIOD + 1)
+_PERIOD_CLOCK_HZ = const(223750)  # f = 223750 / (PERIOD + 1)
+_BACKOFF_FIRST_MS = const(1000)
+_BACKOFF_MAX_MS = const(64000)
 
 # Per channel: (IRMS, AWATT, AVAR, AVA, PF, AENERGY) register addresses.
 _CHANNEL_REGS = (
-    (IRMSA, AWATT, AVAR, AVA, PFA, AENERGYA),
-    (IRMSB, BWATT, BVAR, BVA, PFB, AENERGYB),
+    (_IRMSA, _AWATT, _AVAR, _AVA, _PFA, _AENERGYA),
+    (_IRMSB, _BWATT, _BVAR, _BVA, _PFB, _AENERGYB),
 )
 
 DEFAULT_CALIBRATION = {
@@ -81,9 +102,21 @@ def _width(addr):
     return 1
 
 
+def _s24(value):
+    """Two's complement of a 24-bit register value."""
+    return value - 0x1000000 if value & 0x800000 else value
+
+
+def phcal_register(value):
+    """PHCALA/PHCALB content for a phase calibration of value LSBs (sign-magnitude)."""
+    if not -_PHCAL_MAX <= value <= _PHCAL_MAX:
+        raise ValueError("phase calibration must be -383..383")
+    return _PHCAL_SIGN | -value if value < 0 else value
+
+
 def frequency_mhz(period):
     """Line frequency in mHz from PERIOD."""
-    return (PERIOD_CLOCK_HZ * 1000 + (period + 1) // 2) // (period + 1)
+    return (_PERIOD_CLOCK_HZ * 1000 + (period + 1) // 2) // (period + 1)
 
 
 def pf_milli(raw16):
@@ -101,32 +134,42 @@ def scaled(raw, counts_per_unit, factor=1000):
 
 
 class ChannelReading:
-    """One channel's quantities as scaled integers (mV, mA, mW, mvar, mVA, 1/1000, mHz)."""
+    """One channel's quantities as scaled integers (mV, mA, mW, mvar, mVA, 1/1000, mHz).
 
-    def __init__(self, voltage_mv, current_ma, power_mw, reactive_mvar, apparent_mva,
-                 pf_milli, frequency_mhz, energy_delta_mwh):
-        self.voltage_mv = voltage_mv
-        self.current_ma = current_ma
-        self.power_mw = power_mw
-        self.reactive_mvar = reactive_mvar
-        self.apparent_mva = apparent_mva
-        self.pf_milli = pf_milli
-        self.frequency_mhz = frequency_mhz
-        self.energy_delta_mwh = energy_delta_mwh
+    The driver keeps one per channel and overwrites it at every read: use the values
+    before the next read."""
+
+    def __init__(self):
+        self.voltage_mv = 0
+        self.current_ma = 0
+        self.power_mw = 0
+        self.reactive_mvar = 0
+        self.apparent_mva = 0
+        self.pf_milli = 0
+        self.frequency_mhz = 0
+        self.energy_delta_mwh = 0
 
 
 class ADE7953:
-    def __init__(self, spi, cs, reset=None, calibration=None):
+    def __init__(self, spi, cs, reset=None, calibration=None, phcal=(0, 0),
+                 invert=(False, False)):
         self.spi = spi
         self.cs = cs
         self.reset_pin = reset
         self.calibration = calibration or DEFAULT_CALIBRATION
+        self.phcal = (0, 0)
+        self.set_phase_calibration(phcal[0], phcal[1], write=False)
+        self.invert = (bool(invert[0]), bool(invert[1]))
         self._hdr = bytearray(3)
         self._buf = bytearray(4)
+        self._out = [ChannelReading(), ChannelReading()]
         self.energy_mwh = [0, 0]  # totals; the application restores and persists them
         self._energy_residual = [0.0, 0.0]  # fractions of a mWh not yet counted
         self.resets = 0
         self.errors = {KIND_ABSENT: 0, KIND_RESET: 0}
+        self._mute = False  # CONFIG read all zeros or all ones at the last look
+        self._retry_at = None  # ticks_ms before which no (re-)initialisation is tried
+        self._backoff_ms = 0
         cs.value(1)
         try:
             self.init()
@@ -143,6 +186,8 @@ class ADE7953:
         return memoryview(self._buf)[: _width(addr)]
 
     def _read(self, addr):
+        """The register's value, unsigned. For a 32-bit view (0x3xx) that is its lower 24
+        bits: the top byte is only bit 23 repeated (see the module docstring)."""
         buf = self._header(addr, 0x80)
         n = len(buf)
         self.cs.value(0)
@@ -155,9 +200,7 @@ class ADE7953:
             return buf[0]
         if n == 2:
             return (buf[0] << 8) | buf[1]
-        if n == 3:
-            return (buf[0] << 16) | (buf[1] << 8) | buf[2]
-        return struct.unpack(">i", buf)[0]  # 32-bit views are sign-extended by the chip
+        return (buf[n - 3] << 16) | (buf[n - 2] << 8) | buf[n - 1]  # small ints: no heap
 
     def _write(self, addr, value):
         buf = self._header(addr, 0x00)
@@ -178,25 +221,47 @@ class ADE7953:
         A chip that still holds our configuration (the MCU rebooted, the chip kept power) is
         not reset: its energy accumulators hold what was used since the last read, and the
         first read counts it. A fresh or reset chip is reset through RESET when wired.
+        A failed attempt sets the back-off before the next one (see check()).
         """
-        if warm and self._read(CONFIG) == CONFIG_VALUE:
+        if warm and self._read(_CONFIG) == _CONFIG_VALUE:
             pass
         elif self.reset_pin is not None:
             self.reset_pin.value(0)
             time.sleep_us(20)  # datasheet: RESET low for at least 10 us
             self.reset_pin.value(1)
             time.sleep_ms(100)  # then wait for the chip to come up
-        self._write(CONFIG, CONFIG_VALUE)
-        self._write(UNLOCK_REGISTER, UNLOCK_KEY)  # must come immediately before 0x120
-        self._write(OPTIMUM_SETTINGS, OPTIMUM_VALUE)
-        self._write(LCYCMODE, LCYCMODE_RSTREAD)
-        if self._read(CONFIG) != CONFIG_VALUE:
+        self._write(_CONFIG, _CONFIG_VALUE)
+        self._write(_UNLOCK_REGISTER, _UNLOCK_KEY)  # must come immediately before 0x120
+        self._write(_OPTIMUM_SETTINGS, _OPTIMUM_VALUE)
+        self._write(_LCYCMODE, _LCYCMODE_RSTREAD)
+        self._write_phcal()
+        config = self._read(_CONFIG)
+        if config != _CONFIG_VALUE:
+            self._mute = config == 0 or config == 0xFFFF
+            b = self._backoff_ms
+            self._backoff_ms = _BACKOFF_FIRST_MS if b == 0 else min(2 * b, _BACKOFF_MAX_MS)
+            self._retry_at = time.ticks_add(time.ticks_ms(), self._backoff_ms)
             self.errors[KIND_ABSENT] += 1
             raise DriverError(KIND_ABSENT, "ADE7953 does not answer (CONFIG read-back)")
-        self._read(RSTIRQSTATA)  # clear the RESET flag of this start
+        self._mute = False
+        self._retry_at = None
+        self._backoff_ms = 0
+        self._read(_RSTIRQSTATA)  # clear the RESET flag of this start
+
+    def _write_phcal(self):
+        self._write(_PHCALA, phcal_register(self.phcal[0]))
+        self._write(_PHCALA + 1, phcal_register(self.phcal[1]))  # PHCALB
+
+    def set_phase_calibration(self, a, b, write=True):
+        """PHCALA/PHCALB in LSBs (-383..383); kept and written again after every reset."""
+        phcal_register(a)  # range check before anything changes
+        phcal_register(b)
+        self.phcal = (a, b)
+        if write:
+            self._write_phcal()
 
     def version(self):
-        return self._read(VERSION)
+        return self._read(_VERSION)
 
     def restore_energy(self, mwh_a, mwh_b):
         self.energy_mwh = [mwh_a, mwh_b]
@@ -204,13 +269,21 @@ class ADE7953:
     # -- measurements ---------------------------------------------------------
     def check(self):
         """Detect a silent reset or a vanished chip; re-initialise after a reset."""
-        irq = self._read(RSTIRQSTATA)
-        config = self._read(CONFIG)
-        if config == CONFIG_VALUE and not irq & IRQ_RESET:
+        config = self._read(_CONFIG)
+        mute = config == 0 or config == 0xFFFF  # zeros: no chip; ones: MISO floating
+        if self._mute and not mute:
+            self._retry_at = None  # it answers again: initialise it now, not after back-off
+        self._mute = mute
+        if not mute and config == _CONFIG_VALUE and not self._read(_RSTIRQSTATA) & _IRQ_RESET:
             return
-        if config in (0, 0xFFFF) and not irq & IRQ_RESET:
+        if self._retry_at is not None and time.ticks_diff(self._retry_at, time.ticks_ms()) > 0:
             self.errors[KIND_ABSENT] += 1
-            raise DriverError(KIND_ABSENT, "ADE7953 does not answer")
+            raise DriverError(KIND_ABSENT, "ADE7953 does not answer" if mute else
+                              "ADE7953 does not keep its configuration")
+        if mute:  # try a reset in case it hangs; raises absent (and backs off) if it does not help
+            self.init(warm=False)
+            self.errors[KIND_RESET] += 1
+            raise DriverError(KIND_RESET, "ADE7953 answers again; configuration restored")
         self.resets += 1
         self.errors[KIND_RESET] += 1
         self.init(warm=False)
@@ -220,37 +293,38 @@ class ADE7953:
         """Mean raw (VRMS, IRMS, AWATT) counts of channel ch (0 = A) for calibration."""
         self.check()
         irms, watt = _CHANNEL_REGS[ch][0], _CHANNEL_REGS[ch][1]
+        sign = -1 if self.invert[ch] else 1
         v = i = p = 0
         for _ in range(samples):
-            v += self._read(VRMS)
+            v += self._read(_VRMS)
             i += self._read(irms)
-            p += self._read(watt)
+            p += _s24(self._read(watt))
             time.sleep_ms(10)
-        return (v // samples, i // samples, p // samples)
+        return (v // samples, i // samples, sign * p // samples)
 
     def read(self):
-        """Both channels: a tuple of two ChannelReading. Raises DriverError."""
+        """Both channels: two ChannelReading (overwritten by the next read). Raises
+        DriverError."""
         self.check()
         cal = self.calibration
-        voltage = scaled(self._read(VRMS), cal["volts"])
-        freq = frequency_mhz(self._read(PERIOD))
-        out = []
+        voltage = scaled(self._read(_VRMS), cal["volts"])
+        freq = frequency_mhz(self._read(_PERIOD))
         for ch in (0, 1):
             irms, watt, var, va, pf, energy = _CHANNEL_REGS[ch]
             per_w = cal["watts"][ch]
-            counts = self._read(energy)
+            sign = -1 if self.invert[ch] else 1
+            counts = sign * _s24(self._read(energy))
             self._energy_residual[ch] += counts * 1000 / cal["wh"][ch]
             delta = int(self._energy_residual[ch])
             self._energy_residual[ch] -= delta
             self.energy_mwh[ch] += delta
-            out.append(ChannelReading(
-                voltage,
-                scaled(self._read(irms), cal["amps"][ch]),
-                scaled(self._read(watt), per_w),
-                scaled(self._read(var), per_w),
-                scaled(self._read(va), per_w),
-                pf_milli(self._read(pf)),
-                freq,
-                delta,
-            ))
-        return out
+            r = self._out[ch]
+            r.voltage_mv = voltage
+            r.current_ma = scaled(self._read(irms), cal["amps"][ch])  # unsigned
+            r.power_mw = scaled(sign * _s24(self._read(watt)), per_w)
+            r.reactive_mvar = scaled(sign * _s24(self._read(var)), per_w)
+            r.apparent_mva = scaled(_s24(self._read(va)), per_w)
+            r.pf_milli = sign * pf_milli(self._read(pf))
+            r.frequency_mhz = freq
+            r.energy_delta_mwh = delta
+        return self._out
