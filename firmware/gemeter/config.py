@@ -33,6 +33,14 @@ SCHEMA = {
     "mqtt_keepalive_s": (int, 60, 10, 600, False, "MQTT keepalive, s"),
     "pzem_addresses": (str, "", 0, 64, False, "PZEM Modbus addresses, comma separated"),
     "ntp_host": (str, "pool.ntp.org", 0, 64, False, "time server (Wi-Fi boards)"),
+    "ade_map": (str, "", ("", "ab", "ba"), None, False,
+                "ADE7953 inputs in channel order (empty: as the board file says)"),
+    "ade_invert_a": (bool, False, None, None, False,
+                     "ADE7953 input A's CT is clamped the wrong way round"),
+    "ade_invert_b": (bool, False, None, None, False,
+                     "ADE7953 input B's CT is clamped the wrong way round"),
+    "ade_phcal_a": (int, 0, -383, 383, False, "ADE7953 PHCALA phase calibration, LSB"),
+    "ade_phcal_b": (int, 0, -383, 383, False, "ADE7953 PHCALB phase calibration, LSB"),
 }
 ID_PUNCT = "._-"
 

@@ -1,5 +1,8 @@
 # Drive an ADE7953 driver on the virtual board (CPython -S and MicroPython).
-# stdin: {"ops": [[op, args...]], "calibration": {...} or null, "reset_pin": bool}
+# stdin: {"ops": [[op, args...]], "calibration": {...} or null, "reset_pin": bool,
+#         "phcal": [a, b], "invert": [a, b]}
+# With "source": {"meter": board entry, "settings": {KEY: console text}, "restore": {...}}
+# the driver also feeds an ADESource on channels 1 and 2, configured as the application does.
 # stdout: one JSON list of results.
 import json
 import sys
@@ -8,8 +11,10 @@ import time
 import machine
 from machine import SPI, Pin
 
+from gemeter.config import Config
 from gemeter.drivers import DriverError
 from gemeter.drivers.ade7953 import ADE7953
+from gemeter.sources import ADESource
 
 req = json.loads(sys.stdin.read())
 cal = req.get("calibration")
@@ -18,8 +23,18 @@ if cal:
            "wh": tuple(cal["wh"])}
 ade = ADE7953(SPI(1, baudrate=1000000, polarity=1, phase=1), Pin(5, Pin.OUT, value=1),
               reset=Pin(4, Pin.OUT, value=1) if req.get("reset_pin") else None,
-              calibration=cal)
+              calibration=cal, phcal=req.get("phcal", (0, 0)),
+              invert=req.get("invert", (False, False)))
 out = []
+src = None
+if req.get("source"):
+    spec = req["source"]
+    cfg = Config("/nonexistent/config.json")
+    problems = {k: cfg.set(k, v) for k, v in spec.get("settings", {}).items()}
+    out.append({k: p for k, p in problems.items() if p})
+    src = ADESource(ade, 1, 2)
+    src.restore(spec.get("restore", {}))
+    src.configure(spec["meter"], cfg)
 for op in req["ops"]:
     try:
         if op[0] == "read":
@@ -38,6 +53,21 @@ for op in req["ops"]:
         elif op[0] == "sleep_ms":
             time.sleep_ms(op[1])
             out.append(None)
+        elif op[0] == "phcal":
+            ade.set_phase_calibration(op[1], op[2])
+            out.append(list(ade.phcal))
+        elif op[0] == "source_read":
+            out.append([list(r) for r in src.read_now()])
+        elif op[0] == "source_sample":  # one sample through the aggregates, as the sampler
+            from gemeter import frame
+            from gemeter.aggregate import ChannelAggregate
+
+            aggs = [ChannelAggregate(i) for i in range(3)]
+            src.sample(aggs)
+            maps = [aggs[ch].to_map() for ch in src.channels]
+            out.append([[m[frame.C_POWER][0], m[frame.C_ENERGY]] for m in maps])
+        elif op[0] == "source_energy":
+            out.append(src.energy_mwh())
         elif op[0] == "energy":
             out.append(list(ade.energy_mwh))
         elif op[0] == "version":
