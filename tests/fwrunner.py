@@ -5,8 +5,10 @@ fetched MicroPython libraries and a test-only shim folder on their module path:
 
 - CPython runs with ``-S`` (no site-packages) so firmware code cannot lean on PyPI packages,
   and finds ``micropython`` (const() and the ticks API) in tests/shim/cpython.
-- MicroPython gets ``MICROPYPATH=tools/mpy_shim:firmware:build/mpy-lib:.frozen``
+- MicroPython gets ``MICROPYPATH=tools/mpy_shim:firmware:build/mpy-lib:tests/fw_lib:.frozen``
   (MICROPYPATH replaces the search path, so ``.frozen`` must stay for asyncio and friends).
+- Both find tests/fw_lib last: firmware-style code that only tests need (the CBOR decoder,
+  the frame parser, the serial deframer), kept out of firmware/ so it is never flashed.
 - Both find the virtual board's ``machine.py`` in tools/mpy_shim (never in firmware/); it
   talks to a gridedge.tools.vboard.VirtualBoard named by GRIDEDGE_VBOARD (pass ``env``).
 
@@ -32,6 +34,7 @@ MPY_LIB = REPO / "build" / "mpy-lib"
 SHIMS = REPO / "tests" / "shim"
 MACHINE_SHIM = REPO / "tools" / "mpy_shim"  # the virtual board's machine.py
 SCRIPTS = REPO / "tests" / "fw_scripts"
+FW_LIB = REPO / "tests" / "fw_lib"  # test-only firmware-side code (decoders), never flashed
 
 INTERPRETERS = ("cpython", "micropython")
 
@@ -49,7 +52,7 @@ def micropython_version(exe: str) -> str:
 
 def firmware_module(name: str) -> Any:
     """Import a firmware module in-process under CPython (for hypothesis property tests)."""
-    for p in (str(FIRMWARE), str(SHIMS / "cpython")):
+    for p in (str(FIRMWARE), str(SHIMS / "cpython"), str(FW_LIB)):
         if p not in sys.path:
             sys.path.insert(0, p)
     importlib.import_module("micropython")  # the shim: const() and the tick API
@@ -59,9 +62,12 @@ def firmware_module(name: str) -> Any:
 class FirmwareRunner:
     """Runs a firmware script under one interpreter; see the module docstring."""
 
-    def __init__(self, name: str, exe: str) -> None:
+    def __init__(self, name: str, exe: str, code: list[Path] | None = None) -> None:
+        """``code`` replaces firmware/, build/mpy-lib and tests/fw_lib on the module path
+        (e.g. a tree staged by ``gridedge flash``, compiled by mpy-cross)."""
         self.name = name
         self.exe = exe
+        self.code = code
 
     def command(
         self, script: Path, heapsize: str | None = None, extra_env: dict[str, str] | None = None
@@ -69,14 +75,14 @@ class FirmwareRunner:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MICROPY"))}
         env.update(extra_env or {})
         if self.name == "cpython":
-            path = [SHIMS / "cpython", MACHINE_SHIM, FIRMWARE, MPY_LIB]
+            path = [SHIMS / "cpython", MACHINE_SHIM, *(self.code or [FIRMWARE, MPY_LIB, FW_LIB])]
             env["PYTHONPATH"] = os.pathsep.join(str(p) for p in path)
             env["PYTHONHASHSEED"] = "0"
             # Import the micropython shim first (it adds ticks_ms & co. to time), then run.
             boot = "import micropython, runpy, sys; sys.argv = sys.argv[1:]; " \
                 "runpy.run_path(sys.argv[0], run_name='__main__')"
             return [self.exe, "-S", "-u", "-X", "utf8", "-c", boot, str(script)], env
-        path = [MACHINE_SHIM, FIRMWARE, MPY_LIB]
+        path = [MACHINE_SHIM, *(self.code or [FIRMWARE, MPY_LIB, FW_LIB])]
         env["MICROPYPATH"] = ":".join([*(str(p) for p in path), ".frozen"])
         cmd = [self.exe]
         if heapsize:

@@ -1,11 +1,12 @@
 """Firmware CBOR codec: RFC Appendix A vectors and round-trip properties, on both interpreters.
 
-The vectors (tests/data, copied from RFC 7049 Appendix A) run through firmware/gemeter/cbor.py
-under CPython and under the MicroPython unix port; every decoded value is compared with the
-vector's own expectation, every round-trip vector must re-encode to the same bytes, and the
-two interpreters must agree byte for byte. One vector, 0xf818 = simple(24), is well-formed in
-RFC 7049 but not in RFC 8949 (section 3.3: a two-byte simple value below 32 is invalid); the
-codec follows RFC 8949 and rejects it.
+The vectors (tests/data, copied from RFC 7049 Appendix A) run through the firmware's encoder
+(firmware/gemeter/cbor.py) and the decoder kept with the tests (tests/fw_lib/cbor_decoder.py:
+a meter never decodes, so it is not flashed) under CPython and the MicroPython unix port;
+every decoded value is compared with the vector's own expectation, every round-trip vector
+must re-encode to the same bytes, and the two interpreters must agree byte for byte. One
+vector, 0xf818 = simple(24), is well-formed in RFC 7049 but not in RFC 8949 (section 3.3: a
+two-byte simple value below 32 is invalid); the codec follows RFC 8949 and rejects it.
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ def test_interpreters_agree_on_vectors(fw_micropython: FirmwareRunner) -> None:
 # ---------------------------------------------------------------- properties (CPython in-process)
 
 cbor = firmware_module("gemeter.cbor")
+cbor_decoder = firmware_module("cbor_decoder")  # tests/fw_lib: the decoder is not flashed
 
 keys = st.one_of(st.integers(-(2**64), 2**64 - 1), st.text(max_size=8))
 leaves = st.one_of(
@@ -145,9 +147,9 @@ values = st.recursive(
 def test_roundtrip_against_cbor2(v: Any) -> None:
     enc = cbor.dumps(v)
     assert cbor2.loads(enc) == v  # an independent decoder reads the firmware's bytes
-    assert cbor.loads(enc) == v
-    assert cbor.loads(cbor2.dumps(v)) == v  # and the firmware reads cbor2's (non-canonical) bytes
-    assert cbor.dumps(cbor.loads(enc)) == enc  # deterministic: a fixed point
+    assert cbor_decoder.loads(enc) == v
+    assert cbor_decoder.loads(cbor2.dumps(v)) == v  # and reads cbor2's (non-canonical) bytes
+    assert cbor.dumps(cbor_decoder.loads(enc)) == enc  # deterministic: a fixed point
 
 
 @given(st.dictionaries(keys, st.integers(), min_size=2, max_size=12))
@@ -158,9 +160,9 @@ def test_map_keys_sorted_bytewise(d: dict[Any, int]) -> None:
     pos = 1 if len(d) < 24 else 2
     wire_keys = []
     for _ in d:
-        _, end = cbor.decode_prefix(enc, pos)
+        _, end = cbor_decoder.decode_prefix(enc, pos)
         wire_keys.append(enc[pos:end])
-        _, pos = cbor.decode_prefix(enc, end)
+        _, pos = cbor_decoder.decode_prefix(enc, end)
     assert wire_keys == sorted(encoded_keys)
 
 
@@ -187,7 +189,7 @@ def _fits(fmt: str, f: float) -> bool:
 def test_decoder_never_crashes_on_garbage(data: bytes) -> None:
     # Any input either decodes or raises CBORError: never IndexError, struct.error, ...
     with contextlib.suppress(cbor.CBORError):
-        cbor.loads(data)
+        cbor_decoder.loads(data)
 
 
 @pytest.mark.parametrize(
@@ -206,7 +208,7 @@ def test_decoder_never_crashes_on_garbage(data: bytes) -> None:
 )
 def test_hostile_lengths_rejected(hexdata: str) -> None:
     with pytest.raises(cbor.CBORError):
-        cbor.loads(bytes.fromhex(hexdata))
+        cbor_decoder.loads(bytes.fromhex(hexdata))
 
 
 # ---------------------------------------------------------------- properties on MicroPython

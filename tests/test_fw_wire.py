@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from fwrunner import FirmwareRunner, firmware_module
 
 wire = firmware_module("gemeter.wire")
+wire_decoder = firmware_module("wire_decoder")  # tests/fw_lib: the receiving half
 
 
 def test_software_crc32_matches_zlib(fw: FirmwareRunner) -> None:
@@ -29,12 +30,12 @@ def test_cobs_roundtrip_and_no_zeros(data: bytes) -> None:
     enc = wire.cobs_encode(data)
     assert 0 not in enc
     assert len(enc) <= len(data) + len(data) // 254 + 1
-    assert wire.cobs_decode(enc) == data
+    assert wire_decoder.cobs_decode(enc) == data
 
 
 def test_oversized_frame_is_discarded_and_counted() -> None:
-    d = wire.Deframer()
-    out = d.feed(b"\x01" * (wire.MAX_ENCODED + 50) + b"\x00" + wire.encode(b"ok"))
+    d = wire_decoder.Deframer()
+    out = d.feed(b"\x01" * (wire_decoder.MAX_ENCODED + 50) + b"\x00" + wire.encode(b"ok"))
     assert isinstance(out[0][1], wire.WireError) and out[0][0] is None
     assert out[1] == (b"ok", None)
     assert d.errors == 1
@@ -46,7 +47,7 @@ def test_cobs_same_bytes_as_cobs_library(data: bytes) -> None:
     from cobs import cobs
 
     assert wire.cobs_encode(data) == cobs.encode(data)
-    assert wire.cobs_decode(cobs.encode(data)) == data
+    assert wire_decoder.cobs_decode(cobs.encode(data)) == data
 
 
 def test_cobs_block_boundaries(fw: FirmwareRunner) -> None:

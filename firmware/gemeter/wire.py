@@ -1,20 +1,18 @@
-"""Serial link framing: COBS with a 0x00 delimiter and a CRC-32 trailer (docs/protocol.md).
+"""Serial link framing, sending side: COBS with a 0x00 delimiter and a CRC-32 trailer.
 
 On the wire one frame is COBS(message || CRC-32(message) as 4 bytes little-endian) followed by
 a single 0x00. COBS removes every zero byte from the body, so a receiver that loses sync
 (noise, a cable plugged in mid-frame) drops bytes up to the next 0x00 and is back in step.
 The CRC is the IEEE 802.3 CRC-32 of binascii/zlib. The message limit matches frame.py.
-Pure logic, no I/O: runs under MicroPython and CPython.
+Pure logic, no I/O: runs under MicroPython and CPython (docs/protocol.md has the format).
+
+A meter only sends on this link, so the receiving half (COBS decoding, CRC check and the
+deframer) lives with the tests in tests/fw_lib/wire_decoder.py and is never flashed.
 """
 
 import struct
 
 from gemeter.frame import MAX_MESSAGE
-
-# COBS adds one byte per 254 body bytes plus one; the body is message + 4 CRC bytes.
-# (Not a const(): MicroPython folds only constants defined in the same module.)
-MAX_ENCODED = MAX_MESSAGE + 4 + (MAX_MESSAGE + 4) // 254 + 1
-
 
 # CRC-32 (IEEE, reflected, poly 0xEDB88320) with a 16-entry nibble table: 64 bytes of
 # table instead of 1 KiB, used where the port is built without binascii.crc32 (it is an
@@ -46,7 +44,7 @@ except ImportError:
 
 
 class WireError(ValueError):
-    """A serial frame that fails COBS decoding, its CRC, or the size limit."""
+    """A message over the size limit (and, in the tests' decoder, a bad received frame)."""
 
 
 def cobs_encode(data):
@@ -80,74 +78,9 @@ def cobs_encode(data):
     return bytes(out)
 
 
-def cobs_decode(data):
-    out = bytearray()
-    i = 0
-    n = len(data)
-    while i < n:
-        code = data[i]
-        if code == 0:
-            raise WireError("zero byte inside a COBS frame")
-        end = i + code
-        if end > n:
-            raise WireError("COBS block runs past the end of the frame")
-        out.extend(data[i + 1 : end])
-        i = end
-        if code != 0xFF and i < n:
-            out.append(0)
-    return bytes(out)
-
-
 def encode(message):
     """Frame a message for the serial link, delimiter included."""
     if len(message) > MAX_MESSAGE:
         raise WireError("message of %d bytes exceeds %d" % (len(message), MAX_MESSAGE))
     crc = crc32(message)
     return cobs_encode(bytes(message) + struct.pack("<I", crc)) + b"\x00"
-
-
-def decode(body):
-    """Decode one frame body (the bytes between delimiters); returns the message."""
-    if len(body) > MAX_ENCODED:
-        raise WireError("frame of %d bytes exceeds %d" % (len(body), MAX_ENCODED))
-    raw = cobs_decode(body)
-    if len(raw) < 5:
-        raise WireError("frame too short for a message and its CRC")
-    msg = raw[:-4]
-    if struct.unpack("<I", raw[-4:])[0] != crc32(msg):
-        raise WireError("CRC mismatch")
-    return msg
-
-
-class Deframer:
-    """Splits a byte stream into frames; bounded buffer, resyncs on the next delimiter.
-
-    feed(chunk) returns a list of (message or None, error or None) per completed frame.
-    """
-
-    def __init__(self):
-        self._buf = bytearray()
-        self._overflow = False
-        self.errors = 0
-
-    def feed(self, chunk):
-        out = []
-        for b in chunk:
-            if b != 0:
-                if len(self._buf) < MAX_ENCODED:
-                    self._buf.append(b)
-                else:
-                    self._overflow = True
-                continue
-            if self._overflow:
-                out.append((None, WireError("frame exceeds %d bytes" % MAX_ENCODED)))
-                self.errors += 1
-            elif self._buf:
-                try:
-                    out.append((decode(self._buf), None))
-                except WireError as e:
-                    self.errors += 1
-                    out.append((None, e))
-            self._buf = bytearray()
-            self._overflow = False
-        return out

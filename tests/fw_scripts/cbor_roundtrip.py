@@ -1,4 +1,5 @@
-# Firmware-side half of the CBOR tests (runs under CPython -S and MicroPython).
+# Firmware-side half of the CBOR tests (runs under CPython -S and MicroPython): the
+# firmware's encoder, and the test-only decoder that goes with it (tests/fw_lib).
 # stdin: JSON list of hex strings. stdout: one JSON list, per input either
 # {"err": message} or {"v": plain form of the decoded value, "re": hex of its re-encoding}.
 import binascii
@@ -6,6 +7,7 @@ import json
 import struct
 import sys
 
+import cbor_decoder
 from gemeter import cbor
 
 
@@ -39,7 +41,7 @@ def plain(v):
 out = []
 for h in json.loads(sys.stdin.read()):
     try:
-        v = cbor.loads(binascii.unhexlify(h))
+        v = cbor_decoder.loads(binascii.unhexlify(h))
     except cbor.CBORError as e:
         out.append({"err": str(e)})
         continue

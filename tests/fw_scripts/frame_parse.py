@@ -1,4 +1,5 @@
-# Firmware-side frame parser for the interop tests (CPython -S and MicroPython).
+# Firmware-side frame parser for the interop tests (CPython -S and MicroPython): the
+# parser and deframer are test-only firmware code in tests/fw_lib (never flashed).
 # stdin: {"keys": {device: hex}, "messages": [hex], "stream": hex of serial bytes}
 # stdout: {"messages": [{"reading": map as [[k, v]...]} or {"err": text}],
 #          "stream": [{"message": hex} or {"err": text}]}
@@ -6,7 +7,8 @@ import binascii
 import json
 import sys
 
-from gemeter import frame, wire
+import frame_parser
+import wire_decoder
 
 req = json.loads(sys.stdin.read())
 keys = {d: binascii.unhexlify(k) for d, k in req["keys"].items()}
@@ -24,10 +26,10 @@ def pairs(v):
 out = []
 for h in req.get("messages", []):
     try:
-        out.append({"reading": pairs(frame.parse(binascii.unhexlify(h), keys.get))})
+        out.append({"reading": pairs(frame_parser.parse(binascii.unhexlify(h), keys.get))})
     except ValueError as e:  # FrameError, WireError and CBORError are ValueErrors
         out.append({"err": str(e)})
 stream = []
-for msg, err in wire.Deframer().feed(binascii.unhexlify(req.get("stream", ""))):
+for msg, err in wire_decoder.Deframer().feed(binascii.unhexlify(req.get("stream", ""))):
     stream.append({"err": str(err)} if err else {"message": str(binascii.hexlify(msg), "ascii")})
 print(json.dumps({"messages": out, "stream": stream}))
