@@ -2,8 +2,10 @@
 
 Only what protocol v1 uses: tag 17, a protected header {1: 4 (alg HMAC 256/64), 4: kid},
 an empty unprotected map, and an 8-byte tag computed over the MAC_structure of RFC 9052
-section 6.3, ["MAC0", protected, external_aad = h'', payload]. Structural problems raise
-``ProtocolError`` (MALFORMED, TRUNCATED); verification compares in constant time.
+section 6.3, ["MAC0", protected, external_aad = h'', payload]. Received messages are
+parsed by ``strict_cbor`` (never cbor2: see there why); structural problems raise
+``ProtocolError`` (MALFORMED, TRUNCATED); verification compares in constant time. ``sign``
+builds messages with cbor2, for tools and tests.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 import cbor2
 
+from gridedge.gateway import strict_cbor
 from gridedge.gateway.errors import ProtocolError, Reason
 
 COSE_MAC0_TAG = 17
@@ -57,28 +60,25 @@ def mac_tag(key: bytes, protected: bytes, payload: bytes, external_aad: bytes = 
     return h.digest()[:TAG_LEN]
 
 
-_KIDS: dict[bytes, bytes] = {}  # protected header bytes -> kid (a device's never changes)
-
-
 def _kid(protected: bytes) -> bytes:
-    kid = _KIDS.get(protected)
-    if kid is not None:
-        return kid
-    try:
-        hdr = cbor2.loads(protected)
-    except cbor2.CBORDecodeEOF as e:
-        raise ProtocolError(Reason.TRUNCATED, f"protected header: {e}") from e
-    except (cbor2.CBORDecodeError, ValueError, RecursionError) as e:
-        raise ProtocolError(Reason.MALFORMED, f"protected header: {e}") from e
+    """The key id of a protected header, which must be exactly {1: 4, 4: kid}."""
+    hdr = strict_cbor.loads(protected, max_depth=1)
     if not isinstance(hdr, dict) or hdr.get(HDR_ALG) != ALG_HMAC_256_64:
         raise ProtocolError(Reason.MALFORMED, "protected header: alg must be 4 (HMAC 256/64)")
     kid = hdr.get(HDR_KID)
     if not isinstance(kid, bytes) or not kid:
         raise ProtocolError(Reason.MALFORMED, "protected header: kid missing")
-    if len(_KIDS) > 100_000:  # bounded: garbage headers cannot grow it without limit
-        _KIDS.clear()
-    _KIDS[protected] = kid
     return kid
+
+
+def _bstr(data: bytes, pos: int, what: str) -> tuple[bytes, int]:
+    major, length, start = strict_cbor.head(data, pos)
+    if major != 2:
+        raise ProtocolError(Reason.MALFORMED, f"COSE_Mac0 {what} is not a byte string")
+    end = start + length
+    if end > len(data):
+        raise ProtocolError(Reason.TRUNCATED, f"COSE_Mac0 {what} runs past the end")
+    return data[start:end], end
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,25 +90,22 @@ class Mac0:
 
     @staticmethod
     def decode(data: bytes) -> Mac0:
-        try:
-            outer = cbor2.loads(data)
-        except cbor2.CBORDecodeEOF as e:
-            raise ProtocolError(Reason.TRUNCATED, str(e)) from e
-        except (cbor2.CBORDecodeError, ValueError, RecursionError) as e:
-            raise ProtocolError(Reason.MALFORMED, f"not CBOR: {e}") from e
-        if not isinstance(outer, cbor2.CBORTag) or outer.tag != COSE_MAC0_TAG:
+        # The envelope has one shape: tag 17, an array of 4, a byte string, an empty map,
+        # two byte strings. Walked head by head (the hot path), trusting no length.
+        major, arg, pos = strict_cbor.head(data, 0)
+        if major != 6 or arg != COSE_MAC0_TAG:
             raise ProtocolError(Reason.MALFORMED, "not a COSE_Mac0 message (tag 17)")
-        parts = outer.value
-        if not isinstance(parts, list) or len(parts) != 4:
+        major, arg, pos = strict_cbor.head(data, pos)
+        if major != 4 or arg != 4:
             raise ProtocolError(Reason.MALFORMED, "COSE_Mac0 must be an array of 4")
-        protected, unprotected, payload, tag = parts
-        if not (
-            isinstance(protected, bytes)
-            and isinstance(unprotected, dict)
-            and isinstance(payload, bytes)
-            and isinstance(tag, bytes)
-        ):
-            raise ProtocolError(Reason.MALFORMED, "COSE_Mac0 fields have wrong types")
+        protected, pos = _bstr(data, pos, "protected header")
+        major, arg, pos = strict_cbor.head(data, pos)
+        if major != 5 or arg != 0:
+            raise ProtocolError(Reason.MALFORMED, "COSE_Mac0 unprotected header must be {}")
+        payload, pos = _bstr(data, pos, "payload")
+        tag, pos = _bstr(data, pos, "tag")
+        if pos != len(data):
+            raise ProtocolError(Reason.MALFORMED, f"{len(data) - pos} bytes after COSE_Mac0")
         if len(tag) != TAG_LEN:
             raise ProtocolError(Reason.MALFORMED, f"tag must be {TAG_LEN} bytes, got {len(tag)}")
         return Mac0(protected, _kid(protected), payload, tag)

@@ -21,12 +21,18 @@ class Reason(StrEnum):
     BAD_VERSION = "bad_version"
     OUT_OF_RANGE = "out_of_range"
     BAD_CRC = "bad_crc"
+    WRONG_SOURCE = "wrong_source"  # key id differs from the device of its topic or port
+
+
+MAX_DETAIL = 200  # characters: a detail may quote the input, never all of it
 
 
 class ProtocolError(Exception):
-    """A rejected frame: ``reason`` for counting, ``detail`` for the log line."""
+    """A rejected frame: ``reason`` for counting, ``detail`` for the log line (bounded)."""
 
     def __init__(self, reason: Reason, detail: str, device_id: str | None = None) -> None:
+        if len(detail) > MAX_DETAIL:
+            detail = detail[:MAX_DETAIL - 1] + "…"
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail

@@ -1,12 +1,14 @@
 """Protocol v1 on the gateway side: decode, authenticate and validate one reading frame.
 
 The contract is docs/protocol.md. This is an implementation independent of the firmware's
-(firmware/gemeter/), built on cbor2 and the standard library's hmac; the tests prove the two
-interoperate byte for byte. ``FrameDecoder.decode`` checks, in this order and trusting
-nothing from the wire before it is checked: size, outer COSE_Mac0 structure, protected
-header, key id against the registry, the MAC (constant time), then the reading map's
-version, types and ranges. Every failure is a ``ProtocolError`` with a ``Reason`` that the
-pipeline counts per reason. ``build_frame`` is the inverse, for tools and tests.
+(firmware/gemeter/), built on a strict decoder of the protocol's CBOR subset (strict_cbor)
+and the standard library's hmac; the tests prove the two interoperate byte for byte.
+``FrameDecoder.decode`` checks, in this order and trusting nothing from the wire before it
+is checked: size, outer COSE_Mac0 structure, protected header, key id against the device
+its source stands for (topic, serial port) and against the registry, the MAC (constant
+time), then the reading map's version, types and ranges. Every failure is a
+``ProtocolError`` with a ``Reason``; verify.py counts them. ``build_frame`` is the
+inverse, for tools and tests.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import cbor2
 
-from gridedge.gateway import cose
+from gridedge.gateway import cose, strict_cbor
 from gridedge.gateway.errors import ProtocolError, Reason
 
 VERSION = 1
@@ -214,24 +216,30 @@ class FrameDecoder:
     def __init__(self, keys: Mapping[str, bytes]) -> None:
         self.keys = keys
 
-    def decode(self, data: bytes) -> Frame:
+    def decode(self, data: bytes, claimed: str | None = None) -> Frame:
+        """The frame; ``claimed``: the device its source stands for (the MQTT topic's
+        device level, a serial port's configured device), which the key id must equal."""
         if len(data) > MAX_MESSAGE:
             raise ProtocolError(Reason.TOO_LARGE, f"{len(data)} bytes > {MAX_MESSAGE}")
         msg = cose.Mac0.decode(data)
         device_id = msg.kid_text()
         if not DEVICE_ID_RE.fullmatch(device_id):
             raise ProtocolError(Reason.MALFORMED, f"key id {device_id!r} is not a valid device id")
+        if claimed is not None and claimed != device_id:
+            # Checked before the MAC (cheap) and never trusted after it: a device's valid
+            # frame republished under another device's topic is still rejected.
+            raise ProtocolError(Reason.WRONG_SOURCE, f"frame of {device_id!r} came by the "
+                                f"source of {claimed[:40]!r}", claimed)
         key = self.keys.get(device_id)
         if key is None:
             raise ProtocolError(Reason.UNKNOWN_DEVICE, f"no key for {device_id!r}", device_id)
         if not msg.verify(key):
             raise ProtocolError(Reason.BAD_MAC, "MAC does not verify", device_id)
         try:
-            reading = cbor2.loads(msg.payload)
-        except cbor2.CBORDecodeEOF as e:
-            raise ProtocolError(Reason.TRUNCATED, f"payload: {e}", device_id) from e
-        except (cbor2.CBORDecodeError, ValueError) as e:
-            raise ProtocolError(Reason.MALFORMED, f"payload: {e}", device_id) from e
+            reading = strict_cbor.loads(msg.payload)
+        except ProtocolError as e:
+            e.device_id = device_id
+            raise
         return parse_reading(reading, device_id)
 
 
