@@ -66,6 +66,9 @@ class LocalBroker:
 class SerialPort:
     port: str = ""
     baud: int = field(default=115200, metadata=rng(1200, 4_000_000))
+    # The one device wired to this port, if it is one: frames with another key id are
+    # rejected (wrong_source). Empty: a bus of several devices, any registered one.
+    device: str = field(default="", metadata={"pattern": DEVICE_ID})
 
 
 @dataclass

@@ -10,67 +10,46 @@ happens in that thread) reconnects with backoff after a broker restart. "subscri
 is logged only when the broker's SUBACK grants the subscription: before that, frames
 published to a broker that has never seen this session are not kept for the gateway. A
 refused subscription, or one granted only at QoS 0 (which keeps nothing for a gateway
-that is down), is an error in the log, not a silently idle or lossy gateway.
+that is down), is an error in the log, not a silently idle or lossy gateway. Each frame
+goes to the pipeline with the device its topic names (the ``+`` level), which its key id
+must match; a PUBLISH larger than ``MAX_PUBLISH`` is never read into memory (see
+paho_adapter) but still reaches the pipeline, as a ``too_large`` rejection to acknowledge.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
 import time
 from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.enums import CallbackAPIVersion
 
 from gridedge.gateway.config import LocalBroker
+from gridedge.gateway.errors import ProtocolError, Reason
+from gridedge.gateway.paho_adapter import Client
 from gridedge.gateway.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
-PUBACK = struct.Struct("!BBH")  # MQTT 3.1.1 section 3.4: type 4, remaining length 2, mid
 
 
-class _ReadAhead:
-    """The broker socket, read 64 KiB at a time. paho reads each packet's header a byte
-    per ``recv`` (three or four system calls per frame, each giving up and re-taking the
-    GIL that the committer is holding); here they are served from one buffer. paho asks
-    ``pending()`` (as for TLS sockets) and skips its wait while bytes are buffered."""
-
-    def __init__(self, sock: Any) -> None:
-        self._sock = sock
-        self._buf = b""
-        self._pos = 0
-
-    def recv(self, size: int) -> bytes:
-        if self._pos >= len(self._buf):
-            self._buf = self._sock.recv(65536)  # BlockingIOError when empty, b"" at EOF
-            self._pos = 0
-        chunk = self._buf[self._pos:self._pos + size]
-        self._pos += len(chunk)
-        return chunk
-
-    def pending(self) -> int:
-        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0  # TLS
-        return len(self._buf) - self._pos + inner
-
-    def __getattr__(self, name: str) -> Any:  # send, fileno, close, setblocking, …
-        return getattr(self._sock, name)
+MAX_PUBLISH = 64 * 1024  # bytes: a PUBLISH's payload beyond this is never read
 
 
-class _Client(mqtt.Client):
-    def _create_socket(self) -> Any:  # private in paho: without it, plain reads (slower)
-        return _ReadAhead(super()._create_socket())
+def topic_device(pattern: str) -> Callable[[str], str | None]:
+    """The device a frame's topic names: the level where the subscription has its first
+    ``+`` (gridedge/v1/dev/+/frame). None for every topic when the pattern has none."""
+    levels = pattern.split("/")
+    if "+" not in levels:
+        return lambda _topic: None
+    index = levels.index("+")
 
-    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        """Every packet already buffered, not one per wait: paho's loop otherwise makes
-        a select() call per frame."""
-        rc = super().loop_read(max_packets)
-        while rc == mqtt.MQTT_ERR_SUCCESS and isinstance(self._sock, _ReadAhead) \
-                and self._sock.pending() > 0:
-            rc = super().loop_read(max_packets)
-        return rc
+    def device(topic: str) -> str | None:
+        parts = topic.split("/")
+        return parts[index] if index < len(parts) else ""
+
+    return device
 
 
 class MQTTIngest:
@@ -82,10 +61,14 @@ class MQTTIngest:
         self._qos0_logged = False
         self.on_connected: Callable[[], None] | None = None  # e.g. re-announce to HA
         self._acks: list[int] = []  # committed frames' mids (committer thread only)
+        self._device_of = topic_device(cfg.topic)
+        if "+" not in cfg.topic.split("/"):
+            log.warning("local.topic %r has no + level for the device id: frames cannot be "
+                        "checked against the device their topic names", cfg.topic)
         pipeline.after_acks.append(self._send_acks)
-        self.client = _Client(
+        self.client = Client(
             CallbackAPIVersion.VERSION2, client_id=cfg.client_id, clean_session=False,
-            protocol=mqtt.MQTTv311, manual_ack=True,
+            protocol=mqtt.MQTTv311, manual_ack=True, max_publish=MAX_PUBLISH,
         )
         if cfg.username:
             self.client.username_pw_set(cfg.username, cfg.password or None)
@@ -95,12 +78,6 @@ class MQTTIngest:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
-        # paho sends each PUBACK as its own TCP write (and wakes the broker for each): at
-        # thousands of frames/s that was a fifth of the committer's time. Its packet queue
-        # takes one buffer holding a batch's PUBACKs instead. Private API, so optional:
-        # without it, ``client.ack`` one by one.
-        self._queue_packet: Callable[..., Any] | None = getattr(
-            self.client, "_packet_queue", None)
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         """Publish on the local broker (thread-safe in paho 2.x; dropped while offline)."""
@@ -119,8 +96,7 @@ class MQTTIngest:
 
     def progress(self) -> float:
         """Now while paho's network thread runs (the watchdog's probe), else 0."""
-        thread = getattr(self.client, "_thread", None)
-        return time.monotonic() if thread is not None and thread.is_alive() else 0.0
+        return time.monotonic() if self.client.network_thread_alive() else 0.0
 
     @property
     def connected(self) -> bool:
@@ -167,16 +143,14 @@ class MQTTIngest:
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         mid = msg.mid
         ack = (lambda: self._acks.append(mid)) if msg.qos == 1 else None
-        self.pipeline.submit(bytes(msg.payload), msg.topic, ack)
+        payload: bytes | ProtocolError = bytes(msg.payload)
+        if not payload and (size := self.client.oversized(mid)) is not None:
+            payload = ProtocolError(Reason.TOO_LARGE, f"MQTT message of {size} bytes (not "
+                                    f"read past {MAX_PUBLISH})")
+        self.pipeline.submit(payload, msg.topic, ack, self._device_of(msg.topic))
 
     def _send_acks(self) -> None:
         """After a batch's commit (committer thread): its PUBACKs, in one buffer."""
-        if not self._acks:
-            return
-        mids, self._acks = self._acks, []
-        if self._queue_packet is None:
-            for mid in mids:
-                self.client.ack(mid, 1)
-            return
-        self._queue_packet(PacketTypes.PUBACK << 4,
-                           b"".join(PUBACK.pack(0x40, 2, mid) for mid in mids), 0, 0)
+        if self._acks:
+            mids, self._acks = self._acks, []
+            self.client.send_pubacks(mids)

@@ -2,7 +2,8 @@
 
 One thread per port reads what arrives, splits it into frames at the 0x00 delimiters
 (framing.Deframer: bounded buffer, resync after garbage) and hands each message to the
-pipeline. Framing errors are counted per reason and never stop the reader. When the port
+pipeline, with the port's configured device (if any) that its key id must match. Framing
+errors are counted per reason and never stop the reader. When the port
 vanishes (USB adapter unplugged, device rebooting) the reader closes it and tries to open
 it again with backoff from 1 s up to 30 s, logging once per outage; configure a stable
 path such as /dev/serial/by-id/... so the same device comes back under the same name.
@@ -94,4 +95,4 @@ class SerialIngest:
                     self.pipeline.reject(item.reason.value, self.source, item.detail)
                 else:
                     self.frames += 1
-                    self.pipeline.submit(item, self.source)
+                    self.pipeline.submit(item, self.source, claimed=self.cfg.device or None)

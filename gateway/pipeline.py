@@ -1,27 +1,28 @@
-"""Verify and commit: the stage between the ingest readers and the store.
+"""Commit: the stage between the ingest readers and the store.
 
-Readers (local MQTT, serial ports) ``submit`` raw frames with an acknowledgement callback.
-One committer thread takes what arrived in the last ``commit_interval_ms`` (at most
-``max_batch`` frames), authenticates and validates each frame (protocol.FrameDecoder),
-de-duplicates it by (device, boot, seq), turns the accepted ones into uplink records, and
-commits them with the devices' marks in one transaction. Only after the commit returns are
-the acknowledgements called: for MQTT that sends the PUBACK, so a gateway killed at any
-instant has lost nothing it acknowledged. Rejected frames are acknowledged too (they must
-not come back), counted per reason and logged at most once per device and reason a minute.
-If the commit fails (disk full), nothing is acknowledged and the batch is retried every
-second; the broker keeps the unacknowledged frames meanwhile. Edge checks (checks.py) run
-on each accepted frame, and their alarm events are committed in the same transaction.
+Readers (local MQTT, serial ports) ``submit`` raw frames with an acknowledgement callback
+and the device their source stands for. One committer thread takes what arrived in the
+last ``commit_interval_ms`` (at most ``max_batch`` frames), passes each through the one
+verification boundary (verify.py: decode, authenticate, bind to its source, de-duplicate;
+any failure is a counted rejection of that frame alone), turns the accepted ones into
+uplink records, and commits them with the devices' marks in one transaction. Only after
+the commit returns are the acknowledgements called: for MQTT that sends the PUBACK, so a
+gateway killed at any instant has lost nothing it acknowledged. Rejected frames are
+acknowledged too (they must never come back). If the commit fails (disk full), nothing is
+acknowledged and the batch is retried every second; the broker keeps the unacknowledged
+frames meanwhile. Edge checks (checks.py) run on each accepted frame, and their alarm
+events are committed in the same transaction; a failing check costs only its alarms.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import queue
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -29,12 +30,16 @@ from gridedge.gateway.checks import EdgeChecks, Event
 from gridedge.gateway.dedup import Deduplicator
 from gridedge.gateway.errors import ProtocolError
 from gridedge.gateway.payloads import iso_ms, reading_json
-from gridedge.gateway.protocol import Frame, FrameDecoder
+from gridedge.gateway.protocol import Frame
 from gridedge.gateway.store import ALARM, TELEMETRY, Record, Store, StoreError
+from gridedge.gateway.verify import INTERNAL_ERROR, Accepted, Verifier
 
 log = logging.getLogger(__name__)
 
 Ack = Callable[[], None]
+# A frame as a reader hands it over: its bytes (or the reader's own verdict on them, e.g.
+# too large to read), its source, the device the source stands for, its acknowledgement.
+Item = tuple[bytes | ProtocolError, str, str | None, Ack | None]
 _JSON = json.JSONEncoder(separators=(",", ":"))  # alarm records (readings: reading_json)
 
 
@@ -49,21 +54,6 @@ class DeviceInfo:
     @functools.cached_property
     def channel_names(self) -> dict[int, str]:
         return dict(enumerate(self.channels))
-
-
-class RateLimitedLog:
-    """Log a problem once per (device, reason) per interval; count every occurrence."""
-
-    def __init__(self, interval_s: float = 60.0) -> None:
-        self.interval_s = interval_s
-        self._last: dict[tuple[str, str], float] = {}
-
-    def __call__(self, device: str, reason: str, message: str) -> None:
-        now = time.monotonic()
-        key = (device, reason)
-        if now - self._last.get(key, -1e9) >= self.interval_s:
-            self._last[key] = now
-            log.warning("%s from %s: %s", reason, device or "?", message)
 
 
 class Pipeline:
@@ -81,19 +71,18 @@ class Pipeline:
         self.alarms = 0
         self.devices = dict(devices)
         self._new_devices: dict[str, DeviceInfo] | None = None
-        self.decoder = FrameDecoder({d: info.key for d, info in self.devices.items()})
         self.dedup = Deduplicator(store.marks())
+        self.verifier = Verifier({d: info.key for d, info in self.devices.items()}, self.dedup)
+        self.rejected = self.verifier.rejected  # counted per reason, where they happen
         self.commit_interval_s = commit_interval_ms / 1000
         self.max_batch = max_batch
-        self.inbox: queue.Queue[tuple[bytes, str, Ack | None]] = queue.Queue(maxsize=100_000)
+        self.inbox: queue.Queue[Item] = queue.Queue(maxsize=100_000)
         self.accepted = 0
-        self.rejected: Counter[str] = Counter()
         self.missing = 0
         self.late = 0
         self.commits = 0
         self.store_failures = 0  # commits that failed (disk full, I/O error)
         self.progress = time.monotonic()  # the watchdog looks at this
-        self._log = RateLimitedLog()
         self._stop = threading.Event()
         self._abandoned = False  # a batch could not be stored at shutdown
         self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
@@ -107,16 +96,17 @@ class Pipeline:
         new, self._new_devices = self._new_devices, None
         if new is not None:
             self.devices = new
-            self.decoder.keys = {d: info.key for d, info in new.items()}
+            self.verifier.decoder.keys = {d: info.key for d, info in new.items()}
 
-    def submit(self, raw: bytes, source: str, ack: Ack | None = None) -> None:
-        """Called by readers; blocks when the committer is far behind (back-pressure)."""
-        self.inbox.put((raw, source, ack))
+    def submit(self, raw: bytes | ProtocolError, source: str, ack: Ack | None = None,
+               claimed: str | None = None) -> None:
+        """Called by readers; blocks when the committer is far behind (back-pressure).
+        ``claimed``: the device the source stands for (topic level, serial port)."""
+        self.inbox.put((raw, source, claimed, ack))
 
     def reject(self, reason: str, source: str, detail: str, device: str = "") -> None:
         """Count and log a frame a reader could not even hand over (e.g. serial CRC)."""
-        self.rejected[reason] += 1
-        self._log(device or source, reason, detail)
+        self.verifier.reject(reason, source, detail, device)
 
     def start(self) -> None:
         self._thread.start()
@@ -130,26 +120,40 @@ class Pipeline:
         while True:
             batch = self._collect()
             if self.checks is not None and not self._stop.is_set():
-                events = self.checks.tick()
+                try:
+                    events = self.checks.tick()
+                except Exception:  # a bug in a check must not stop ingest
+                    log.exception("edge checks: tick failed")
+                    events = []
                 if events:
                     self._commit_events(events)
-            if batch:
+            failures = 0
+            while batch:
                 try:
                     self._process(batch)
-                except Exception:  # a bug must not kill the committer: nothing was acked
-                    log.exception("committer: batch of %d frames failed; they stay "
-                                  "unacknowledged and the broker will redeliver them",
-                                  len(batch))
-                    self.dedup.reload(self.store.marks())
-                    self.rejected["internal_error"] += len(batch)
-                    self._stop.wait(1.0)
-            elif self._stop.is_set():
+                    break
+                except Exception:
+                    # Each frame's own problems end inside _process, and the store turns
+                    # its failures into StoreError: this is a bug around them. Nothing
+                    # was acknowledged: hold the batch and try again, as for a full disk,
+                    # rather than drop it unacknowledged (which would wedge the broker's
+                    # in-flight window until a reconnect).
+                    if failures % 60 == 0:
+                        log.exception("committer: batch of %d frames failed; retrying it "
+                                      "every second (nothing acknowledged)", len(batch))
+                    failures += 1
+                    with contextlib.suppress(Exception):
+                        self.dedup.reload(self.store.marks())
+                    if self._stop.wait(1.0):
+                        self._abandoned = True
+                        return
+            if not batch and self._stop.is_set():
                 return
             if self._abandoned:
                 return
             self.progress = time.monotonic()
 
-    def _collect(self) -> list[tuple[bytes, str, Ack | None]]:
+    def _collect(self) -> list[Item]:
         try:
             first = self.inbox.get(timeout=0.2)
         except queue.Empty:
@@ -164,31 +168,6 @@ class Pipeline:
             except queue.Empty:
                 break
         return batch
-
-    def _verify(self, raw: bytes) -> tuple[Frame, int] | None:
-        """The authenticated, new frame and how many frames were found missing before it."""
-        try:
-            frame = self.decoder.decode(raw)
-        except ProtocolError as e:
-            self.rejected[e.reason.value] += 1
-            self._log(e.device_id or "", e.reason.value, e.detail)
-            return None
-        verdict = self.dedup.check(frame.device_id, frame.boot, frame.seq)
-        if not verdict.accept:
-            self.rejected[verdict.reason or "rejected"] += 1
-            if verdict.reason != "duplicate":  # a resend is normal; these are not
-                self._log(frame.device_id, verdict.reason or "rejected",
-                          f"boot {frame.boot} seq {frame.seq} is older than what was "
-                          "already accepted")
-            return None
-        if verdict.missing:
-            self.missing += verdict.missing
-            self._log(frame.device_id, "gap",
-                      f"{verdict.missing} frame(s) missing before boot {frame.boot} "
-                      f"seq {frame.seq}")
-        if verdict.late:
-            self.late += 1
-        return frame, verdict.missing
 
     @staticmethod
     def gap_event(frame: Frame, missing: int, now: float) -> Event:
@@ -221,24 +200,44 @@ class Pipeline:
             log.error("store: %s; %d alarm events lost", e, len(events))
             self.rejected["alarm_not_stored"] += len(events)
 
-    def _process(self, batch: list[tuple[bytes, str, Ack | None]]) -> None:
+    def _records(self, ok: Accepted, now: float) -> list[Record]:
+        """The uplink records of one accepted frame: its reading, a gap event, alarms."""
+        frame = ok.frame
+        out = [self.record(frame)]
+        if ok.missing:
+            self.missing += ok.missing
+            out.append(self.alarm_record(self.gap_event(frame, ok.missing, now),
+                                         frame.boot, frame.seq))
+        if ok.late:
+            self.late += 1
+        if self.checks is not None:
+            try:
+                events = self.checks.observe(frame, now)
+            except Exception:  # the reading is good; only its checks are lost
+                log.exception("edge checks failed on %s boot %d seq %d", frame.device_id,
+                              frame.boot, frame.seq)
+                events = []
+            for ev in events:
+                out.append(self.alarm_record(ev, frame.boot, frame.seq))
+                self.alarms += 1
+        return out
+
+    def _process(self, batch: list[Item]) -> None:
         self._apply_devices()
-        records = []
+        records: list[Record] = []
         frames: list[Frame] = []
         now = time.time()
-        for raw, _source, _ack in batch:
-            verified = self._verify(raw)
-            if verified is not None:
-                frame, missing = verified
-                frames.append(frame)
-                records.append(self.record(frame))
-                if missing:
-                    records.append(self.alarm_record(self.gap_event(frame, missing, now),
-                                                     frame.boot, frame.seq))
-                if self.checks is not None:
-                    for ev in self.checks.observe(frame, now):
-                        records.append(self.alarm_record(ev, frame.boot, frame.seq))
-                        self.alarms += 1
+        for raw, source, claimed, _ack in batch:
+            ok = self.verifier.verify(raw, source, claimed)
+            if ok is None:
+                continue
+            try:
+                records.extend(self._records(ok, now))
+            except Exception:  # a bug: it costs this frame, counted, never its batch
+                self.verifier.reject(INTERNAL_ERROR, source, "could not build its record")
+                log.debug("record of %s failed", ok.frame.device_id, exc_info=True)
+                continue
+            frames.append(ok.frame)
         touched = {r.device for r in records if r.priority == TELEMETRY}
         marks = {d: self.dedup.marks[d] for d in touched}
         failures = 0
@@ -265,15 +264,19 @@ class Pipeline:
             log.warning("store: writable again after %d failed attempts", failures)
         self.accepted += sum(r.priority == TELEMETRY for r in records)
         self.commits += 1
-        if self.on_commit is not None:
-            self.on_commit()
-        for _raw, _source, ack in batch:
-            if ack is not None:
-                ack()
-        for flush in self.after_acks:
-            flush()
+        self._acknowledge(batch, frames)
+
+    def _acknowledge(self, batch: list[Item], frames: list[Frame]) -> None:
+        """After the commit, each step on its own: none may fail the batch (it is stored)."""
+        steps: list[Callable[[], object]] = [
+            *([self.on_commit] if self.on_commit is not None else []),
+            *(ack for *_, ack in batch if ack is not None),
+            *self.after_acks,  # e.g. send the PUBACKs the acks collected
+        ]
         if self.on_frames is not None and frames:
+            steps.append(functools.partial(self.on_frames, frames))
+        for step in steps:
             try:
-                self.on_frames(frames)
+                step()
             except Exception:
-                log.exception("after-commit hook failed (the frames are stored)")
+                log.exception("after a commit: %r failed (the frames are stored)", step)

@@ -6,18 +6,25 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import tty
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from brokers import Mosquitto, free_port
+from gridedge.gateway.config import LocalBroker
+from gridedge.gateway.ingest_mqtt import MQTTIngest
+from gridedge.gateway.pipeline import DeviceInfo, Pipeline
 from gridedge.gateway.protocol import Channel, Frame, Stat, build_frame
+from gridedge.gateway.store import TELEMETRY, Store
+from gridedge.tools.brokers import LOCAL_BROKER_SETTINGS
 from mqtt_capture import wait_for
 
-# Production local brokers need this too: Mosquitto queues at most 1000 messages per
-# offline client by default, and the gateway's session must hold a whole outage.
-LOCAL_BROKER_EXTRA = "max_queued_messages 1000000\nmax_queued_bytes 0\n"
+LOCAL_BROKER_EXTRA = LOCAL_BROKER_SETTINGS  # as documented for production
 
 
 def device_key(device: str) -> bytes:
@@ -109,3 +116,71 @@ class DevicePublisher:
         self.client.loop_stop()
         self.client.disconnect()
 
+
+class Line:
+    """A pty pair whose slave is reached through a stable symlink (like /dev/serial/by-id)."""
+
+    def __init__(self, link: Path) -> None:
+        self.link = link
+        self.master = -1
+        self.plug()
+
+    def plug(self) -> None:
+        self.master, slave = os.openpty()
+        tty.setraw(slave)
+        name = os.ttyname(slave)
+        os.close(slave)
+        if self.link.is_symlink():
+            self.link.unlink()
+        self.link.symlink_to(name)
+
+    def unplug(self) -> None:
+        os.close(self.master)
+        self.link.unlink()
+
+    def write(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+
+def start_ingest(store: Store, port: int, devices: list[str]) -> tuple[Pipeline, MQTTIngest]:
+    """An in-process pipeline and MQTT ingest on ``store``, subscribed to the broker."""
+    pipe = Pipeline(store, {d: DeviceInfo(device_key(d)) for d in devices},
+                    commit_interval_ms=10)
+    ingest = MQTTIngest(LocalBroker(port=port, client_id="ingest-test"), pipe)
+    pipe.start()
+    ingest.start()
+    assert wait_for(lambda: ingest.subscribed, 10), "no SUBACK"
+    return pipe, ingest
+
+
+def stored(store: Store) -> list[tuple[str, int, int]]:
+    return [(r.device, r.boot, r.seq) for r in store.fetch(TELEMETRY, 0, 100_000)]
+
+
+def leftovers(port: int, client_id: str = "ingest-test") -> int:
+    """Connect as the ingest's session and count what the broker still redelivers (the
+    daemon's session is ``gridedge-gateway-ingest``)."""
+    got: list[int] = []
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+    c.on_message = lambda *_: got.append(1)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    threading.Event().wait(1.5)
+    c.loop_stop()
+    c.disconnect()
+    return len(got)
+
+
+def metrics(port: int, missing_ok: bool = False) -> dict[str, float]:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    except urllib.error.URLError:
+        if missing_ok:  # not listening yet
+            return {}
+        raise
+    out = {}
+    for line in text.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out

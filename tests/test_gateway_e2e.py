@@ -6,8 +6,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from gateway_fixtures import (
     GatewayProcess,
     config_text,
     frame,
+    metrics,
 )
 from mqtt_capture import Capture, wait_for
 
@@ -64,21 +63,6 @@ def start_all(
     return cfg, capture, gw, DevicePublisher(local.port)
 
 
-def metrics(port: int, missing_ok: bool = False) -> dict[str, float]:
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
-    except urllib.error.URLError:
-        if missing_ok:  # not listening yet
-            return {}
-        raise
-    out = {}
-    for line in text.decode().splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
-
-
 def test_every_reading_arrives_once(tmp_path: Path, brokers: tuple[Mosquitto, Mosquitto]) -> None:
     port = free_port()
     cfg, capture, gw, pub = start_all(tmp_path, *brokers, metrics_port=port,
@@ -87,11 +71,13 @@ def test_every_reading_arrives_once(tmp_path: Path, brokers: tuple[Mosquitto, Mo
         for seq in range(100):
             for d in DEVICES:
                 pub.publish(d, frame(d, seq))
-        # Bad input on the way: garbage, a forged MAC, an unknown device, a duplicate.
+        # Bad input on the way: garbage, a forged MAC, an unknown device, a duplicate, and
+        # one device's genuine new frame on another device's topic (docs/protocol.md §6).
         pub.publish(DEVICES[0], b"\x00garbage")
         pub.publish(DEVICES[0], frame(DEVICES[0], 500, key=bytes(32)))  # forged MAC
-        pub.publish(DEVICES[0], frame("stranger", 1))  # unknown device
+        pub.publish("stranger", frame("stranger", 1))  # unknown device
         pub.publish(DEVICES[1], frame(DEVICES[1], 99))  # a duplicate
+        pub.publish(DEVICES[0], frame(DEVICES[2], 600))  # valid MAC, wrong topic
         everything = {(d, 1, s) for d in DEVICES for s in range(100)}
         assert wait_for(lambda: len(identities(capture)) == 500, 30), (
             sorted(everything - set(identities(capture))), metrics(port),
@@ -105,7 +91,7 @@ def test_every_reading_arrives_once(tmp_path: Path, brokers: tuple[Mosquitto, Mo
         assert capture.payloads("/status")[0].startswith(b'{"state": "online"')
         m = metrics(port)
         assert m["gridedge_frames_accepted_total"] == 500
-        for reason in ("malformed", "bad_mac", "unknown_device", "duplicate"):
+        for reason in ("malformed", "bad_mac", "unknown_device", "duplicate", "wrong_source"):
             assert m.get(f'gridedge_frames_rejected_total{{reason="{reason}"}}') == 1, (
                 reason, {k: v for k, v in m.items() if k.startswith("gridedge")})
         assert m["gridedge_uplink_connected"] == 1
@@ -119,7 +105,7 @@ def test_every_reading_arrives_once(tmp_path: Path, brokers: tuple[Mosquitto, Mo
         h = health()
         assert h["gateway"] == "gw-test" and h["ingest"]["accepted"] == 500
         assert h["ingest"]["rejected"] == {"malformed": 1, "bad_mac": 1, "unknown_device": 1,
-                                           "duplicate": 1}
+                                           "duplicate": 1, "wrong_source": 1}
         assert h["store"]["telemetry"] == 0 and h["open_alarms"] == 0
     finally:
         pub.close()

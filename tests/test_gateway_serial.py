@@ -2,42 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import tty
 from pathlib import Path
 
-from gateway_fixtures import device_key, frame
+from gateway_fixtures import Line, device_key, frame
 from gridedge.gateway import framing
 from gridedge.gateway.config import SerialPort
 from gridedge.gateway.ingest_serial import SerialIngest
 from gridedge.gateway.pipeline import DeviceInfo, Pipeline
 from gridedge.gateway.store import TELEMETRY, Store
 from mqtt_capture import wait_for
-
-
-class Line:
-    """A pty pair whose slave is reached through a stable symlink (like /dev/serial/by-id)."""
-
-    def __init__(self, link: Path) -> None:
-        self.link = link
-        self.master = -1
-        self.plug()
-
-    def plug(self) -> None:
-        self.master, slave = os.openpty()
-        tty.setraw(slave)
-        name = os.ttyname(slave)
-        os.close(slave)
-        if self.link.is_symlink():
-            self.link.unlink()
-        self.link.symlink_to(name)
-
-    def unplug(self) -> None:
-        os.close(self.master)
-        self.link.unlink()
-
-    def write(self, data: bytes) -> None:
-        os.write(self.master, data)
 
 
 def make_pipeline(tmp_path: Path) -> tuple[Store, Pipeline]:

@@ -22,6 +22,15 @@ class BrokerError(ToolError):
     pass
 
 
+# The gateway's local broker as docs/gateway.md documents it, beyond its listener and
+# persistence (a test holds the two equal). Mosquitto queues only 1000 messages for an
+# offline client by default, and the gateway's session must hold a whole outage; a frame
+# is at most 1 KiB, so a payload over 16 KiB is refused before anyone stores it.
+LOCAL_BROKER_SETTINGS = (
+    "max_queued_messages 1000000\nmax_queued_bytes 0\nmessage_size_limit 16384\n"
+)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

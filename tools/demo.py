@@ -25,12 +25,11 @@ from typing import Any, TextIO
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gridedge.tools.brokers import Mosquitto
+from gridedge.tools.brokers import LOCAL_BROKER_SETTINGS, Mosquitto
 from gridedge.tools.sim_fleet import Fleet
 from gridedge.tools.sim_scenario import load
 from gridedge.tools.simulate import DEFAULT_SCENARIO, register
 
-LOCAL_EXTRA = "max_queued_messages 1000000\nmax_queued_bytes 0\n"
 PREFIX = "gridedge/v1/gw"
 
 GATEWAY_TOML = """# written by `gridedge demo`
@@ -134,7 +133,7 @@ def run(duration: float, workdir: Path, out: TextIO, scenario_path: Path = DEFAU
     from gridedge.tools.brokers import free_port
 
     scenario = load(scenario_path, meters=meters)
-    local = Mosquitto(workdir / "local", persistence=True, extra=LOCAL_EXTRA).start()
+    local = Mosquitto(workdir / "local", persistence=True, extra=LOCAL_BROKER_SETTINGS).start()
     cloud = Mosquitto(workdir / "cloud").start()
     config = workdir / "gateway.toml"
     metrics_port = free_port()

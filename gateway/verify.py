@@ -1,0 +1,111 @@
+"""Verify: the one boundary where untrusted bytes become an accepted frame or a rejection.
+
+Every frame a reader hands over (local MQTT, serial) crosses ``Verifier.verify`` and
+nothing else: decode and authenticate (protocol.FrameDecoder, on strict_cbor), bind the
+key id to the source the frame came by (its MQTT topic or serial port, when that names a
+device), then de-duplicate by (device, boot, seq). Whatever goes wrong - a declared
+``ProtocolError``, a de-duplication verdict, or an exception nobody foresaw - becomes one
+counted reason in ``rejected`` and at most one log line per device and reason a minute;
+the caller only ever sees an ``Accepted`` or ``None``, so one bad frame costs only itself.
+Every map here is bounded: the log limiter keeps at most ``MAX_KEYS`` (device, reason)
+entries and a few lines per reason a minute, however many device ids an attacker invents.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gridedge.gateway.dedup import Deduplicator
+from gridedge.gateway.errors import ProtocolError
+from gridedge.gateway.protocol import Frame, FrameDecoder
+
+log = logging.getLogger(__name__)
+INTERNAL_ERROR = "internal_error"  # an exception the decoder does not declare: a bug
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    frame: Frame
+    missing: int  # frames newly found missing before this one
+    late: bool  # it fills an earlier gap
+
+
+class RateLimitedLog:
+    """Log a problem once per (device, reason) per interval and at most ``burst`` lines
+    per reason per interval; say how many were held back. Bounded: the oldest of more
+    than ``max_keys`` entries is forgotten (at worst, it is logged again)."""
+
+    def __init__(self, interval_s: float = 60.0, burst: int = 10, max_keys: int = 1024) -> None:
+        self.interval_s = interval_s
+        self.burst = burst
+        self.max_keys = max_keys
+        self._last: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._window: dict[str, tuple[float, int]] = {}  # reason -> (window start, lines)
+        self._held: Counter[str] = Counter()  # reason -> lines held back since the last
+
+    def __call__(self, device: str, reason: str, message: str) -> None:
+        now = time.monotonic()
+        key = (device, reason)
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            return
+        start, lines = self._window.get(reason, (now, 0))
+        if now - start >= self.interval_s:
+            start, lines = now, 0
+        if lines >= self.burst:
+            self._held[reason] += 1
+            return
+        self._window[reason] = (start, lines + 1)
+        self._last[key] = now
+        self._last.move_to_end(key)
+        if len(self._last) > self.max_keys:
+            self._last.popitem(last=False)
+        held = self._held.pop(reason, 0)
+        more = f" ({held} more like it not logged)" if held else ""
+        log.warning("%s from %s: %s%s", reason, device or "?", message, more)
+
+
+class Verifier:
+    def __init__(self, keys: Mapping[str, bytes], dedup: Deduplicator) -> None:
+        self.decoder = FrameDecoder(keys)
+        self.dedup = dedup
+        self.rejected: Counter[str] = Counter()  # keys: Reason values and dedup verdicts
+        self.log = RateLimitedLog()
+
+    def reject(self, reason: str, source: str, detail: str, device: str = "") -> None:
+        """Count and log one rejected frame (also for readers: a serial CRC error)."""
+        self.rejected[reason] += 1
+        self.log(device or source, reason, detail)
+
+    def verify(self, raw: bytes | ProtocolError, source: str,
+               claimed: str | None = None) -> Accepted | None:
+        """The authenticated, new frame; or None, counted. ``raw`` may be the reader's
+        own rejection (a message too large to read); ``claimed``: the device the source
+        stands for (the topic's device level, a serial port's configured device)."""
+        try:
+            if isinstance(raw, ProtocolError):
+                raise raw
+            frame = self.decoder.decode(raw, claimed)
+            verdict = self.dedup.check(frame.device_id, frame.boot, frame.seq)
+        except ProtocolError as e:
+            self.reject(e.reason.value, source, e.detail, e.device_id or "")
+            return None
+        except Exception as e:  # a bug in decoding: it must cost only this frame
+            self.reject(INTERNAL_ERROR, source, f"{type(e).__name__} while verifying")
+            log.debug("frame from %s raised", source, exc_info=True)
+            return None
+        if not verdict.accept:
+            reason = verdict.reason or "rejected"
+            self.rejected[reason] += 1
+            if reason != "duplicate":  # a resend is normal; these are not
+                self.log(frame.device_id, reason, f"boot {frame.boot} seq {frame.seq} is "
+                         "older than what was already accepted")
+            return None
+        if verdict.missing:
+            self.log(frame.device_id, "gap", f"{verdict.missing} frame(s) missing before "
+                     f"boot {frame.boot} seq {frame.seq}")
+        return Accepted(frame, verdict.missing, verdict.late)
