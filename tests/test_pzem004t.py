@@ -180,3 +180,100 @@ def test_energy_reset_alarm_and_address(fw: FirmwareRunner, vboard: VirtualBoard
     assert out[7]["v"] == 230_000 and out[8] == [0x22]
     # set_address went to the general address 0xF8, as the manual requires.
     assert any(frame[0] == 0xF8 and frame[1] == 0x06 for frame in vboard.uart("uart2").written)
+
+
+# ---------------------------------------------------------------- a module that stops answering
+
+
+def pzem_hook(board: VirtualBoard, dev: PZEM004T) -> Any:
+    def hook(args: list[str]) -> str:
+        if args[0] == "silent":
+            dev.go_silent()
+        elif args[0] == "wake":
+            dev.wake()
+        elif args[0] == "noise":
+            dev.fault = "noise"
+        elif args[0] == "clear":
+            dev.fault = None
+        elif args[0] == "inject":
+            board.uart("uart2").inject(bytes.fromhex(args[1]))
+        elif args[0] == "requests":
+            return str(dev.requests)
+        return "OK"
+
+    return hook
+
+
+# Short times for the test: 30 ms reply timeout, back-off 50 ms doubling up to 1 s.
+FAST = {"timeout_ms": 30, "backoff_ms": 50, "backoff_max_ms": 1000}
+ST_INVALID_TIMEOUT = 0x01 | 0x04  # docs/protocol.md section 3
+
+
+def test_emulator_goes_silent_for_a_while() -> None:
+    now = [100.0]
+    dev = PZEM004T(0x01, clock=lambda: now[0])
+    dev.go_silent(5.0)
+    assert dev.handle(with_crc(bytes.fromhex("01040000000a"))) is None
+    now[0] += 5.0
+    assert dev.handle(with_crc(bytes.fromhex("01040000000a"))) is not None  # answers again
+    assert (dev.requests, dev.unanswered) == (2, 1)
+    dev.fault = "noise"
+    reply = dev.handle(with_crc(bytes.fromhex("01040000000a")))
+    assert reply is not None and len(reply.data) == 25
+    noise = reply.data
+    assert not any(  # no valid frame anywhere in the noise
+        crc16(noise[i : i + n - 2]) == struct.unpack("<H", noise[i + n - 2 : i + n])[0]
+        for n in (4, 5, 7, 8, 25) for i in range(len(noise) - n + 1)
+    )
+
+
+def test_silent_module_backs_off_and_recovers_without_reboot(
+    fw: FirmwareRunner, vboard: VirtualBoard
+) -> None:
+    dev = PZEM004T(0x01)
+    dev.set_reading(voltage=231.0, current=1.0, power=230.0)
+    vboard.attach_uart("uart2", dev)
+    vboard.hooks["pzem"] = pzem_hook(vboard, dev)
+    out = run_ops(fw, vboard, [
+        ["read", 1],
+        ["host", "pzem", "silent"],
+        ["reads", 1, 25, 10],  # 25 samples, 10 ms apart, while it says nothing
+        ["host", "pzem", "requests"],
+        ["period", 1, 5],  # what a frame carries meanwhile
+        ["host", "pzem", "inject", "a5ff001301"],  # stale bytes on the line
+        ["host", "pzem", "wake"],
+        ["read_until_ok", 1, 3000],
+        ["period", 1, 3],
+        ["stats", 1],
+    ], **FAST)
+    assert out[0]["v"] == 231_000
+    assert out[2] == {"timeout": 25}  # never a value, never zeros
+    # Three tries, then one per back-off (50, 100, 200... ms): not one request per sample.
+    assert int(out[3]) - 1 <= 8
+    assert out[4] == {"0": 0, "1": ST_INVALID_TIMEOUT, "11": 0, "12": 5}  # no quantity keys
+    assert out[7]["reading"]["v"] == 231_000  # answers again: read without a reboot
+    assert out[8]["1"] == 0 and out[8]["2"] == [231_000] * 3 and out[8]["11"] == 3
+    stats = out[9]
+    assert stats["outages"] == 1 and stats["recoveries"] == 1 and not stats["silent"]
+    assert stats["skipped"] >= 15
+    assert stats["stale_bytes"] >= 5  # the line was drained before the request that recovered
+
+
+def test_module_sending_noise_is_invalid_then_recovers(
+    fw: FirmwareRunner, vboard: VirtualBoard
+) -> None:
+    dev = PZEM004T(0x01)
+    dev.set_reading(voltage=229.0, current=2.0, power=450.0)
+    dev.fault = "noise"
+    vboard.attach_uart("uart2", dev)
+    vboard.hooks["pzem"] = pzem_hook(vboard, dev)
+    out = run_ops(fw, vboard, [
+        ["reads", 1, 20, 10], ["host", "pzem", "requests"], ["host", "pzem", "clear"],
+        ["read_until_ok", 1, 3000], ["stats", 1],
+    ], **FAST)
+    assert "ok" not in out[0] and set(out[0]) <= {"desync", "crc", "timeout"}
+    assert int(out[1]) <= 8  # backed off
+    assert out[3]["reading"]["v"] == 229_000
+    stats = out[4]
+    assert stats["outages"] == 1 and stats["recoveries"] == 1
+    assert stats["errors"]["desync"] + stats["errors"]["crc"] >= 3

@@ -11,18 +11,23 @@ and echoes the request. Errors are replies with function | 0x80 and an exception
 (0x01 illegal function, 0x02 illegal address, 0x03 illegal data). A request with a bad CRC
 gets no reply, as on a real Modbus slave.
 
-Faults for tests: ``fault`` set to one of FAULTS corrupts or withholds replies.
+Faults for tests: ``fault`` set to one of FAULTS corrupts or withholds replies ("noise":
+a reply of line noise with no valid frame in it, as from a module whose UART side is
+failing). ``go_silent(seconds)`` makes the module stop answering for a while and then answer
+again on its own, as field units do after days of running (``wake`` ends it early).
 """
 
 from __future__ import annotations
 
 import struct
+import time
+from collections.abc import Callable
 
 from gridedge.tools.emulators import Reply
 
 GENERAL_ADDRESS = 0xF8
 BROADCAST = 0x00
-FAULTS = ("crc", "silence", "garbage", "late", "short", "exception")
+FAULTS = ("crc", "silence", "garbage", "late", "short", "exception", "noise")
 
 ILLEGAL_FUNCTION = 0x01
 ILLEGAL_ADDRESS = 0x02
@@ -51,7 +56,8 @@ class PZEM004T:
     #: a "late" fault answers after this long (drivers wait 100-250 ms)
     LATE_S = 1.0
 
-    def __init__(self, address: int = 0x01) -> None:
+    def __init__(self, address: int = 0x01,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.address = address
         self.alarm_threshold_w = 23_000
         self.voltage_dv = 2300  # 0.1 V
@@ -65,7 +71,24 @@ class PZEM004T:
         # module), for deterministic tests: {3: "crc"} corrupts only the third reply.
         self.faults_at: dict[int, str] = {}
         self.requests = 0
+        self.unanswered = 0  # requests addressed to it that got no reply while silent
+        self._clock = clock
+        self._silent_until: float | None = None
         self._energy_frac_wh = 0.0
+
+    # -- faults over time ----------------------------------------------------
+    def go_silent(self, seconds: float = float("inf")) -> None:
+        """Stop answering for `seconds` (default: until ``wake``), then answer again."""
+        self._silent_until = self._clock() + seconds
+
+    def wake(self) -> None:
+        self._silent_until = None
+
+    @property
+    def silent(self) -> bool:
+        if self._silent_until is not None and self._clock() >= self._silent_until:
+            self._silent_until = None
+        return self._silent_until is not None
 
     # -- physical side -------------------------------------------------------
     def set_reading(
@@ -113,6 +136,9 @@ class PZEM004T:
         if addr not in (self.address, GENERAL_ADDRESS, BROADCAST):
             return None
         self.requests += 1
+        if self.silent:  # hangs before acting on the request
+            self.unanswered += 1
+            return None
         fault = self.faults_at.pop(self.requests, self.fault)
         body = self._execute(fn, request[2:-2])
         if addr == BROADCAST or fault == "silence":
@@ -125,11 +151,23 @@ class PZEM004T:
             reply = reply[:-1] + bytes([reply[-1] ^ 0x5A])
         elif fault == "garbage":
             reply = b"\xa5\x00\xff\x13" + reply
+        elif fault == "noise":
+            reply = self._noise(len(reply))
         elif fault == "short":
             reply = reply[: len(reply) // 2]
         elif fault == "late":
             delay = self.LATE_S
         return Reply(reply, delay, late=fault == "late")
+
+    def _noise(self, n: int) -> bytes:
+        """n bytes of line noise, different per request, never holding a valid reply."""
+        x = self.requests * 2_654_435_761 & 0xFFFFFFFF
+        out = bytearray()
+        for _ in range(n):
+            x = (1_103_515_245 * x + 12_345) & 0xFFFFFFFF
+            out.append((x >> 16) & 0xFF)
+        out[0] = self.address ^ 0x80  # never a frame starting at byte 0
+        return bytes(out)
 
     def _execute(self, fn: int, data: bytes) -> bytes:
         if fn == 0x04:

@@ -16,6 +16,16 @@ Robustness: stale bytes are drained before every request; a reply is searched fo
 arrives (garbage in front of it is skipped, "desync"), CRC-checked, and matched against the
 address and function asked. Timeouts, CRC errors, exception replies and desyncs raise
 ``DriverError`` and are counted; nothing from an earlier reply is ever returned again.
+
+A module that stops answering (field units do, after days of running, and come back on
+their own or after a supply glitch) must neither stall the loop nor need a reboot. After
+three requests in a row without a valid reply (timeout, CRC error or noise) the module
+counts as silent (``outages``): further requests wait for a back-off of 1 s, doubling up to
+30 s, and each call before then fails at once with kind "timeout" and no bus traffic
+(``skipped``), so the channel reads invalid, never zero or stale. The request that ends the
+back-off drains the line first, and takes the first valid reply (any late reply to the
+last request came long before). The first valid reply after silence counts in
+``recoveries`` and ends the back-off.
 """
 
 import struct
@@ -31,20 +41,22 @@ from gemeter.drivers import (
     DriverError,
 )
 
-FN_READ_HOLDING = const(0x03)
-FN_READ_INPUT = const(0x04)
-FN_WRITE_SINGLE = const(0x06)
-FN_RESET_ENERGY = const(0x42)
+_FN_READ_HOLDING = const(0x03)
+_FN_READ_INPUT = const(0x04)
+_FN_WRITE_SINGLE = const(0x06)
+_FN_RESET_ENERGY = const(0x42)
 
-REG_VOLTAGE = const(0x0000)
-INPUT_REGISTERS = const(10)
-HREG_ALARM_THRESHOLD = const(0x0001)
-HREG_ADDRESS = const(0x0002)
+_REG_VOLTAGE = const(0x0000)
+_INPUT_REGISTERS = const(10)
+_HREG_ALARM_THRESHOLD = const(0x0001)
+_HREG_ADDRESS = const(0x0002)
 
-GENERAL_ADDRESS = const(0xF8)  # answered by any single module: only with one on the bus
-MAX_ALARM_W = const(25000)
+_GENERAL_ADDRESS = const(0xF8)  # answered by any single module: only with one on the bus
+_MAX_ALARM_W = const(25000)
 
 _RX_SIZE = const(64)
+_DRAIN_READS = const(8)  # reads of stale bytes before a request: a babbling line cannot hold it
+_SILENT_AFTER = const(3)  # requests in a row without a valid reply: the module is silent
 
 
 def crc16(data, n=None):
@@ -94,8 +106,9 @@ class Reading:
 class PZEM004T:
     """One PZEM-004T v3 module at ``address`` on ``uart``."""
 
-    def __init__(self, uart, address=0x01, timeout_ms=200, gap_ms=5):
-        if not 0x01 <= address <= 0xF7 and address != GENERAL_ADDRESS:
+    def __init__(self, uart, address=0x01, timeout_ms=200, gap_ms=5, backoff_ms=1000,
+                 backoff_max_ms=30000):
+        if not 0x01 <= address <= 0xF7 and address != _GENERAL_ADDRESS:
             raise ValueError("PZEM address must be 0x01..0xF7 (or 0xF8 alone on the bus)")
         self.uart = uart
         self.address = address
@@ -106,26 +119,38 @@ class PZEM004T:
         self.errors = {KIND_TIMEOUT: 0, KIND_CRC: 0, KIND_EXCEPTION: 0, KIND_DESYNC: 0}
         self.stale_bytes = 0
         self._after_timeout = False
+        self.backoff_ms = backoff_ms  # first wait once silent; doubles up to backoff_max_ms
+        self.backoff_max_ms = backoff_max_ms
+        self.outages = 0  # times the module fell silent
+        self.recoveries = 0  # times it answered again after that
+        self.skipped = 0  # calls refused without bus traffic while backing off
+        self._misses = 0  # requests in a row without a valid reply
+        self._wait_ms = 0  # current back-off
+        self._retry_at = 0  # ticks_ms of the next request allowed while silent
+
+    @property
+    def silent(self):
+        return self._misses >= _SILENT_AFTER
 
     # -- public API -----------------------------------------------------------
     def read(self):
         """All measurements; raises DriverError. Never returns an earlier reading."""
-        payload = struct.pack(">HH", REG_VOLTAGE, INPUT_REGISTERS)
-        data = self._transact(FN_READ_INPUT, payload, 3 + 2 * INPUT_REGISTERS + 2)
-        if data[2] != 2 * INPUT_REGISTERS:
+        payload = struct.pack(">HH", _REG_VOLTAGE, _INPUT_REGISTERS)
+        data = self._transact(_FN_READ_INPUT, payload, 3 + 2 * _INPUT_REGISTERS + 2)
+        if data[2] != 2 * _INPUT_REGISTERS:
             raise self._fail(KIND_DESYNC, "reply holds %d bytes, expected 20" % data[2])
         return Reading(struct.unpack_from(">10H", data, 3))
 
     def reset_energy(self):
-        self._transact(FN_RESET_ENERGY, b"", 4)
+        self._transact(_FN_RESET_ENERGY, b"", 4)
 
     def set_power_alarm(self, watts):
-        if not 0 <= watts <= MAX_ALARM_W:
-            raise ValueError("power alarm must be 0..%d W" % MAX_ALARM_W)
-        self._write_register(HREG_ALARM_THRESHOLD, watts)
+        if not 0 <= watts <= _MAX_ALARM_W:
+            raise ValueError("power alarm must be 0..%d W" % _MAX_ALARM_W)
+        self._write_register(_HREG_ALARM_THRESHOLD, watts)
 
     def power_alarm(self):
-        data = self._transact(FN_READ_HOLDING, struct.pack(">HH", HREG_ALARM_THRESHOLD, 1), 7)
+        data = self._transact(_FN_READ_HOLDING, struct.pack(">HH", _HREG_ALARM_THRESHOLD, 1), 7)
         return struct.unpack_from(">H", data, 3)[0]
 
     def set_address(self, new_address):
@@ -133,14 +158,14 @@ class PZEM004T:
         alone on the bus (every module would take the new address)."""
         if not 0x01 <= new_address <= 0xF7:
             raise ValueError("PZEM address must be 0x01..0xF7")
-        self.address = GENERAL_ADDRESS
-        self._write_register(HREG_ADDRESS, new_address)
+        self.address = _GENERAL_ADDRESS
+        self._write_register(_HREG_ADDRESS, new_address)
         self.address = new_address
 
     # -- bus traffic ----------------------------------------------------------
     def _write_register(self, register, value):
         payload = struct.pack(">HH", register, value)
-        data = self._transact(FN_WRITE_SINGLE, payload, 8)
+        data = self._transact(_FN_WRITE_SINGLE, payload, 8)
         if bytes(data[2:6]) != payload:  # MicroPython's memoryview has no ==
             raise self._fail(KIND_DESYNC, "write echo differs from the request")
 
@@ -149,12 +174,51 @@ class PZEM004T:
         return DriverError(kind, "PZEM 0x%02X: %s" % (self.address, message))
 
     def _transact(self, function, payload, reply_len):
+        """One request and its validated reply (a memoryview of _rx), with the silence
+        bookkeeping of the module docstring."""
+        if self._misses >= _SILENT_AFTER:
+            wait = time.ticks_diff(self._retry_at, time.ticks_ms())
+            if wait > 0:
+                self.skipped += 1
+                raise DriverError(KIND_TIMEOUT, "PZEM 0x%02X: silent, next try in %d ms" % (
+                    self.address, wait))
+            self._after_timeout = False  # a late reply to the last request is long drained
+        try:
+            data = self._exchange(function, payload, reply_len)
+        except DriverError as e:
+            if e.kind == KIND_EXCEPTION:  # an error reply is still an answer
+                self._answered()
+            else:
+                self._missed()
+            raise
+        self._answered()
+        return data
+
+    def _answered(self):
+        if self._misses >= _SILENT_AFTER:
+            self.recoveries += 1
+        self._misses = 0
+        self._wait_ms = 0
+
+    def _missed(self):
+        self._misses += 1
+        if self._misses < _SILENT_AFTER:
+            return
+        if self._misses == _SILENT_AFTER:
+            self.outages += 1
+        w = self._wait_ms
+        self._wait_ms = self.backoff_ms if w == 0 else min(2 * w, self.backoff_max_ms)
+        self._retry_at = time.ticks_add(time.ticks_ms(), self._wait_ms)
+
+    def _exchange(self, function, payload, reply_len):
         """Send one request and return the validated reply as a memoryview of _rx."""
         uart = self.uart
         wait = self.gap_ms - time.ticks_diff(time.ticks_ms(), self._last)
         if wait > 0:
             time.sleep_ms(wait)
-        while uart.any():  # stale bytes from a late reply or line noise
+        for _ in range(_DRAIN_READS):  # stale bytes from a late reply or line noise
+            if not uart.any():
+                break
             junk = uart.read()
             self.stale_bytes += len(junk) if junk else 0
         uart.write(request(self.address, function, payload))
@@ -216,7 +280,8 @@ class PZEM004T:
             length = 5 if rx[i + 1] & 0x80 else reply_len
             if i + length > n:
                 continue
-            if crc16(memoryview(rx)[i:], length - 2) == rx[i + length - 2] | (rx[i + length - 1] << 8):
+            crc = rx[i + length - 2] | (rx[i + length - 1] << 8)  # low byte first
+            if crc16(memoryview(rx)[i:], length - 2) == crc:
                 return (i, length)
         return None
 
