@@ -4,18 +4,44 @@ Offers the installer console for a few seconds after boot (press Enter), then ru
 meter application until power-off. The console runs before the hardware watchdog starts.
 A missing device key or board file sends the device to the console instead of looping;
 leaving that console tries to start again, so a fix made there (key generate, save, exit)
-starts the meter without a reset.
+starts the meter without a reset. Nothing typed at the console keeps the meter from
+starting: a fault in the console itself is printed and the meter starts all the same.
+The console's code is unloaded before the meter runs, so its heap is the meter's.
 """
 
 FIRMWARE_VERSION = "0.1.0"
 
 
-def main():
-    from gemeter import console
+def console(window):
+    """The boot window's console (window) or the console itself. True if the installer
+    left it with exit; False if none ran, its input ended, or it failed. KeyboardInterrupt
+    (Ctrl-C) still ends the program: mpremote and `gridedge flash` take a board over so."""
+    try:
+        from gemeter import console as con
 
+        if window and not con.boot_window():
+            return False
+        return not con.run().eof  # the Console is dropped here, with the module below
+    except Exception as e:  # noqa: BLE001 - the console must never stop the meter
+        print("gridedge: console failed: %r" % (e,))
+        return False
+    finally:
+        unload_console()
+
+
+def unload_console():
+    import sys
+
+    import gemeter
+
+    sys.modules.pop("gemeter.console", None)
+    if "console" in dir(gemeter):
+        delattr(gemeter, "console")
+
+
+def main():
     print("gridedge firmware %s" % FIRMWARE_VERSION)
-    if console.boot_window():
-        console.run()
+    console(True)
     from gemeter.app import App
 
     while True:  # leaving the console tries again: the installer may have fixed it there
@@ -24,7 +50,7 @@ def main():
             break
         except (OSError, ValueError, RuntimeError) as e:
             print("gridedge: cannot start: %s" % e)
-            if console.run().eof:
+            if not console(False):
                 return
     app.run()
 

@@ -164,3 +164,109 @@ def test_broken_config_falls_back_and_says_so(
     problems = [line for line in out if line.startswith("problem: ")]
     assert any("sample_interval_ms must be a whole number" in p for p in problems)
     assert any("unknown key bogus" in p for p in problems)
+
+
+# ---------------------------------------------------------------- hostile input
+
+
+def raw_session(fw: FirmwareRunner, board: VirtualBoard, root: Path,
+                typed: list[tuple[bytes, int]], timeout: float = 120) -> str:
+    """Everything the console printed for these bytes (each part repeated), then 'exit'."""
+    parts = [[data.hex(), times] for data, times in [*typed, (b"exit\n", 1)]]
+    return fw.run("console_session.py", json.dumps(
+        {"root": str(root) + os.sep, "input_parts": parts}), env=board.env(), timeout=timeout)
+
+
+def test_hostile_lines_get_one_error_line_each_and_the_console_goes_on(
+    fw: FirmwareRunner, vboard: VirtualBoard, meter: VirtualMeter
+) -> None:
+    """A 300-character first word (MicroPython refuses names of 254+ characters), lines of
+    20 KB, 100 KB and 1 MB (MemoryError and quadratic time before), bytes that are not
+    UTF-8 and control characters: one error line each (none for the control characters,
+    which are dropped), and the next command is answered. The 1 MB line must not take
+    minutes: the run's timeout is the bound, generous on purpose."""
+    typed = [(b"a" * 300 + b"\n", 1), (b"get " + b"k" * 300 + b"\n", 1),
+             (b"x" * 1000, 20), (b"\n", 1), (b"set wifi_ssid ", 1), (b"y" * 1000, 100),
+             (b"\n", 1), (b"z" * 1000, 1000), (b"\n", 1), (b"\xff\xfe get device_id \xc3\n", 1),
+             (b"\x00\x07\x1b\x01\n", 1), (b"get device_id\n", 1)]
+    out = raw_session(fw, vboard, meter.root, typed, timeout=60).split("\n")
+    answers = [line for line in out if not line.startswith("gridedge> ")]
+    assert answers[0] == "gridedge console (help for commands, exit to leave)"
+    assert answers[1:] == [
+        "error: unknown command '" + "a" * 24 + "...' (try: help)",
+        "error: unknown key " + "k" * 300 + " (try: show)",
+        "error: line longer than 512 bytes: ignored, nothing was done",
+        "error: line longer than 512 bytes: ignored, nothing was done",
+        "error: line longer than 512 bytes: ignored, nothing was done",
+        "error: the line is not UTF-8 text: ignored, nothing was done",
+        "device_id = mtr-test-01",
+        "",
+    ], answers
+    # The dropped part of a long line is not echoed; the 512 bytes before it are.
+    assert max(len(line) for line in out) <= len("gridedge> ") + 512
+    saved = json.loads((meter.root / "config.json").read_text())
+    assert saved.get("wifi_ssid", "") == ""  # the overlong 'set' did nothing
+
+
+SECRET_SPELLINGS = [  # (typed line, the secret in it, the setting it lands in or "key")
+    ("SET wifi_password W-upper-1", "W-upper-1", "wifi_password"),
+    ("Set mqtt_password M-mixed-2", "M-mixed-2", "mqtt_password"),
+    ("   set wifi_password W-spaces-3", "W-spaces-3", "wifi_password"),
+    ("\tset\tmqtt_password\tM-tabs-4", "M-tabs-4", "mqtt_password"),
+    (' \t SET \t WIFI_PASSWORD "W quoted 5"', "W quoted 5", None),  # refused, still masked
+    ("set wifi_passworX\bd W-backspace-6", "W-backspace-6", "wifi_password"),
+    ("set wifi_ssid site\b\b\b\b\b\b\b\b\bpassword W-retyped-7", "W-retyped-7", "wifi_password"),
+    (f"key set {NEW_KEY}", NEW_KEY, "key"),
+    (f"KEY  SET {NEW_KEY}", NEW_KEY, "key"),
+    (f"\tKey\tSet\t{NEW_KEY}", NEW_KEY, "key"),
+]
+
+
+@pytest.mark.parametrize("typed,secret,setting", SECRET_SPELLINGS,
+                         ids=[str(i) for i in range(len(SECRET_SPELLINGS))])
+def test_secrets_are_masked_by_the_parsed_command_however_typed(
+    fw: FirmwareRunner, vboard: VirtualBoard, meter: VirtualMeter, typed: str, secret: str,
+    setting: str | None
+) -> None:
+    """Masking follows the words, not a prefix: any case, spaces or tabs before and between
+    them, a backspace that turns a word into a secret key. Nothing of the secret is
+    echoed; the command works as typed."""
+    out = raw_session(fw, vboard, meter.root, [(f"{typed}\nsave\n".encode(), 1)])
+    for part in {secret, secret[:4], secret[-4:], *(w for w in secret.split() if len(w) > 2)}:
+        assert part not in out and part.upper() not in out, out
+    assert "*" * len(secret) in out
+    if setting == "key":
+        assert (meter.root / "key.bin").read_bytes() == bytes.fromhex(NEW_KEY)
+    elif setting is not None:
+        assert json.loads((meter.root / "config.json").read_text())[setting] == secret
+    else:
+        assert "error: unknown key WIFI_PASSWORD (try: show)" in out
+
+
+def test_the_gateways_ca_reaches_the_board_in_hex_chunks(
+    fw: FirmwareRunner, vboard: VirtualBoard, meter: VirtualMeter, tmp_path: Path
+) -> None:
+    """ca begin / add / end stores /ca.der (a DER certificate, checked), ca fingerprint
+    and show report it; garbage is refused with one error line and stores nothing."""
+    import hashlib
+
+    from certs import make_pki
+
+    der = make_pki(tmp_path / "pki").ca_der.read_bytes()
+    chunks = [der[i:i + 200].hex() for i in range(0, len(der), 200)]
+    fp = hashlib.sha256(der).hexdigest()[:16]
+    lines = ["ca fingerprint", "ca end", "ca add 00", "ca begin", "ca add 3005020100",
+             "ca end", "ca begin", "ca add zz", "ca begin",
+             *[f"ca add {c}" for c in chunks], "ca end", "ca fingerprint", "show"]
+    out = session(fw, vboard, meter.root, lines)
+    assert replies(out, "ca fingerprint") == ["ca: none"]
+    assert replies(out, "ca end")[0].startswith("error: nothing received")
+    assert replies(out, "ca add 00") == ["error: ca begin first"]
+    assert replies(out, "ca add 3005020100") == ["ca: 5 bytes"]
+    assert any(line == "error: not a certificate in DER form (openssl x509 -outform der)"
+               for line in out)
+    assert replies(out, "ca add zz")[0].startswith("error: ca add takes hex digits")
+    assert f"ca stored, {len(der)} bytes, sha256 {fp}" in out
+    assert f"ca: {len(der)} bytes, sha256 {fp}" in replies(out, "show")
+    assert (meter.root / "ca.der").read_bytes() == der
+    assert any(line.startswith("heap: ") for line in replies(out, "show"))

@@ -68,3 +68,33 @@ def test_a_key_made_at_the_console_starts_the_meter_when_it_is_left(
     assert "new key, fingerprint" in out
     frames, errors = meter.frames()
     assert errors == [] and frames and frames[0].seq == 0, (out, err, errors)
+
+
+def test_nothing_typed_at_the_console_keeps_the_meter_from_starting(
+    fw: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path
+) -> None:
+    """Into the boot window's console: a 300-character word (RuntimeError: name too long
+    under MicroPython, which ended main.py before), a 20 KB line, bytes that are not
+    UTF-8. Each is one error line; after exit the meter starts and sends frames."""
+    meter = VirtualMeter(vboard, tmp_path, sample_interval_ms=20, report_interval_s=1)
+    proc = fw.start(FIRMWARE / "main.py", env=vboard.env(), cwd=meter.root)
+    try:
+        assert proc.stdin is not None
+        proc.stdin.buffer.write(b"\n" + b"a" * 300 + b"\n" + b"x" * 20_000 + b"\n"
+                                + b"\xff\xc3\n" + b"exit\n")
+        proc.stdin.buffer.flush()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(meter.frames()[0]) < 2:
+            time.sleep(0.2)
+        alive = proc.poll() is None
+    finally:
+        proc.kill()
+        out, err = proc.communicate()
+    assert alive, (out, err)
+    frames, errors = meter.frames()
+    assert errors == [] and [f.seq for f in frames[:2]] == [0, 1], (out, err)
+    assert [line for line in out.split("\n") if "error:" in line] == [
+        "error: unknown command '" + "a" * 24 + "...' (try: help)",
+        "error: line longer than 512 bytes: ignored, nothing was done",
+        "error: the line is not UTF-8 text: ignored, nothing was done"], out
+    assert "Traceback" not in err, err
