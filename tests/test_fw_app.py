@@ -60,27 +60,6 @@ def test_boot_counter_and_energy_survive_restart(
     assert second["state_writes"] == 2  # the boot counter, then the final checkpoint only
 
 
-def test_ten_thousand_cycles_in_128k_heap(
-    fw_micropython: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path
-) -> None:
-    """The real main loop under `micropython -X heapsize=128K`: 10,000 sample cycles against
-    both emulators, every frame accepted by the gateway, heap flat after warm-up."""
-    meter = VirtualMeter(vboard, tmp_path, sample_interval_ms=1, report_interval_s=1)
-    stats = fw_micropython.run_json(
-        "app_run.py", meter.request(10_000), heapsize="128K", env=vboard.env()
-    )
-    frames, errors = meter.frames()
-    assert errors == []
-    assert stats["cycles"] == 10_000 and stats["frames"] == len(frames) == 10
-    assert stats["state_writes"] == 2  # boot counter + final checkpoint: flash wear bounded
-    assert [f.seq for f in frames] == list(range(10))
-    assert all(c.valid and c.values["samples"] == 1000 for f in frames for c in f.channels)
-    # After two warm-up reports the live heap (after each report's collection) is flat.
-    assert stats["heap_live_max"] - stats["heap_live_min"] <= 64, stats
-    assert stats["heap_live_max"] < 100 * 1024
-    print(f"\nfirmware main loop, 10,000 cycles under -X heapsize=128K: {stats}")
-
-
 def test_serial_link_over_a_pty(fw: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path) -> None:
     """The gateway's side of a serial link is a real tty read with pyserial."""
     meter = VirtualMeter(vboard, tmp_path, sample_interval_ms=10)

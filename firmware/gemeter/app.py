@@ -6,6 +6,10 @@ the hardware watchdog (only here, so a hung driver or link resets the board); ch
 energy totals within the flash-wear budget; sleep until the next sample is due. The boot
 counter is saved before the first frame. ``run`` returns statistics when given a cycle
 limit (tests, benchmarks); on a board it runs forever.
+
+Garbage collection is never switched off: after each report the loop collects and notes
+the live and free heap (``stats``: heap_live_*, heap_free_min), which measures the meter
+without risking it. The console's ``show`` prints the same figures on a board.
 """
 
 import gc
@@ -129,11 +133,13 @@ class App:
         self.link = None
         self.seq = 0
         self.uptime_ms = 0
-        # Measurements for tests and benchmarks, in fixed slots (no growth while running):
-        # live heap after the collection at each report (min/max after two warm-up
-        # reports), allocation per cycle between collections, busy time per cycle.
+        # Measurements, in fixed slots (no growth while running): the live heap after the
+        # collection at each report (first, then min/max after two warm-up reports), the
+        # smallest free heap seen there, and busy time per cycle. Garbage collection is
+        # never switched off to measure: a board that ran out of heap in a measuring cycle
+        # would stop metering (the watchdog would reset it).
         self.heap_live = [None, None, None]  # first, min after warm-up, max after warm-up
-        self.alloc_per_cycle = 0
+        self.heap_free_min = None
         self.busy_us = [0, 0]  # total, max
 
     def energy(self):
@@ -149,11 +155,7 @@ class App:
         interval = self.cfg.get("sample_interval_ms")
         last = time.ticks_ms()
         due = last
-        measure = False
         while max_cycles is None or self.sampler.cycles < max_cycles:
-            if measure:  # the cycle after a report: count what one cycle allocates
-                gc.disable()
-                before = gc.mem_alloc()
             t0 = time.ticks_us()
             self.sampler.sample()
             now = time.ticks_ms()
@@ -164,13 +166,8 @@ class App:
                     self.boot, self.seq, self.uptime_ms, self.clock.unix_ms(), self.ring.dropped))
                 self.seq += 1
                 self.state.checkpoint(self.energy(), self.cfg.get("checkpoint_s"))
-                gc.collect()
-                self._note_heap(gc.mem_alloc())
-                measure = True
-            elif measure:
-                self.alloc_per_cycle = gc.mem_alloc() - before
-                gc.enable()
-                measure = False
+                gc.collect()  # once per report: the heap figures below are then live data
+                self._note_heap(gc.mem_alloc(), gc.mem_free())
             self.link.service(self.ring)
             busy = time.ticks_diff(time.ticks_us(), t0)
             self.busy_us[0] += busy
@@ -187,7 +184,9 @@ class App:
         self.state.checkpoint(self.energy(), self.cfg.get("checkpoint_s"), force=True)
         return self.stats()
 
-    def _note_heap(self, live):
+    def _note_heap(self, live, free):
+        if self.heap_free_min is None or free < self.heap_free_min:
+            self.heap_free_min = free
         h = self.heap_live
         if h[0] is None:
             h[0] = live
@@ -205,7 +204,7 @@ class App:
             "heap_live_first": self.heap_live[0],
             "heap_live_min": self.heap_live[1],
             "heap_live_max": self.heap_live[2],
-            "alloc_per_cycle": self.alloc_per_cycle,
+            "heap_free_min": self.heap_free_min,
             "busy_us_mean": self.busy_us[0] // cycles,
             "busy_us_max": self.busy_us[1],
             "state_writes": self.state.writes,
