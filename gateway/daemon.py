@@ -79,14 +79,14 @@ class Daemon:
         self.watchdog = sdnotify.Watchdog(probes)
 
     def health(self) -> dict[str, object]:
-        """Store depth, ingest counts and open alarms for the uplink's health message."""
+        """Store depth, ingest counts and link, open alarms for the uplink's health message."""
         depth = self.store.depth()
         p = self.pipeline
         return {
             "store": {"alarms": depth["alarms"], "telemetry": depth["telemetry"],
                       "bytes": depth["bytes"], "oldest_age_s": depth["oldest_age_ms"] / 1000},
             "ingest": {"accepted": p.accepted, "rejected": dict(p.rejected),
-                       "missing": p.missing},
+                       "missing": p.missing, "link": self.ingest.link.snapshot().as_dict()},
             "open_alarms": len(p.checks.open_alarms()) if p.checks is not None else 0,
         }
 

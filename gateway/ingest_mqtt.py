@@ -14,6 +14,9 @@ that is down), is an error in the log, not a silently idle or lossy gateway. Eac
 goes to the pipeline with the device its topic names (the ``+`` level), which its key id
 must match; a PUBLISH larger than ``MAX_PUBLISH`` is never read into memory (see
 paho_adapter) but still reaches the pipeline, as a ``too_large`` rejection to acknowledge.
+The link's state (connected; disconnected: unreachable, lost, or closed before the broker
+answered, as a TLS-only listener does; refused by the broker) goes to a ``Link``, which
+logs each change once, reminds at most once a minute, and feeds ``status`` and metrics.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gridedge.gateway.config import LocalBroker
 from gridedge.gateway.errors import ProtocolError, Reason
+from gridedge.gateway.link import DISCONNECTED, REFUSED, Link
 from gridedge.gateway.paho_adapter import Client
 from gridedge.gateway.pipeline import Pipeline
 
@@ -35,6 +39,10 @@ log = logging.getLogger(__name__)
 
 
 MAX_PUBLISH = 64 * 1024  # bytes: a PUBLISH's payload beyond this is never read
+# The broker took the TCP connection and closed it without a CONNACK: what Mosquitto does
+# on a TLS listener to a client speaking plain MQTT (the ingest has no TLS).
+UNANSWERED = ("connection closed before the broker answered the MQTT CONNECT (a TLS-only "
+              "listener? the ingest connects without TLS)")
 
 
 def topic_device(pattern: str) -> Callable[[str], str | None]:
@@ -59,6 +67,8 @@ class MQTTIngest:
         self.connects = 0
         self.subscribed = False  # the broker granted the subscription on this connection
         self._qos0_logged = False
+        self.link = Link("ingest", f"the local broker {cfg.host}:{cfg.port}", log)
+        self._answered = False  # a CONNACK arrived on the current connection attempt
         self.on_connected: Callable[[], None] | None = None  # e.g. re-announce to HA
         self._acks: list[int] = []  # committed frames' mids (committer thread only)
         self._device_of = topic_device(cfg.topic)
@@ -75,6 +85,7 @@ class MQTTIngest:
         self.client.max_inflight_messages_set(1000)  # frames in flight to us, per session
         self.client.reconnect_delay_set(1, 30)
         self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
@@ -103,9 +114,9 @@ class MQTTIngest:
         return bool(self.client.is_connected())
 
     def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
+        self._answered = True
         if rc.is_failure:
-            log.error("local broker %s:%d refused the connection: %s",
-                      self.cfg.host, self.cfg.port, rc)
+            self.link.down(REFUSED, str(rc))
             return
         if self.connects and not flags.session_present:
             log.warning("local broker %s:%d no longer had the gateway's session (restarted "
@@ -115,7 +126,14 @@ class MQTTIngest:
         client.subscribe(self.cfg.topic, qos=1)
         if self.on_connected is not None:
             self.on_connected()
-        log.info("ingest connected to %s:%d", self.cfg.host, self.cfg.port)
+        self.link.up()
+
+    def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
+        """No connection: the socket could not be opened (paho retries with backoff)."""
+        self._answered = False
+        e = self.client.connect_error
+        self.link.down(DISCONNECTED, "connection failed" if e is None else
+                       e.strerror or str(e) or type(e).__name__)
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
         rc = codes[0]
@@ -135,10 +153,19 @@ class MQTTIngest:
         self.subscribed = True
         log.info("ingest subscribed to %s (QoS %d)", self.cfg.topic, rc.value)
 
-    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
         self.subscribed = False
-        if rc != 0:
-            log.warning("ingest lost the local broker (%s); reconnecting", rc)
+        answered, self._answered = self._answered, False
+        if rc == 0:  # our own disconnect(), at shutdown
+            return
+        if not answered:
+            self.link.down(DISCONNECTED, UNANSWERED)
+        elif self.link.connected:
+            # paho names a dropped socket "Unspecified error"
+            self.link.down(DISCONNECTED, f"the broker closed the session ({rc})"
+                           if flags.is_disconnect_packet_from_server else
+                           "connection lost" if str(rc) == "Unspecified error" else str(rc))
+        # else: the broker refused the CONNECT; _on_connect has reported it
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         mid = msg.mid

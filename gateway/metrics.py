@@ -4,7 +4,10 @@ Nothing is counted twice: the collector asks the pipeline, readers, store and up
 their figures at scrape time (prometheus_client's text format on http://HOST:PORT/metrics).
 Store figures come from the store's own bookkeeping; ``gridedge_bytes_written_total`` is
 what this process made the kernel write to storage (/proc/self/io write_bytes): the
-SD-card wear the gateway causes.
+SD-card wear the gateway causes. The local-broker link is exported as
+``gridedge_ingest_connected``, ``gridedge_ingest_state_since_seconds`` (unix time of its
+last change), ``gridedge_ingest_link_info{state,error}`` (why it is down) and
+``gridedge_ingest_connect_failures_total``.
 """
 
 from __future__ import annotations
@@ -13,8 +16,15 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import start_http_server
-from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    REGISTRY,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+)
 from prometheus_client.registry import Collector
+
+from gridedge.gateway.link import CONNECTED
 
 if TYPE_CHECKING:
     from gridedge.gateway.daemon import Daemon
@@ -24,7 +34,7 @@ class DaemonCollector(Collector):
     def __init__(self, daemon: Daemon) -> None:
         self.d = daemon
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | InfoMetricFamily]:
         d = self.d
         p = d.pipeline
         c = CounterMetricFamily("gridedge_frames_accepted", "Frames verified and stored")
@@ -62,8 +72,25 @@ class DaemonCollector(Collector):
         yield c
         g = GaugeMetricFamily("gridedge_ingest_subscribed",
                               "1 while the local broker grants the frame subscription")
-        g.add_metric([], 1 if d.ingest is not None and d.ingest.subscribed else 0)
+        g.add_metric([], 1 if d.ingest.subscribed else 0)
         yield g
+        link = d.ingest.link.snapshot()
+        g = GaugeMetricFamily("gridedge_ingest_connected",
+                              "1 while the ingest is connected to the local broker")
+        g.add_metric([], 1 if link.state == CONNECTED else 0)
+        yield g
+        g = GaugeMetricFamily("gridedge_ingest_state_since_seconds",
+                              "Unix time of the local broker link's last change of state")
+        g.add_metric([], link.since)
+        yield g
+        i = InfoMetricFamily("gridedge_ingest_link", "The local broker link: state "
+                             "(connecting, connected, disconnected, refused), last error")
+        i.add_metric([], {"state": link.state, "error": link.error})
+        yield i
+        c = CounterMetricFamily("gridedge_ingest_connect_failures",
+                                "Failed or lost connections to the local broker")
+        c.add_metric([], link.failures)
+        yield c
         up = d.uplink
         g = GaugeMetricFamily("gridedge_uplink_connected", "1 while the cloud link is up")
         g.add_metric([], 1 if up is not None and up.connected else 0)

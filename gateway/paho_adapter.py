@@ -15,6 +15,8 @@ Ingest needs three things paho does not offer publicly, all for MQTT 3.1.1 reads
   acknowledge it: otherwise the broker would deliver it again after every reconnect.
 - **Acknowledgements in bulk.** ``Client.send_pubacks`` queues a batch's PUBACKs as one
   buffer (paho otherwise writes and wakes the broker once per PUBACK).
+- **Why a connection attempt failed.** paho's loop catches the ``OSError`` of a failed
+  attempt and calls ``on_connect_fail`` without it; ``Client.connect_error`` keeps it.
 
 Everything else uses paho's public API.
 """
@@ -150,6 +152,17 @@ class Client(mqtt.Client):
     def __init__(self, *args: Any, max_publish: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_publish = max_publish
+        self.connect_error: OSError | None = None  # of the last attempt that failed
+
+    def reconnect(self) -> MQTTErrorCode:
+        """Each connection attempt (paho's loop calls it): keeps the error for
+        ``on_connect_fail``, which paho calls without it."""
+        self.connect_error = None
+        try:
+            return super().reconnect()
+        except OSError as e:
+            self.connect_error = e
+            raise
 
     def _create_socket(self) -> Any:  # private in paho
         return ReadAhead(super()._create_socket(), self.max_publish)

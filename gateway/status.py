@@ -2,14 +2,16 @@
 
 The store part (queue depth, oldest record age, drop counters, each device's last
 (boot, seq)) is read from the SQLite file, so it works with the daemon stopped. The live
-part (uplink connected, reconnects, delivered records, open alarms, serial ports) lives
-only in the daemon's memory; it is read from the daemon's own metrics endpoint on
+part (the local broker link: state, since when, last error, accepted and rejected frames;
+uplink connected, reconnects, delivered records; open alarms; serial ports) lives only
+in the daemon's memory; it is read from the daemon's own metrics endpoint on
 localhost, so the daemon never writes status files to the SD card. A daemon that does not
 answer is reported as such, not as an error.
 """
 
 from __future__ import annotations
 
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -28,12 +30,24 @@ def live(host: str, port: int, timeout: float = 2.0) -> dict[str, Any]:
             text = r.read().decode()
     except (OSError, urllib.error.URLError) as e:
         return {"running": False, "detail": f"no answer from {url}: {e}"}
-    out: dict[str, Any] = {"running": True, "uplink": {}, "open_alarms": [], "serial": {},
-                           "rejected": {}}
+    ingest: dict[str, Any] = {"state": None, "since": None, "for_s": None, "error": "",
+                              "subscribed": False, "connect_failures": 0, "accepted": 0,
+                              "rejected": {}}
+    out: dict[str, Any] = {"running": True, "ingest": ingest, "uplink": {}, "open_alarms": [],
+                           "serial": {}}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             name, labels, value = s.name, s.labels, s.value
-            if name == "gridedge_uplink_connected":
+            if name == "gridedge_ingest_link_info":
+                ingest["state"], ingest["error"] = labels["state"], labels["error"]
+            elif name == "gridedge_ingest_state_since_seconds":
+                ingest["since"] = iso_ms(int(value * 1000))
+                ingest["for_s"] = round(max(0.0, time.time() - value), 1)
+            elif name == "gridedge_ingest_subscribed":
+                ingest["subscribed"] = bool(value)
+            elif name == "gridedge_ingest_connect_failures_total":
+                ingest["connect_failures"] = int(value)
+            elif name == "gridedge_uplink_connected":
                 out["uplink"]["state"] = "connected" if value else "disconnected"
             elif name == "gridedge_uplink_reconnects_total":
                 out["uplink"]["connects"] = int(value)
@@ -44,9 +58,9 @@ def live(host: str, port: int, timeout: float = 2.0) -> dict[str, Any]:
             elif name == "gridedge_serial_open":
                 out["serial"][labels["port"]] = "open" if value else "closed"
             elif name == "gridedge_frames_accepted_total":
-                out["accepted"] = int(value)
+                ingest["accepted"] = int(value)
             elif name == "gridedge_frames_rejected_total":
-                out["rejected"][labels["reason"]] = int(value)
+                ingest["rejected"][labels["reason"]] = int(value)
     return out
 
 

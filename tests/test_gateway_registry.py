@@ -120,7 +120,7 @@ def test_added_device_is_live_after_sighup_and_status_shows_it(tmp_path: Path) -
         daemon = st["daemon"]
         assert isinstance(daemon, dict) and daemon["running"] is True
         assert daemon["uplink"] == {"state": "disconnected", "connects": 0, "delivered": 0}
-        assert daemon["accepted"] == 3
+        assert daemon["ingest"]["accepted"] == 3 and daemon["ingest"]["state"] == "connected"
         assert {"kind": "over_voltage", "source": "mtr-new", "channel": "0"} in \
             daemon["open_alarms"]
         assert st["alarms"] == 2  # the over-voltage alarm and the gap event
