@@ -133,7 +133,7 @@ def test_tls_and_password(
         root.mkdir()
         (root / "ca.der").write_bytes(pki.ca_der.read_bytes())
         meter = VirtualMeter(vboard, root, link="mqtt", mqtt_host="localhost",
-                             mqtt_port=broker.port, mqtt_tls=True, mqtt_user="meter",
+                             mqtt_port=broker.port, mqtt_tls="on", mqtt_user="meter",
                              mqtt_password="pa55-w0rd", sample_interval_ms=100,
                              report_interval_s=1)
         stats = fw_micropython.run_json("app_run.py", meter.request(20), env=vboard.env())
@@ -153,6 +153,39 @@ def test_tls_and_password(
         broker.stop()
     log = (tmp_path / "tls-broker" / "mosquitto.log").read_text().lower()
     assert "not authorised" in log or "bad user name or password" in log, log
+
+
+def test_tls_is_the_default_once_the_gateways_ca_is_on_the_board(
+    fw_micropython: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path
+) -> None:
+    """mqtt_tls left at its default (auto) with /ca.der on the board: TLS, verified. Set
+    to on without the CA: the link stays down and says why; sampling goes on."""
+    pki = make_pki(tmp_path / "pki")
+    broker = Mosquitto(tmp_path / "tls-broker", extra="\n".join([
+        f"cafile {pki.ca_pem}", f"certfile {pki.server_cert}", f"keyfile {pki.server_key}",
+        "allow_anonymous true", "",
+    ])).start()
+    capture = Capture(broker.port, ca=str(pki.ca_pem), host="localhost")
+    try:
+        root = tmp_path / "meter"
+        root.mkdir()
+        (root / "ca.der").write_bytes(pki.ca_der.read_bytes())
+        meter = VirtualMeter(vboard, root, link="mqtt", mqtt_host="localhost",
+                             mqtt_port=broker.port, sample_interval_ms=100, report_interval_s=1)
+        assert "mqtt_tls" not in json.loads((root / "config.json").read_text())
+        stats = fw_micropython.run_json("app_run.py", meter.request(20), env=vboard.env())
+        assert stats["link_sent"] == 2 and stats["link_failures"] == 0, stats
+        assert capture.wait(lambda: len(capture.payloads("/frame")) == 2, 10)
+
+        (root / "ca.der").unlink()
+        cfg = json.loads((root / "config.json").read_text())
+        (root / "config.json").write_text(json.dumps({**cfg, "mqtt_tls": "on"}))
+        stats = fw_micropython.run_json("app_run.py", meter.request(20), env=vboard.env())
+        assert stats["frames"] == 2 and stats["link_sent"] == 0 and stats["link_failures"] >= 1
+        assert f"mqtt_tls is on but there is no CA certificate {root}/ca.der" in stats["link_error"]
+    finally:
+        capture.close()
+        broker.stop()
 
 
 def test_keepalive_pings_when_idle(

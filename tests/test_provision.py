@@ -28,6 +28,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from brokers import Mosquitto
+from certs import make_pki
 from firmware_fixtures import VirtualMeter
 from fwrunner import FIRMWARE, MPY_LIB, firmware_module
 from gridedge.gateway import framing
@@ -38,6 +40,7 @@ from gridedge.gateway.registry import Registry
 from gridedge.tools.provision import console_value
 from gridedge.tools.vboard import VirtualBoard
 from gridedge.tools.vdevice import MACHINE_SHIM, VirtualDevice
+from mqtt_capture import Capture
 
 WIFI_SECRET = "correct-horse-battery"
 MQTT_SECRET = "mqtt-s3cret-pw"
@@ -168,6 +171,94 @@ def test_provision_configures_saves_registers_and_the_meter_runs(
     everything = proc.stdout + proc.stderr + transcript
     for secret in (key.hex(), key.hex().upper(), WIFI_SECRET, MQTT_SECRET):
         assert secret not in everything
+
+
+def test_with_the_gateways_ca_the_meter_sends_over_tls(
+    board: Board, gateway_config: Path, tmp_path: Path
+) -> None:
+    """--ca-file (PEM here): the board gets the CA as /ca.der and mqtt_tls on; after the
+    console is left, the meter publishes to a TLS-only broker that checks its password,
+    verifying the broker against that CA."""
+    pki = make_pki(tmp_path / "pki")
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "meter", MQTT_SECRET],
+                   check=True, capture_output=True)
+    broker = Mosquitto(tmp_path / "tls-broker", extra="\n".join([
+        f"cafile {pki.ca_pem}", f"certfile {pki.server_cert}", f"keyfile {pki.server_key}",
+        f"password_file {passwd}", "allow_anonymous false", "",
+    ])).start()
+    capture = Capture(broker.port, ca=str(pki.ca_pem), user="meter", password=MQTT_SECRET,
+                      host="localhost")
+    try:
+        proc = provision(
+            board, gateway_config, "--device-id", "mtr-tls", "--link", "mqtt",
+            "--set", "mqtt_host=localhost", "--set", f"mqtt_port={broker.port}",
+            "--set", "mqtt_user=meter", "--secret-env", "mqtt_password=MQTT_PW",
+            "--set", "sample_interval_ms=20", "--set", "report_interval_s=1",
+            "--ca-file", str(pki.ca_pem), env={"MQTT_PW": MQTT_SECRET})
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr == ""
+        der = pki.ca_der.read_bytes()
+        assert (board.root / "ca.der").read_bytes() == der
+        assert json.loads((board.root / "config.json").read_text())["mqtt_tls"] == "on"
+        digest = hashlib.sha256(der).hexdigest()[:16]
+        assert (f"the gateway's CA stored on the board as /ca.der ({len(der)} bytes, sha256 "
+                f"{digest}): MQTT over TLS\n") in proc.stdout
+        key = load(gateway_config).device_keys()["mtr-tls"]
+        assert capture.wait(lambda: len(capture.payloads("mtr-tls/frame")) >= 2, 20), \
+            board.transcript.read_text()
+        frames = [FrameDecoder({"mtr-tls": key}).decode(p)
+                  for p in capture.payloads("mtr-tls/frame")]
+        assert [f.seq for f in frames[:2]] == [0, 1]
+    finally:
+        capture.close()
+        broker.stop()
+    assert MQTT_SECRET not in proc.stdout + proc.stderr + board.transcript.read_text()
+
+
+def test_an_mqtt_password_without_tls_is_refused_unless_allowed(
+    board: Board, gateway_config: Path
+) -> None:
+    """MQTT with a password and no CA (auto means plaintext then) or mqtt_tls off: refused
+    before anything is saved. mqtt_tls on without a CA: refused. --allow-plaintext: done,
+    with a warning."""
+    mqtt = ("--device-id", "mtr-pw", "--link", "mqtt", "--set", "mqtt_host=gw.local",
+            "--secret-env", "mqtt_password=MQTT_PW")
+    env = {"MQTT_PW": MQTT_SECRET}
+    line = one_line_error(provision(board, gateway_config, *mqtt, env=env))
+    assert line == ("the board would send its MQTT password over Wi-Fi in clear (no CA "
+                    "certificate (/ca.der) on the board): give the gateway's CA with "
+                    "--ca-file, or --allow-plaintext to accept that; nothing saved on the board")
+    line = one_line_error(provision(board, gateway_config, *mqtt, "--set", "mqtt_tls=off",
+                                    env=env))
+    assert line.startswith("the board would send its MQTT password over Wi-Fi in clear "
+                           "(mqtt_tls is off)")
+    line = one_line_error(provision(board, gateway_config, *mqtt, "--set", "mqtt_tls=on",
+                                    env=env))
+    assert line == ("mqtt_tls is on but the board has no CA certificate (/ca.der): give the "
+                    "gateway's CA with --ca-file; nothing saved on the board")
+    assert sorted(p.name for p in board.root.iterdir()) == ["board.json", "main.py"]
+    assert Registry(gateway_config).entries() == []
+
+    proc = provision(board, gateway_config, *mqtt, "--allow-plaintext", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ("WARNING: MQTT without TLS (no CA certificate (/ca.der) on the "
+                           "board): the board's MQTT password crosses the Wi-Fi in clear "
+                           "(--allow-plaintext)\n")
+    saved = json.loads((board.root / "config.json").read_text())
+    assert saved["mqtt_tls"] == "auto" and saved["mqtt_password"] == MQTT_SECRET
+    assert MQTT_SECRET not in proc.stdout + proc.stderr
+
+
+def test_a_ca_file_that_is_no_certificate_is_refused_before_the_port(
+    gateway_config: Path, tmp_path: Path
+) -> None:
+    bogus = tmp_path / "ca.pem"
+    bogus.write_text("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n")
+    line = one_line_error(gridedge("provision", "--port", "/dev/null", "--device-id", "m1",
+                                   "--gateway-config", str(gateway_config),
+                                   "--ca-file", str(bogus)))
+    assert line == f"--ca-file {bogus}: not a certificate (PEM or DER)"
 
 
 def test_at_the_repl_with_a_key_file_and_reboot(

@@ -96,7 +96,8 @@ def _provision(args: argparse.Namespace) -> int:
         [tuple(c) for c in args.calibrate or []], role=args.role, site=args.site,
         feeder=args.feeder, channels=tuple(args.channel or ()),
         key=provision.read_key(Path(args.key_file) if args.key_file else None),
-        reboot=args.reboot, timeout=args.timeout)
+        ca=provision.read_ca(Path(args.ca_file)) if args.ca_file else None,
+        allow_plaintext=args.allow_plaintext, reboot=args.reboot, timeout=args.timeout)
     provision.provision(request)
     return 0
 
@@ -187,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel", action="append", metavar="NAME",
                    help="channel name for the registry, in channel order (repeat)")
     p.add_argument("--key-file", help="use this key (64 hex digits) instead of a new one")
+    p.add_argument("--ca-file", help="the CA certificate (PEM or DER) of the gateway's MQTT "
+                   "broker: copied to the board as /ca.der, and mqtt_tls set on (MQTT over "
+                   "TLS, the broker verified)")
+    p.add_argument("--allow-plaintext", action="store_true",
+                   help="provision MQTT with a password but without TLS (the password then "
+                   "crosses the Wi-Fi in clear): a warning instead of a refusal")
     p.add_argument("--reboot", action="store_true",
                    help="reboot the board at the end (default: leave the console, so the "
                    "meter starts)")

@@ -6,22 +6,33 @@ pyserial, one command per line, each answer read up to the next ``gridedge> `` p
 reached by pressing Enter (repeatedly, so the tool may start before the board is reset), in
 the boot window or at a console already open; at a MicroPython REPL it is started by import.
 The order keeps the two sides consistent: first everything that needs no board (arguments,
-secrets, the gateway config, a duplicate id in its registry); then on the board the settings
-and calibrations (memory only), the key made here (``key set``, so board and gateway hold the
-same key), its fingerprint checked against the key's, and ``save``; only then the registry
-entry, so a failure never leaves a registered device without its settings. A failure before
-``save`` makes the console discard what was set (``exit``). The key and the passwords are
-never printed: the tool writes no console text anywhere, error messages name secret commands
+secrets, the CA file, the gateway config, a duplicate id in its registry); then on the board
+the settings (memory only), the TLS check below, the calibrations, the gateway's CA (``ca
+begin``, ``ca add`` in hex chunks, ``ca end``: written to /ca.der at once, its SHA-256
+checked), the key made here (``key set``, so board and gateway hold the same key), its
+fingerprint checked against the key's, and ``save``; only then the registry entry, so a
+failure never leaves a registered device without its settings. A failure before ``save``
+makes the console discard what was set (``exit``). The key and the passwords are never
+printed: the tool writes no console text anywhere, error messages name secret commands
 without their values, and the board must echo a secret's characters as ``*``.
+
+MQTT over Wi-Fi is TLS by default: with ``--ca-file`` (the gateway's CA, PEM or DER) the
+board gets it as /ca.der and ``mqtt_tls on`` (unless the command line sets mqtt_tls). When
+the request touches MQTT (link, an mqtt_* setting or password, a CA), the tool asks the
+board what it will do and refuses a board that would send an MQTT password in clear (link
+mqtt, a password, and TLS off or no CA) unless ``--allow-plaintext``, which warns instead;
+mqtt_tls on without a CA on the board is refused too (the link could never come up).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import os
 import re
 import secrets
+import ssl
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -42,6 +53,8 @@ REPL_START = "import gemeter.console as c; c.run()"
 ENTER_EVERY_S = 0.5  # how often Enter is pressed until the console answers
 QUIET_S = 0.3  # the console is ready once this long passes without output after a prompt
 CAL_KINDS = ("voltage", "current", "power")
+CA_MAX = 4096  # bytes of DER the console takes (firmware/gemeter/console.py CA_MAX)
+CA_CHUNK = 200  # bytes per 'ca add' line: 400 hex digits, within the console's 512
 
 
 class ProvisionError(ToolError):
@@ -71,6 +84,8 @@ class Request:
     feeder: str = ""
     channels: tuple[str, ...] = ()
     key: bytes | None = None  # None: a new random key
+    ca: bytes | None = None  # the gateway's CA certificate, DER, for /ca.der on the board
+    allow_plaintext: bool = False  # warn, not refuse, an MQTT password without TLS
     reboot: bool = False
     timeout: float = 10.0
 
@@ -149,6 +164,29 @@ def read_key(key_file: Path | None) -> bytes | None:
     if len(key) != 32:
         raise ProvisionError(f"key file {key_file} must hold 64 hex digits")
     return key
+
+
+def read_ca(path: Path) -> bytes:
+    """The CA certificate in a file (PEM or DER) as DER, checked to be one certificate
+    that a TLS client can load and small enough for the board's console."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ProvisionError(f"--ca-file {path}: cannot read it: {e.strerror}") from e
+    der = data
+    if data.lstrip().startswith(b"-----BEGIN"):
+        try:
+            der = ssl.PEM_cert_to_DER_cert(data.decode("ascii").strip())
+        except (ValueError, UnicodeError) as e:
+            raise ProvisionError(f"--ca-file {path}: not a PEM certificate") from e
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=der)
+    except (ssl.SSLError, ValueError) as e:
+        raise ProvisionError(f"--ca-file {path}: not a certificate (PEM or DER)") from e
+    if len(der) > CA_MAX:
+        raise ProvisionError(f"--ca-file {path}: {len(der)} bytes of DER, the board takes at "
+                             f"most {CA_MAX}")
+    return der
 
 
 class Console:
@@ -256,27 +294,87 @@ def _registry(req: Request) -> Registry:
     return registry
 
 
+def _settings(req: Request) -> list[tuple[str, str]]:
+    """The settings to type: with a CA, mqtt_tls on unless the command line sets it."""
+    if req.ca is not None and "mqtt_tls" not in [n for n, _ in req.settings]:
+        return [*req.settings, ("mqtt_tls", "on")]
+    return req.settings
+
+
+def _value(con: Console, command: str) -> str:
+    """The VALUE of a 'KEY = VALUE' answer ('get KEY') or 'ca: VALUE' ('ca fingerprint')."""
+    answer = con.command(command, command)
+    line = answer[0] if answer else ""
+    return line.partition(" = " if " = " in line else ": ")[2]
+
+
+def _check_tls(con: Console, req: Request, out: TextIO) -> None:
+    """Refuse (or, with allow_plaintext, warn about) a board that would send its MQTT
+    password in clear; refuse mqtt_tls on without a CA. Asked of the board after the
+    settings were typed, so it covers what the board already held."""
+    names = {n for n, _ in req.settings} | set(req.secret_settings)
+    if req.ca is None and not any(n == "link" or n.startswith("mqtt_") for n in names):
+        return  # this run does not touch MQTT
+    link, tls = _value(con, "get link"), _value(con, "get mqtt_tls")
+    has_ca = req.ca is not None or _value(con, "ca fingerprint") not in ("", "none")
+    if tls == "on" and not has_ca:
+        raise ProvisionError("mqtt_tls is on but the board has no CA certificate (/ca.der): "
+                             "give the gateway's CA with --ca-file")
+    if link != "mqtt" or tls == "on" or (tls == "auto" and has_ca):
+        return
+    why = "mqtt_tls is off" if tls == "off" else "no CA certificate (/ca.der) on the board"
+    if _value(con, "get mqtt_password") == "(set)":
+        if not req.allow_plaintext:
+            raise ProvisionError(f"the board would send its MQTT password over Wi-Fi in clear "
+                                 f"({why}): give the gateway's CA with --ca-file, or "
+                                 "--allow-plaintext to accept that")
+        print(f"WARNING: MQTT without TLS ({why}): the board's MQTT password crosses the "
+              "Wi-Fi in clear (--allow-plaintext)", file=sys.stderr)
+    else:
+        print(f"warning: MQTT without TLS ({why}): frames are authenticated but readable on "
+              "the Wi-Fi; give the gateway's CA with --ca-file for TLS", file=sys.stderr)
+
+
+def _send_ca(con: Console, der: bytes, out: TextIO) -> None:
+    """The CA to /ca.der in hex chunks; the board's SHA-256 must be the file's."""
+    con.command("ca begin", "ca begin")
+    for i in range(0, len(der), CA_CHUNK):
+        con.command(f"ca add {der[i:i + CA_CHUNK].hex()}", "ca add (certificate)")
+    digest = hashlib.sha256(der).hexdigest()[:16]
+    got = con.command("ca end", "ca end")
+    if got != [f"ca stored, {len(der)} bytes, sha256 {digest}"]:
+        raise ProvisionError(f"the CA's sha256 is {digest} ({len(der)} bytes), but the board "
+                             f"answered '{' / '.join(got)}'")
+    print(f"the gateway's CA stored on the board as /ca.der ({len(der)} bytes, sha256 "
+          f"{digest}): MQTT over TLS", file=out)
+
+
 def _configure(con: Console, req: Request, key: bytes, out: TextIO) -> None:
-    """Settings, calibrations, key, save. On a failure the console discards the unsaved
-    settings (``exit``) and the message says what the board keeps."""
+    """Settings, TLS check, calibrations, CA, key, save. On a failure the console discards
+    the unsaved settings (``exit``) and the message says what the board keeps."""
     fp = fingerprint(key)
     kept = "nothing saved on the board"
     try:
         if "(unsaved changes: save)" in con.command("show", "show"):
             raise ProvisionError("the console holds unsaved changes from another session: "
                                  "save or discard them (exit) there first")
-        for name, value in req.settings:
+        settings = _settings(req)
+        for name, value in settings:
             typed = console_value(value)
             con.command(f"set {name} {typed}", f"set {name} {typed}")
         for name, value in req.secret_settings.items():
             typed = console_value(value)  # the console echoes each typed character as '*'
             con.command(f"set {name} {typed}", f"set {name} (secret)", secret=typed)
-        names = [n for n, _ in req.settings] + [f"{n} (secret)" for n in req.secret_settings]
+        names = [n for n, _ in settings] + [f"{n} (secret)" for n in req.secret_settings]
         print(f"set {', '.join(names)}", file=out)
+        _check_tls(con, req, out)
         for kind, channel, reference in req.calibrations:
             command = f"calibrate {kind} {channel} {reference}"
             print(f"calibrated {con.command(command, command)[0].split(', not saved')[0]}",
                   file=out)
+        if req.ca is not None:
+            _send_ca(con, req.ca, out)
+            kept = "the board keeps the gateway's CA (/ca.der), its settings are not saved"
         got = con.command(f"key set {key.hex()}", "key set (key)", secret=key.hex())
         kept = "the board keeps the new key (not registered), its settings are not saved"
         got += con.command("key fingerprint", "key fingerprint")

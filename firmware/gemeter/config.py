@@ -27,7 +27,7 @@ SCHEMA = {
     "wifi_password": (str, "", 0, 64, True, "Wi-Fi password"),
     "mqtt_host": (str, "", 0, 64, False, "gateway's MQTT broker host"),
     "mqtt_port": (int, 1883, 1, 65535, False, "gateway's MQTT broker port"),
-    "mqtt_tls": (bool, False, None, None, False, "TLS to the broker (CA in /ca.der)"),
+    "mqtt_tls": (str, "auto", ("auto", "on", "off"), None, False, "TLS: auto = if /ca.der is there"),
     "mqtt_user": (str, "", 0, 64, False, "MQTT user name"),
     "mqtt_password": (str, "", 0, 64, True, "MQTT password"),
     "mqtt_keepalive_s": (int, 60, 10, 600, False, "MQTT keepalive, s"),

@@ -11,8 +11,10 @@ would, but bounded and non-blocking for the sampling loop):
   come within the socket timeout marks the link dead (half-open connections).
 - Reconnect with exponential backoff from 1 s, capped at 60 s, with +-25 % jitter so a
   feeder's meters do not reconnect in lockstep after a gateway restart.
-- TLS with server verification against the gateway's CA (DER, /ca.der) when mqtt_tls is on;
-  user name and password when set.
+- TLS with server verification against the gateway's CA (DER, /ca.der, which ``gridedge
+  provision --ca-file`` puts there) by default: mqtt_tls ``auto`` (the default) is TLS
+  whenever /ca.der is on the board, ``on`` insists on it (no CA: the link stays down with
+  that error), ``off`` is plaintext. User name and password when set.
 - At most ``burst`` frames per service call, so a backlog does not starve sampling.
 """
 
@@ -30,13 +32,29 @@ def _jitter(ms):
     return ms * (192 + r // 2) // 256
 
 
+def use_tls(setting, ca_path):
+    """Whether to connect with TLS: mqtt_tls on/off as set; auto when the CA is there."""
+    if setting == "on":
+        return True
+    if setting == "off":
+        return False
+    try:
+        os.stat(ca_path)
+        return True
+    except OSError:
+        return False
+
+
 def _tls_context(ca_path):
     """An SSLContext that verifies the broker against the gateway's CA (DER, as mbedTLS on
     MicroPython wants it)."""
     import ssl
 
-    with open(ca_path, "rb") as f:
-        ca = f.read()
+    try:
+        with open(ca_path, "rb") as f:
+            ca = f.read()
+    except OSError:
+        raise OSError(2, "mqtt_tls is on but there is no CA certificate %s" % ca_path)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_verify_locations(cadata=ca)
@@ -71,6 +89,7 @@ class MQTTLink:
         self.burst = burst
         self.ca_path = ca_path
         self._tls = None
+        self.tls = False  # the last connection attempt's choice
         self.client = None
         self.backoff_ms = BACKOFF_MIN_MS
         self.next_attempt = time.ticks_ms()
@@ -89,7 +108,7 @@ class MQTTLink:
 
         cfg = self.cfg
         host = cfg.get("mqtt_host")
-        tls = cfg.get("mqtt_tls")
+        tls = self.tls = use_tls(cfg.get("mqtt_tls"), self.ca_path)
         self._tls = None
         if tls:
             self._tls = _TLSModule(_tls_context(self.ca_path), host)
@@ -178,8 +197,10 @@ class MQTTLink:
             self._connect()
             self.client.disconnect()
             self.client = None
-            return "mqtt link: connected to %s:%d and back" % (
-                self.cfg.get("mqtt_host"), self.cfg.get("mqtt_port"))
+            return "mqtt link: connected to %s:%d %s and back" % (
+                self.cfg.get("mqtt_host"), self.cfg.get("mqtt_port"),
+                "over TLS" if self.tls else "in plaintext (no TLS: no %s)" % self.ca_path
+                if self.cfg.get("mqtt_tls") == "auto" else "in plaintext (mqtt_tls off)")
         except Exception as e:  # noqa: BLE001 - report whatever stopped it, in one line
             self.client = None
             return "error: mqtt link to %s:%d: %r" % (
