@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from types import FrameType
 
 from gridedge.gateway import sdnotify
@@ -20,7 +19,6 @@ from gridedge.gateway.config import Config, ConfigError, load
 from gridedge.gateway.homeassistant import Discovery
 from gridedge.gateway.ingest_mqtt import MQTTIngest
 from gridedge.gateway.ingest_serial import SerialIngest
-from gridedge.gateway.payloads import iso_ms
 from gridedge.gateway.pipeline import DeviceInfo, Pipeline
 from gridedge.gateway.store import Store
 from gridedge.gateway.uplink import Uplink
@@ -43,14 +41,6 @@ class Daemon:
         self.cfg = cfg
         self.config_path = config_path
         self.store = Store(cfg.store_path, cfg.store.max_bytes, cfg.store.max_age_s)
-        if self.store.recovered_from is not None:
-            log.error("ALARM: the store was corrupt and was moved aside to %s",
-                      self.store.recovered_from)
-            # The operator may never read the log: tell the cloud, through the new store.
-            self.store.commit([Pipeline.alarm_record({
-                "type": "event", "state": "event", "kind": "store_corrupt", "device": "",
-                "feeder": "", "time": iso_ms(int(time.time() * 1000)),
-                "moved_to": str(self.store.recovered_from)})])
         registry = device_registry(cfg)
         checks = EdgeChecks(cfg.checks, check_info(registry)) if cfg.checks.enabled else None
         self.pipeline = Pipeline(self.store, registry,

@@ -26,12 +26,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from gridedge.gateway import events
 from gridedge.gateway.checks import EdgeChecks, Event
 from gridedge.gateway.dedup import Deduplicator
 from gridedge.gateway.errors import ProtocolError
-from gridedge.gateway.payloads import iso_ms, reading_json
+from gridedge.gateway.payloads import reading_json
 from gridedge.gateway.protocol import Frame
-from gridedge.gateway.store import ALARM, TELEMETRY, Record, Store, StoreError
+from gridedge.gateway.store import ALARM, TELEMETRY, Mark, Record, Store, StoreError
 from gridedge.gateway.verify import INTERNAL_ERROR, Accepted, Verifier
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ class Pipeline:
     def _run(self) -> None:
         while True:
             batch = self._collect()
+            self._store_events()
             if self.checks is not None and not self._stop.is_set():
                 try:
                     events = self.checks.tick()
@@ -169,13 +171,6 @@ class Pipeline:
                 break
         return batch
 
-    @staticmethod
-    def gap_event(frame: Frame, missing: int, now: float) -> Event:
-        """Frames lost upstream (a late one may still fill the gap; the cloud sees it then)."""
-        return {"type": "event", "state": "event", "kind": "gap", "device": frame.device_id,
-                "time": iso_ms(int(now * 1000)), "boot": frame.boot, "seq": frame.seq,
-                "missing": missing}
-
     def record(self, frame: Frame) -> Record:
         info = self.devices[frame.device_id]  # decoded, so the registry knows the device
         body = reading_json(frame, info.site or None, info.feeder or None,
@@ -192,13 +187,26 @@ class Pipeline:
         return Record(ALARM, ev.get("device") or ev.get("feeder", ""), boot, seq,
                       _JSON.encode(body).encode())
 
-    def _commit_events(self, events: list[Event]) -> None:
+    def _commit_events(self, evs: list[Event], marks: dict[str, Mark] | None = None) -> None:
         try:
-            self.store.commit([self.alarm_record(e) for e in events])
-            self.alarms += len(events)
+            self.store.commit([self.alarm_record(e) for e in evs], marks)
+            self.alarms += len(evs)
         except StoreError as e:
-            log.error("store: %s; %d alarm events lost", e, len(events))
-            self.rejected["alarm_not_stored"] += len(events)
+            log.error("store: %s; %d alarm events lost", e, len(evs))
+            self.rejected["alarm_not_stored"] += len(evs)
+
+    def _store_events(self) -> None:
+        """Alarms for what the store found wrong with itself (opening, a replacement while
+        running, records that failed their checksum). After a replacement while running,
+        every device's marks go into the new store: replays stay refused."""
+        recoveries, bad = self.store.take_events()
+        if not recoveries and not bad:
+            return
+        evs = [events.store_corrupt(r) for r in recoveries]
+        if bad:
+            evs.append(events.record_corrupt(bad, int(time.time() * 1000)))
+        rewrite = any(r.cause == "runtime_error" for r in recoveries)
+        self._commit_events(evs, dict(self.dedup.marks) if rewrite else None)
 
     def _records(self, ok: Accepted, now: float) -> list[Record]:
         """The uplink records of one accepted frame: its reading, a gap event, alarms."""
@@ -206,18 +214,18 @@ class Pipeline:
         out = [self.record(frame)]
         if ok.missing:
             self.missing += ok.missing
-            out.append(self.alarm_record(self.gap_event(frame, ok.missing, now),
+            out.append(self.alarm_record(events.gap(frame, ok.missing, int(now * 1000)),
                                          frame.boot, frame.seq))
         if ok.late:
             self.late += 1
         if self.checks is not None:
             try:
-                events = self.checks.observe(frame, now)
+                alarms = self.checks.observe(frame, now)
             except Exception:  # the reading is good; only its checks are lost
                 log.exception("edge checks failed on %s boot %d seq %d", frame.device_id,
                               frame.boot, frame.seq)
-                events = []
-            for ev in events:
+                alarms = []
+            for ev in alarms:
                 out.append(self.alarm_record(ev, frame.boot, frame.seq))
                 self.alarms += 1
         return out

@@ -65,7 +65,7 @@ def live(host: str, port: int, timeout: float = 2.0) -> dict[str, Any]:
 
 
 def collect(cfg: Config) -> dict[str, Any]:
-    store = Store(cfg.store_path, cfg.store.max_bytes, cfg.store.max_age_s)
+    store = Store(cfg.store_path, cfg.store.max_bytes, cfg.store.max_age_s, repair=False)
     try:
         seen = store.last_seen()
         status: dict[str, Any] = {

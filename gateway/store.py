@@ -7,12 +7,18 @@ Design:
   marks in one transaction with ``synchronous=FULL`` (WAL fsync at commit), so once it
   returns the batch survives SIGKILL and power loss, and a frame is never stored without
   its mark or marked without being stored. Only then may ingest acknowledge the frames.
+- Every record carries a CRC-32 over its identity and body. ``fetch`` checks it: a record
+  the medium has damaged is moved to the ``quarantine`` table and counted, never sent and
+  never fatal; ``take_events`` hands what was quarantined to the alarm path.
 - Records have a priority (0 = alarm, 1 = telemetry). ``fetch`` returns alarms first;
   ``delete`` removes records once their PUBACK arrived.
 - The store is bounded by bytes and by age. Over a bound, the oldest *telemetry* is dropped
   first and alarms never; every dropped record is counted (persistently) by reason.
-- ``open`` runs ``PRAGMA quick_check``; a corrupt file is moved aside (``store.db.corrupt-
-  <time>``), a fresh one created, and ``recovered_from`` says so for the alarm.
+- Opening never trusts the file (store_file.py): a damaged store is moved aside and a new
+  one holds what could be salvaged; ``recoveries`` says what happened, for the alarm. A
+  store that breaks while running (SQLite reports it malformed) is replaced the same way
+  and the failed operation is tried once more on the new file. Disk full and other I/O
+  failures are ``StoreError``: the caller retries.
 """
 
 from __future__ import annotations
@@ -28,37 +34,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+from gridedge.gateway.store_file import Recovery, StoreError, StoreFile, record_crc
+
+__all__ = ["ALARM", "TELEMETRY", "Mark", "Record", "Recovery", "Store", "StoreError",
+           "Stored"]
+
 log = logging.getLogger(__name__)
 
 ALARM = 0
 TELEMETRY = 1
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    priority INTEGER NOT NULL,
-    device TEXT NOT NULL,
-    boot INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    created_ms INTEGER NOT NULL,
-    body BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS records_by_priority ON records (priority, id);
--- The age bound runs at every commit: without this it scans every telemetry row.
-CREATE INDEX IF NOT EXISTS records_by_age ON records (priority, created_ms);
-CREATE TABLE IF NOT EXISTS marks (
-    device TEXT PRIMARY KEY,
-    boot INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    window INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
-
-
-class StoreError(Exception):
-    """The store cannot do its job (disk full, read-only folder, …)."""
+MAX_QUARANTINE = 1000  # rows kept for inspection; every one is counted
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,11 +69,13 @@ class Stored:
 
 @dataclass(frozen=True, slots=True)
 class Mark:
-    """De-duplication state of one device: highest (boot, seq) and a window of seen seqs."""
+    """De-duplication state of one device (dedup.py says what each field means)."""
 
     boot: int
     seq: int
     window: int  # bit i set: seq - i was received (bit 0 is seq itself)
+    unix_ms: int = 0  # the newest device time accepted so far (0: none)
+    generation: str = ""  # the key (and resync) the mark was made under
 
 
 def now_ms() -> int:
@@ -96,8 +83,13 @@ def now_ms() -> int:
 
 
 def _signed64(v: int) -> int:
-    # SQLite integers are signed 64-bit; the de-dup window is an unsigned 64-bit mask.
+    # SQLite integers are signed 64-bit; the legacy column keeps the window's low 64 bits.
+    v &= (1 << 64) - 1
     return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _window_bytes(window: int) -> bytes:
+    return window.to_bytes(max(8, (window.bit_length() + 7) // 8), "little")
 
 
 P = ParamSpec("P")
@@ -105,69 +97,67 @@ R = TypeVar("R")
 
 
 def locked(fn: Callable[P, R]) -> Callable[P, R]:
-    """Serialise a Store method: ingest, uplink and status share one connection."""
+    """Serialise a Store method (ingest, uplink and status share one connection), and
+    replace a store that SQLite finds malformed, then try the method once more."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        with args[0].lock:  # type: ignore[attr-defined]
+        store: Store = args[0]  # type: ignore[assignment]
+        with store.lock:
+            try:
+                return fn(*args, **kwargs)
+            except sqlite3.DatabaseError as e:
+                if type(e) is not sqlite3.DatabaseError:  # only corruption is this type
+                    raise
+                store.replace_damaged(f"{fn.__name__}: {e}")
             return fn(*args, **kwargs)
 
     return wrapper
 
 
 class Store:
-    def __init__(self, path: str | Path, max_bytes: int, max_age_s: int) -> None:
+    def __init__(self, path: str | Path, max_bytes: int, max_age_s: int,
+                 repair: bool = True) -> None:
+        """``repair``: move a damaged store aside (the daemon); False raises StoreError
+        instead and changes nothing (``status``, which only reads)."""
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
-        self.recovered_from: Path | None = None
         self.bytes = 0
         self._bound_logged = -1e9
         self._dropped_unlogged = 0
+        self._quarantined: list[Stored] = []  # since the last take_events
         self.lock = threading.RLock()
-        self.db = self._open()
+        self._file = StoreFile(self.path, repair)
+        self.db, self.recoveries = self._file.open()
+        self._events: list[Recovery] = list(self.recoveries)
+        self.bytes = self._sum_bytes()
 
-    # -- opening and recovery ---------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA busy_timeout=5000")
-        return db
-
-    def _open(self) -> sqlite3.Connection:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StoreError(f"cannot create {self.path.parent}: {e.strerror}") from e
-        try:
-            db = self._connect()
-            ok = db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
-            if ok:
-                db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as e:
-            if "unable to open" in str(e) or "readonly" in str(e):
-                raise StoreError(f"cannot open {self.path}: {e}") from e
-            ok = False
-        if not ok:
-            with contextlib.suppress(Exception):
-                db.close()
-            db = self._recover()
-        self.bytes = int(db.execute(
+    # -- recovery -------------------------------------------------------------------
+    def _sum_bytes(self) -> int:
+        return int(self.db.execute(
             "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM records").fetchone()[0])
-        return db
 
-    def _recover(self) -> sqlite3.Connection:
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(str(self.path) + suffix)
-            if src.exists():
-                src.rename(Path(str(aside) + suffix))
-        log.error("store %s is corrupt: moved aside to %s, starting a new one", self.path, aside)
-        self.recovered_from = aside
-        db = self._connect()
-        db.executescript(SCHEMA)
-        return db
+    def replace_damaged(self, detail: str) -> None:
+        """The running store is malformed: move it aside and go on with a new one (with
+        repair off: StoreError, and the file stays as it is)."""
+        if not self._file.repair:
+            raise StoreError(f"{self.path} is damaged ({detail}); the gateway moves it "
+                             "aside and starts a new one when it starts")
+        with self.lock:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.close()
+            self.db, recovery = self._file.replace(Recovery("runtime_error", detail))
+            self.bytes = self._sum_bytes()
+            self.recoveries.append(recovery)
+            self._events.append(recovery)
+
+    def take_events(self) -> tuple[list[Recovery], list[Stored]]:
+        """Recoveries and quarantined records since the last call (for the alarm path)."""
+        with self.lock:
+            events, self._events = self._events, []
+            bad, self._quarantined = self._quarantined, []
+            return events, bad
 
     @locked
     def close(self) -> None:
@@ -180,19 +170,23 @@ class Store:
     def commit(self, records: Sequence[Record], marks: dict[str, Mark] | None = None) -> None:
         """Store records and marks durably, in one transaction; then enforce the bounds."""
         ts = now_ms()
-        rows = [(r.priority, r.device, r.boot, r.seq, r.created_ms or ts, r.body)
-                for r in records]
+        rows = []
+        for r in records:
+            created = r.created_ms or ts
+            rows.append((r.priority, r.device, r.boot, r.seq, created, r.body,
+                         record_crc(r.priority, r.device, r.boot, r.seq, created, r.body)))
         try:
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 self.db.executemany(
-                    "INSERT INTO records (priority, device, boot, seq, created_ms, body) "
-                    "VALUES (?, ?, ?, ?, ?, ?)", rows)
+                    "INSERT INTO records (priority, device, boot, seq, created_ms, body, crc) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
                 if marks:
                     self.db.executemany(
-                        "INSERT OR REPLACE INTO marks VALUES (?, ?, ?, ?, ?)",
-                        [(d, m.boot, m.seq, _signed64(m.window), ts)
-                         for d, m in marks.items()])
+                        "INSERT OR REPLACE INTO marks (device, boot, seq, window, updated_ms, "
+                        "seen, unix_ms, generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [(d, m.boot, m.seq, _signed64(m.window), ts, _window_bytes(m.window),
+                          m.unix_ms, m.generation) for d, m in marks.items()])
                 self.db.execute("COMMIT")
             except BaseException:
                 # SQLite may have rolled back already (SQLITE_FULL does); a second
@@ -274,16 +268,60 @@ class Store:
     # -- reading ------------------------------------------------------------------
     @locked
     def fetch(self, priority: int, after_id: int, limit: int) -> list[Stored]:
+        """The next records after ``after_id``; any that fail their checksum are moved to
+        the quarantine table instead (counted, kept for inspection, never returned)."""
         rows = self.db.execute(
-            "SELECT id, priority, device, boot, seq, created_ms, body FROM records "
+            "SELECT id, priority, device, boot, seq, created_ms, body, crc FROM records "
             "WHERE priority = ? AND id > ? ORDER BY id LIMIT ?",
             (priority, after_id, limit)).fetchall()
-        return [Stored(*r) for r in rows]
+        good: list[Stored] = []
+        bad: list[tuple[Stored, int | None]] = []
+        for rid, p, d, b, s, c, body, crc in rows:
+            row = Stored(rid, p, d, b, s, c, body)
+            if crc is None or (type(body) is bytes and type(d) is str and
+                               crc == record_crc(p, d, b, s, c, body)):
+                good.append(row)
+            else:
+                bad.append((row, crc))
+        if bad:
+            self._quarantine(bad)
+        return good
+
+    def _quarantine(self, bad: list[tuple[Stored, int | None]]) -> None:
+        ids = [r.id for r, _ in bad]
+        marks = ",".join("?" * len(ids))
+        now = now_ms()
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            freed = self.db.execute(f"SELECT COALESCE(SUM(LENGTH(body)), 0) FROM records "
+                                    f"WHERE id IN ({marks})", ids).fetchone()[0]
+            self.db.executemany(
+                "INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r.id, r.priority, r.device, r.boot, r.seq, r.created_ms, r.body, crc, now)
+                 for r, crc in bad])
+            self.db.execute(f"DELETE FROM records WHERE id IN ({marks})", ids)
+            self.db.execute("DELETE FROM quarantine WHERE id NOT IN (SELECT id FROM "
+                            "quarantine ORDER BY id DESC LIMIT ?)", (MAX_QUARANTINE,))
+            self.db.execute("INSERT INTO counters VALUES ('quarantined', ?) ON CONFLICT(name) "
+                            "DO UPDATE SET value = value + excluded.value", (len(bad),))
+            self.db.execute("COMMIT")
+        except sqlite3.OperationalError as e:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+            raise StoreError(f"cannot quarantine in {self.path}: {e}") from e
+        self.bytes -= int(freed)
+        self._quarantined.extend(r for r, _ in bad)
+        log.error("store: %d record(s) failed their checksum (damaged on the medium): "
+                  "quarantined, not sent", len(bad))
 
     @locked
     def marks(self) -> dict[str, Mark]:
-        return {d: Mark(b, s, w & 0xFFFF_FFFF_FFFF_FFFF) for d, b, s, w in
-                self.db.execute("SELECT device, boot, seq, window FROM marks")}
+        out = {}
+        for d, b, s, w, seen, unix_ms, gen in self.db.execute(
+                "SELECT device, boot, seq, window, seen, unix_ms, generation FROM marks"):
+            window = int.from_bytes(seen, "little") if seen else w & 0xFFFF_FFFF_FFFF_FFFF
+            out[d] = Mark(b, s, window, unix_ms or 0, gen or "")
+        return out
 
     @locked
     def last_seen(self) -> dict[str, int]:

@@ -54,6 +54,7 @@ from gateway_fixtures import (
     device_key,
     frame,
 )
+from gridedge.gateway import events as gw_events
 from gridedge.gateway.checks import EdgeChecks
 from gridedge.gateway.config import ChecksSection, Limits
 from gridedge.gateway.pipeline import DeviceInfo, Pipeline
@@ -67,7 +68,7 @@ from gridedge.gateway.protocol import (
     Stat,
     build_frame,
 )
-from gridedge.gateway.store import ALARM, Store
+from gridedge.gateway.store import ALARM, Recovery, Store, Stored
 from gridedge.tools import tail
 from mqtt_capture import wait_for
 
@@ -452,7 +453,14 @@ def checks_events() -> list[dict[str, Any]]:
     observe("l1", t0 + 12, delta_wh=2.0)
     tick(t0 + 22)  # balanced now: the loss alarm clears
     gap_frame = Frame("m1", 1, 40, 40_000, 1000, (Channel(0, 0, {}),))
-    events.append((Pipeline.gap_event(gap_frame, 4, t0 + 23), 1, 40))
+    events.append((gw_events.gap(gap_frame, 4, int((t0 + 23) * 1000)), 1, 40))
+    # The gateway's reports on itself (store_file.py, store.py).
+    events.append((gw_events.store_corrupt(Recovery(
+        "wal_lost_commits", "the WAL breaks after frame 76 of 233: SQLite would drop 135 "
+        "committed transactions", "/var/lib/gridedge/store.db.corrupt-20261130T120000",
+        lost_commits=135, salvaged=65, dropped=0, time_ms=int((t0 + 24) * 1000))), 0, 0))
+    events.append((gw_events.record_corrupt(
+        [Stored(12, 1, "m1", 1, 7, int(t0 * 1000), b"{}")], int((t0 + 25) * 1000)), 0, 0))
     return [json.loads(Pipeline.alarm_record(ev, boot, s).body) for ev, boot, s in events]
 
 
@@ -468,6 +476,7 @@ def test_every_alarm_kind_matches_schema_and_cddl(tmp_path: Path) -> None:
                  ("stuck_value", "cleared"), ("offline", "raised"),
                  ("offline", "cleared"), ("non_technical_loss", "raised"),
                  ("non_technical_loss", "cleared"), ("gap", "event"),
+                 ("store_corrupt", "event"), ("record_corrupt", "event"),
                  ("rate_of_change", "raised"), ("rate_of_change", "cleared")]:
         assert want in seen, want
     loss = next(r for r in records if r["kind"] == "non_technical_loss")
@@ -476,7 +485,8 @@ def test_every_alarm_kind_matches_schema_and_cddl(tmp_path: Path) -> None:
     assert len({r["id"] for r in records}) == len(records)
     for r in records:
         _fields, boot, seq = id_parts(r)
-        if r["kind"] == "non_technical_loss" or (r["kind"], r["state"]) == ("offline", "raised"):
+        if r["kind"] in ("non_technical_loss", "store_corrupt", "record_corrupt") or \
+                (r["kind"], r["state"]) == ("offline", "raised"):
             assert (boot, seq) == (0, 0), r
         else:
             assert boot == 1, r

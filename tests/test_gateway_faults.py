@@ -244,6 +244,7 @@ def test_corrupt_store_is_moved_aside_and_the_cloud_is_told(tmp_path: Path) -> N
         assert wait_for(lambda: capture.payloads("/alarms"), 10)
         (event,) = json.loads(capture.payloads("/alarms")[0])
         assert event["kind"] == "store_corrupt" and event["type"] == "event"
+        assert event["cause"] == "corrupt" and event["salvaged"] == 0
         assert Path(event["moved_to"]).exists() and "corrupt" in event["moved_to"]
     finally:
         pub.close()

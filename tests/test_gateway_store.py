@@ -62,7 +62,8 @@ def test_corrupt_file_is_moved_aside(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     path.write_bytes(b"this is not a database" * 100)
     s = Store(path, max_bytes=10**6, max_age_s=60)
-    assert s.recovered_from is not None and s.recovered_from.exists()
+    (r,) = s.recoveries
+    assert r.cause == "corrupt" and Path(r.moved_to).exists()
     s.commit([rec(0)])
     assert s.depth()["telemetry"] == 1
 
