@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
 from gridedge.gateway.config import ConfigError, load
+from gridedge.gateway.metrics import MetricsError
 from gridedge.gateway.registry import RegistryError
 from gridedge.gateway.store import StoreError
 
@@ -139,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"gridedge-gateway: {e}", file=sys.stderr)
         return 2
-    except (StoreError, RegistryError) as e:
+    except (StoreError, RegistryError, MetricsError) as e:
         print(f"gridedge-gateway: {e}", file=sys.stderr)
         return 1
 

@@ -5,7 +5,9 @@ three steps - parse, substitute ``${ENV}`` references in strings (secrets stay o
 file), validate against the dataclasses below - and collects *every* problem with its key
 path (``uplink.port: must be an integer 1..65535, got 'abc'``) before raising one
 ``ConfigError``. Unknown keys are errors too, with a suggestion when one is close, so a
-typo cannot silently fall back to a default. ``gridedge-gateway check-config FILE`` prints
+typo cannot silently fall back to a default. Files and topics the config names are checked
+for what they must hold (``config_checks``), so ``run`` never meets a config problem that
+``check-config`` passed. ``gridedge-gateway check-config FILE`` prints
 the same report.
 """
 
@@ -19,6 +21,8 @@ import types
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
+
+from gridedge.gateway.config_checks import tls_files, topic_filter, topic_name
 
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,32}")
@@ -315,10 +319,19 @@ def cross_checks(cfg: Config, problems: list[str]) -> None:
         problems.append("uplink.client_cert, uplink.client_key: give both or neither")
     if up.backoff_min_s > up.backoff_max_s:
         problems.append("uplink.backoff_min_s: must not exceed uplink.backoff_max_s")
-    for name in ("ca_file", "client_cert", "client_key"):
-        value = getattr(up, name)
-        if up.enabled and value and not Path(value).is_file():
-            problems.append(f"uplink.{name}: no such file {value}")
+    if up.enabled:
+        tls_files("uplink", up.ca_file, up.client_cert, up.client_key, problems)
+        topic_name("uplink.topic_prefix", up.topic_prefix, problems)
+    if not cfg.local.host:
+        problems.append("local.host: must not be empty")
+    if not cfg.local.client_id:
+        problems.append("local.client_id: must not be empty (the local broker keeps the "
+                        "gateway's frames in the session of this id)")
+    topic_filter("local.topic", cfg.local.topic, problems)
+    if cfg.homeassistant.enabled:
+        topic_name("homeassistant.discovery_prefix", cfg.homeassistant.discovery_prefix,
+                   problems)
+        topic_name("homeassistant.state_prefix", cfg.homeassistant.state_prefix, problems)
 
 
 def _inherit_limits(cfg: Config, raw: dict[str, Any]) -> None:

@@ -131,6 +131,15 @@ def storage_bytes_written() -> int:
     return 0
 
 
+class MetricsError(Exception):
+    """The metrics endpoint cannot listen where the config says; the message says why."""
+
+
 def serve(daemon: Daemon, host: str, port: int) -> None:
     REGISTRY.register(DaemonCollector(daemon))
-    start_http_server(port, addr=host)
+    try:
+        start_http_server(port, addr=host)
+    except OSError as e:  # the port is taken, or the address is not this machine's
+        raise MetricsError(f"metrics.host, metrics.port: cannot listen on {host}:{port}: "
+                           f"{e.strerror or e} (another gateway running? set another "
+                           "metrics.port)") from e

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
+from certs import make_pki
 from gridedge.gateway.config import ConfigError, load, parse
 
 KEY = "ab" * 32
@@ -120,3 +125,98 @@ def test_tls_files_must_exist(tmp_path: Path) -> None:
         f"uplink.ca_file: no such file {tmp_path}/ca.pem",
         "uplink.client_cert: no such file x.pem",
     ]
+
+
+def gw(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gridedge.gateway.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_tls_files_must_hold_what_their_key_says(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    key = serialization.load_pem_private_key(pki.client_key.read_bytes(), None)
+    (tmp_path / "locked.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret passphrase")))
+
+    def problems(ca: Path, cert: Path | None = None, key: Path | None = None) -> list[str]:
+        text = f'[uplink]\nhost = "c"\nca_file = "{ca}"\n'
+        if cert is not None and key is not None:
+            text += f'client_cert = "{cert}"\nclient_key = "{key}"\n'
+        try:
+            parse(text, env={})
+        except ConfigError as e:
+            return e.problems
+        return []
+
+    assert problems(pki.ca_pem, pki.client_cert, pki.client_key) == []
+    assert problems(tmp_path / "junk.pem") == [
+        f"uplink.ca_file: {tmp_path}/junk.pem holds no PEM certificate (a DER file, a key or "
+        "something else? the gateway needs the CA certificate(s) in PEM, '-----BEGIN "
+        "CERTIFICATE-----')"]
+    assert problems(pki.ca_der)[0].startswith(f"uplink.ca_file: {pki.ca_der} holds no PEM")
+    assert problems(pki.client_key)[0].startswith("uplink.ca_file: ")  # a key, not a CA
+    assert problems(tmp_path, pki.client_cert, pki.client_key) == [
+        f"uplink.ca_file: {tmp_path} is a folder, not a file"]
+    assert problems(pki.ca_pem, pki.client_cert, pki.server_key) == [
+        f"uplink.client_key: {pki.server_key} is not the key of uplink.client_cert "
+        f"{pki.client_cert}"]
+    assert problems(pki.ca_pem, tmp_path / "junk.pem", pki.client_key) == [
+        f"uplink.client_cert: {tmp_path}/junk.pem holds no PEM certificate"]
+    assert problems(pki.ca_pem, pki.client_cert, tmp_path / "junk.pem")[0].startswith(
+        f"uplink.client_key: {tmp_path}/junk.pem holds no PEM private key")
+    # OpenSSL would ask for the passphrase on the terminal (or hang under systemd)
+    assert problems(pki.ca_pem, pki.client_cert, tmp_path / "locked.key") == [
+        f"uplink.client_key: {tmp_path}/locked.key is encrypted; the gateway cannot ask "
+        "for a passphrase (store the key unencrypted, readable only by the gateway's user)"]
+
+
+def test_a_bad_ca_file_stops_check_config_and_run_without_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nbm9wZQ==\n")
+    cfg = tmp_path / "gateway.toml"
+    text = (f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n[metrics]\nenabled = false\n'
+            f'[uplink]\nhost = "c"\nca_file = "{tmp_path / "ca.pem"}"\n')
+    cfg.write_text(text)
+    for out in (gw("check-config", cfg), gw("run", "--config", cfg)):
+        assert (out.returncode, out.stderr) == (2, (
+            f"gridedge-gateway: {cfg}: 1 problem(s)\n  uplink.ca_file: {tmp_path}/ca.pem "
+            "holds no PEM certificate (a DER file, a key or something else? the gateway "
+            "needs the CA certificate(s) in PEM, '-----BEGIN CERTIFICATE-----')\n")), out
+    cfg.write_text(text + "max_inflight = 0\n")  # reported with the others, at once
+    out = gw("check-config", cfg)
+    assert out.stderr.startswith(f"gridedge-gateway: {cfg}: 2 problem(s)\n")
+    assert "uplink.max_inflight: must be an integer 1..1000, got 0" in out.stderr
+
+
+def test_names_paho_would_refuse_are_config_problems(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse('[local]\nhost = ""\nclient_id = ""\ntopic = "gridedge/#/frame"\n'
+              '[uplink]\nhost = "c"\ntls = false\ntopic_prefix = "gridedge/+"\n'
+              '[homeassistant]\nenabled = true\nstate_prefix = ""\n', env={})
+    assert info.value.problems == [
+        "uplink.topic_prefix: 'gridedge/+' must not contain the wildcards + or #",
+        "local.host: must not be empty",
+        "local.client_id: must not be empty (the local broker keeps the gateway's frames in "
+        "the session of this id)",
+        "local.topic: 'gridedge/#/frame' is not an MQTT topic filter ('+' and '#' stand for "
+        "whole levels, '#' only at the end)",
+        "homeassistant.state_prefix: must not be empty",
+    ]
+    for good in ("gridedge/v1/dev/+/frame", "#", "a/+/#", "+"):
+        parse(f'[local]\ntopic = "{good}"\n[uplink]\nenabled = false\n', env={})
+
+
+def test_metrics_port_in_use_stops_run_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = tmp_path / "gateway.toml"
+        cfg.write_text(f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n[local]\nport = 1\n'
+                       f'[uplink]\nenabled = false\n[metrics]\nport = {port}\n')
+        out = gw("run", "--config", cfg)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out
+    assert out.stderr == (f"gridedge-gateway: metrics.host, metrics.port: cannot listen on "
+                          f"127.0.0.1:{port}: Address already in use (another gateway "
+                          "running? set another metrics.port)\n")
