@@ -352,9 +352,6 @@ def test_board_map_and_settings_combine(
     assert out[1][0][2] == 230_000  # defaults kept
 
 
-@pytest.mark.xfail(strict=True, reason="gemeter/app.py build_sources does not call "
-                   "ADESource.configure(m, cfg) yet (a one-line change in a file of another "
-                   "helper); remove this mark when it does")
 def test_settings_reach_the_running_meter(
     fw: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path
 ) -> None:

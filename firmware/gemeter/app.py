@@ -82,6 +82,7 @@ def build_sources(desc, cfg, state):
                 calibration=cal,
             )
             src = ADESource(chip, ch, ch + 1)
+            src.configure(m, cfg)  # board file + settings: input map, invert, PHCAL
             src.restore(state.energy_mwh)
             sources.append(src)
             ch += 2
