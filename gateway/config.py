@@ -62,7 +62,7 @@ class LocalBroker:
     port: int = field(default=1883, metadata=rng(1, 65535))
     client_id: str = "gridedge-gateway-ingest"
     username: str = ""
-    password: str = ""
+    password: str = field(default="", metadata={"secret": True})
     topic: str = "gridedge/v1/dev/+/frame"
 
 
@@ -95,7 +95,7 @@ class UplinkSection:
     client_cert: str = ""
     client_key: str = ""
     username: str = ""
-    password: str = ""
+    password: str = field(default="", metadata={"secret": True})
     client_id: str = ""
     topic_prefix: str = "gridedge/v1/gw"
     format: str = field(default="json", metadata=choice("json", "cbor"))
@@ -292,7 +292,8 @@ def build(cls: Any, data: Any, path: str, problems: list[str]) -> Any:
                 kwargs[name] = [build(item, v, f"{fpath}[{i}]", problems)
                                 for i, v in enumerate(value)]
             else:
-                kwargs[name] = [_check_scalar(item, v, {}, f"{fpath}[{i}]", problems)
+                secret = {"secret": True} if f.metadata.get("secret") else {}
+                kwargs[name] = [_check_scalar(item, v, secret, f"{fpath}[{i}]", problems)
                                 for i, v in enumerate(value)]
         else:
             kwargs[name] = _check_scalar(tp, value, dict(f.metadata), fpath, problems)

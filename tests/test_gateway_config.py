@@ -220,3 +220,22 @@ def test_metrics_port_in_use_stops_run_with_one_line(tmp_path: Path) -> None:
     assert out.stderr == (f"gridedge-gateway: metrics.host, metrics.port: cannot listen on "
                           f"127.0.0.1:{port}: Address already in use (another gateway "
                           "running? set another metrics.port)\n")
+
+
+def test_passwords_are_never_shown(tmp_path: Path) -> None:
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text('[local]\npassword = 12345\n[uplink]\nhost = "c"\ntls = false\n'
+                   'password = 67890.5\n[[devices]]\nid = "a"\nkey = 31337\n')
+    out = gw("check-config", cfg)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.splitlines()[1:] == [
+        "  local.password: must be a string, got (secret)",
+        "  uplink.password: must be a string, got (secret)",
+        "  devices[0].key: must be a string, got (secret)",
+    ]
+    for value in ('["hunter2"]', '{p = "hunter2"}', "true", "2024-01-01"):
+        with pytest.raises(ConfigError) as info:
+            parse(f"[local]\npassword = {value}\n[uplink]\nenabled = false\n"
+                  f"password = {value}\n", env={})
+        assert info.value.problems == ["local.password: must be a string, got (secret)",
+                                       "uplink.password: must be a string, got (secret)"]
