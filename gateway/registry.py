@@ -4,7 +4,10 @@ Devices live in two places: ``[[devices]]`` tables in gateway.toml (written by h
 use ``${ENV}`` keys) and the registry file named by ``gateway.devices_file`` (default
 ``devices.toml`` next to gateway.toml), which this module owns. The config loader reads
 both, so the daemon sees one registry, and a SIGHUP applies a change. Writes are atomic
-(temporary file, fsync, rename) with mode 0600, because the file holds the devices' keys.
+(temporary file, fsync, rename) and keep the file's owner, group and mode, so a
+``sudo gridedge-gateway devices add`` leaves it readable by the service; a new file gets
+the owner and group of gateway.toml (whom the service already reads its config as) and
+mode 0640: the file holds the devices' keys, so never readable by others.
 Keys are generated here (32 bytes from ``secrets``) and shown only as their fingerprint
 (first 8 bytes of SHA-256 over "gridedge-key:" + key, as the firmware console shows);
 ``export_key`` writes one to a 0600 file for provisioning, never to the terminal.
@@ -16,6 +19,7 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +71,7 @@ def _toml_str(s: str) -> str:
 
 def render(devices: list[Device]) -> str:
     out = ["# gridedge device registry: written by `gridedge-gateway devices`; keys are "
-           "secret (mode 0600).\n"]
+           "secret (mode 0640 or tighter).\n"]
     for d in devices:
         out.append("\n[[devices]]\n")
         out.append(f"id = {_toml_str(d.id)}\nkey = {_toml_str(d.key)}\n")
@@ -81,24 +85,56 @@ def render(devices: list[Device]) -> str:
     return "".join(out)
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+NEW_REGISTRY_MODE = 0o640  # owner writes, the service's group reads, others nothing
+
+
+def registry_attrs(path: Path, config_path: Path) -> tuple[int, int, int]:
+    """(mode, uid, gid) for writing the registry: the existing file's own; for a new one,
+    gateway.toml's owner and group with mode 0640."""
     try:
-        os.fchmod(fd, mode)
+        st = path.stat()
+        return stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+    except FileNotFoundError:
+        st = config_path.stat()
+        return NEW_REGISTRY_MODE, st.st_uid, st.st_gid
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o600,
+                 owner: tuple[int, int] | None = None) -> None:
+    """Replace ``path`` with ``text`` whole or not at all, with ``mode`` and, if given,
+    ``owner`` (uid, gid), both set on the new file before it takes the old one's place."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as e:
+        raise RegistryError(f"cannot write {path}: {e.strerror}") from e
+    try:
         with os.fdopen(fd, "w") as f:
+            st = os.fstat(fd)
+            if owner is not None and owner != (st.st_uid, st.st_gid):
+                try:
+                    os.fchown(fd, *owner)
+                except PermissionError as e:
+                    raise RegistryError(
+                        f"cannot keep {path} owned by uid {owner[0]}, gid {owner[1]} "
+                        f"({e.strerror}): run this as root or as that user; nothing "
+                        "was changed") from e
+            os.fchmod(fd, mode)
             f.write(text)
             f.flush()
-            os.fsync(f.fileno())
+            os.fsync(fd)
         os.replace(tmp, path)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise RegistryError(f"cannot write {path}: {e.strerror}") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class Registry:
@@ -113,6 +149,14 @@ class Registry:
                                 "devices are managed in the config file itself")
         self.path = path
         self.cfg = cfg
+
+    def _write(self, devices: list[Device]) -> None:
+        try:
+            mode, uid, gid = registry_attrs(self.path, self.config_path)
+        except OSError as e:
+            raise RegistryError(f"cannot read {self.path}'s owner and mode: "
+                                f"{e.strerror}") from e
+        write_atomic(self.path, render(devices), mode, (uid, gid))
 
     def _file_devices(self) -> list[Device]:
         problems: list[str] = []
@@ -141,7 +185,7 @@ class Registry:
             raise RegistryError(f"a device key is 32 bytes, got {len(key)}")
         device = Device(id=device_id, key=key.hex(), site=site, feeder=feeder, role=role,
                         channels=list(channels))
-        write_atomic(self.path, render([*self._file_devices(), device]))
+        self._write([*self._file_devices(), device])
         self.cfg = load(self.config_path)
         return Entry(device, "registry"), key
 
@@ -153,7 +197,7 @@ class Registry:
                 raise RegistryError(f"device {device_id} is defined in "
                                     f"{self.config_path}; remove it there")
             raise RegistryError(f"no device {device_id} in the registry")
-        write_atomic(self.path, render(keep))
+        self._write(keep)
         gone = next(d for d in mine if d.id == device_id)
         self.cfg = load(self.config_path)
         return Entry(gone, "registry")

@@ -44,7 +44,7 @@ def test_add_generates_a_key_that_never_reaches_the_terminal(config: Path) -> No
              "--feeder", "F2", "--channel", "main", "--channel", "pv",
              "--key-out", config.parent / "mtr-0042.key")
     registry = config.parent / "devices.toml"
-    assert os.stat(registry).st_mode & 0o777 == 0o600
+    assert os.stat(registry).st_mode & 0o777 == 0o640  # new: gateway.toml's group reads it
     key_file = config.parent / "mtr-0042.key"
     assert os.stat(key_file).st_mode & 0o777 == 0o600
     key = bytes.fromhex(key_file.read_text().strip())
@@ -81,6 +81,39 @@ def test_add_with_given_key_then_remove(config: Path, tmp_path: Path) -> None:
     bad = gw("devices", "--config", config, "add", "x", "--key-file", tmp_path / "bad",
              check=False)
     assert bad.returncode == 1 and "64 hex digits" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_sudo_devices_add_keeps_the_files_owner_group_and_mode(config: Path,
+                                                               tmp_path: Path) -> None:
+    """`sudo gridedge-gateway devices add` must leave devices.toml readable by the service
+    user: it keeps the owner, group and mode the file had."""
+    nobody = 65534
+    registry = config.parent / "devices.toml"
+    (tmp_path / "k").write_text("cd" * 32 + "\n")
+    gw("devices", "--config", config, "add", "mtr-1", "--key-file", tmp_path / "k")
+    os.chown(registry, nobody, nobody + 1)
+    os.chmod(registry, 0o640)
+    gw("devices", "--config", config, "add", "mtr-2")
+    gw("devices", "--config", config, "remove", "mtr-1")
+    st = os.stat(registry)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (nobody, nobody + 1, 0o640)
+    assert [d.id for d in load(config).devices] == ["by-hand", "mtr-2"]
+    assert [p.name for p in config.parent.iterdir() if p.name.startswith(".devices")] == []
+    # A new registry file belongs to whom gateway.toml belongs to, mode 0640.
+    registry.unlink()
+    os.chown(config, nobody, nobody + 1)
+    gw("devices", "--config", config, "add", "mtr-3")
+    st = os.stat(registry)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (nobody, nobody + 1, 0o640)
+
+
+def test_a_registry_that_cannot_be_written_is_one_line(config: Path) -> None:
+    config.write_text(config.read_text().replace(
+        "[gateway]\n", '[gateway]\ndevices_file = "/proc/gridedge/devices.toml"\n'))
+    out = gw("devices", "--config", config, "add", "mtr-1", check=False)
+    assert (out.returncode, out.stderr) == (1, "gridedge-gateway: cannot write /proc/gridedge/"
+                                               "devices.toml: No such file or directory\n")
 
 
 def test_broken_registry_file_is_reported_with_its_path(config: Path) -> None:
