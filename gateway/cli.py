@@ -83,6 +83,10 @@ def cmd_devices(args: argparse.Namespace) -> int:
         if args.key_out:
             reg.export_key(args.id, Path(args.key_out))
             print(f"key written to {args.key_out} (mode 0600) for provisioning")
+    elif args.action == "resync":
+        entry = reg.resync(args.id)
+        print(f"{args.id}: resync {entry.device.resync}; once applied, the gateway forgets "
+              "its replay marks and accepts its next frame, whatever its (boot, seq)")
     else:
         reg.remove(args.id)
         print(f"removed {args.id} from {reg.path}")
@@ -112,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=DEFAULT_CONFIG)
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("devices", help="the device registry: add (generates a key), list, "
-                       "remove")
+                       "resync, remove")
     p.add_argument("--config", default=DEFAULT_CONFIG)
     dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     d = dsub.add_parser("list", help="registered devices with their key fingerprints")
@@ -127,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--key-file", help="use this key (64 hex digits) instead of a new one")
     d.add_argument("--key-out", help="write the key to this file (mode 0600) to provision "
                    "the device; the key is never printed")
+    d = dsub.add_parser("resync", help="forget a device's replay marks once (a meter whose "
+                        "boot counter went back, e.g. after a factory reset, and that has no "
+                        "clock to prove its frames new)")
+    d.add_argument("id")
     d = dsub.add_parser("remove", help="remove a device added with `devices add`")
     d.add_argument("id")
     p.set_defaults(func=cmd_devices)

@@ -118,6 +118,9 @@ class Device:
     feeder: str = ""
     role: str = field(default="meter", metadata=choice("meter", "line_sensor"))
     channels: list[str] = field(default_factory=list)
+    # Raised by `devices resync`: the gateway forgets this device's replay marks (once per
+    # raise), for a meter whose counters went back and that has no clock to prove it.
+    resync: int = field(default=0, metadata=rng(0, 2**31))
 
 
 @dataclass

@@ -20,6 +20,7 @@ from gridedge.gateway.homeassistant import Discovery
 from gridedge.gateway.ingest_mqtt import MQTTIngest
 from gridedge.gateway.ingest_serial import SerialIngest
 from gridedge.gateway.pipeline import DeviceInfo, Pipeline
+from gridedge.gateway.registry import fingerprint
 from gridedge.gateway.store import Store
 from gridedge.gateway.uplink import Uplink
 
@@ -27,8 +28,12 @@ log = logging.getLogger(__name__)
 
 
 def device_registry(cfg: Config) -> dict[str, DeviceInfo]:
-    return {d.id: DeviceInfo(bytes.fromhex(d.key), d.site, d.feeder, d.role,
-                             tuple(d.channels)) for d in cfg.devices}
+    out = {}
+    for d in cfg.devices:
+        key = bytes.fromhex(d.key)
+        generation = fingerprint(key) + (f"+{d.resync}" if d.resync else "")
+        out[d.id] = DeviceInfo(key, d.site, d.feeder, d.role, tuple(d.channels), generation)
+    return out
 
 
 def check_info(registry: dict[str, DeviceInfo]) -> dict[str, dict[str, str]]:

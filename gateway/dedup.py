@@ -1,20 +1,41 @@
-"""De-duplication by identity (device, boot, seq), with sequence-gap accounting.
+"""De-duplication by identity (device, boot, seq), with gap accounting and no lock-out.
 
-Per device the gateway keeps its highest (boot, seq) and a 64-frame window of which recent
-sequence numbers it has seen (``store.Mark``, persisted with every committed batch, so a
-restart forgets nothing). A frame is:
+Per device the gateway keeps a ``store.Mark``: its highest (boot, seq), a window of which
+of the ``WINDOW`` sequence numbers up to it were seen, the newest device time (unix ms)
+accepted so far, and the *generation* the mark was made under: the device key's
+fingerprint (and ``+N`` after ``gridedge-gateway devices resync``). Marks are persisted
+with the records they admit, so a restart forgets nothing. A frame is:
 
 - new (accepted) when its boot is newer, or its seq is above the mark, or it is a late
-  frame inside the window that was not seen yet;
-- a duplicate (rejected) when the window says it was seen - QoS 1 redelivery, a device
-  resending its ring after a reconnect, a frame heard on two links;
-- replayed (rejected) when its boot is older than the device's current boot;
+  frame inside the window that was not seen yet. The window (1024) is at least a meter's
+  largest ring (``ring_size`` ≤ 1024), so a meter that resends its ring after newer
+  frames loses nothing by design;
+- a duplicate (rejected) when the window says it was seen - QoS 1 redelivery, a ring
+  resent after a reconnect, a frame heard on two links;
+- replayed (rejected) when its boot is older than the device's current boot, or when
+  it would move the mark forward but carries a device time no newer than the mark's
+  ``floor_ms`` (the newest time accepted before the counters last went back: it belongs
+  to a discarded counter epoch);
 - stale (rejected) when it is older than the window.
 
-A jump in seq reports the frames missing so far (lost upstream unless they still arrive
-late, which is counted too). ``check`` updates the in-memory marks at once, so frames of
-one batch see each other; if the batch then fails to commit, ``reload`` the marks from
-the store. This module is pure logic; the verify stage owns an instance.
+Two ways out of a lock-out, so a device is never shut out silently for good:
+
+- a mark made under another generation is void: a re-provisioned device (new key), or
+  one an operator resynced, starts afresh;
+- a frame the rules above would reject as replayed or stale, but whose device time is
+  newer than every frame accepted from the device so far, cannot be a copy of any of
+  them (the MAC covers the time): the device's counters went back (factory reset, lost
+  state file) or had jumped forward (a corrupt counter near 2^32). It is accepted and
+  restarts the mark (``Verdict.reset``), whose floor becomes the newest time accepted
+  before, so no frame of the old epoch is accepted again. Without a device clock there
+  is no such proof; the verify stage then raises an alarm and the operator resyncs.
+
+With clocks, no frame is ever accepted twice, whatever happens to its counters
+(tests/test_gateway_dedup.py holds that as a property).
+
+``check`` updates the in-memory marks at once, so frames of one batch see each other; if
+the batch then fails to commit, ``reload`` the marks from the store. Pure logic; the
+verify stage owns an instance.
 """
 
 from __future__ import annotations
@@ -23,7 +44,7 @@ from dataclasses import dataclass
 
 from gridedge.gateway.store import Mark
 
-WINDOW = 64
+WINDOW = 1024
 MASK = (1 << WINDOW) - 1
 
 
@@ -33,15 +54,17 @@ class Verdict:
     reason: str | None = None  # "duplicate", "replayed", "stale" when rejected
     missing: int = 0  # frames newly found missing before this one
     late: bool = False  # a frame that fills an earlier gap
+    reset: Mark | None = None  # accepted on a newer device time: the mark it replaced
 
 
 class Deduplicator:
     def __init__(self, marks: dict[str, Mark] | None = None) -> None:
         self.marks: dict[str, Mark] = dict(marks or {})
 
-    def check(self, device: str, boot: int, seq: int) -> Verdict:
+    def check(self, device: str, boot: int, seq: int, unix_ms: int | None = None,
+              generation: str = "") -> Verdict:
         """The verdict; an accepted frame's identity is recorded at once."""
-        verdict, mark = self._judge(device, boot, seq)
+        verdict, mark = self._judge(device, boot, seq, unix_ms, generation)
         if mark is not None:
             self.marks[device] = mark
         return verdict
@@ -49,21 +72,30 @@ class Deduplicator:
     def reload(self, marks: dict[str, Mark]) -> None:
         self.marks = dict(marks)
 
-    def _judge(self, device: str, boot: int, seq: int) -> tuple[Verdict, Mark | None]:
+    def _judge(self, device: str, boot: int, seq: int, unix_ms: int | None,
+               generation: str) -> tuple[Verdict, Mark | None]:
         m = self.marks.get(device)
+        if m is not None and m.generation and m.generation != generation:
+            m = None  # made under another key (or before a resync): void
+        t = unix_ms or 0
         if m is None:
-            return Verdict(True), Mark(boot, seq, 1)
-        if boot > m.boot:
-            return Verdict(True, missing=seq), Mark(boot, seq, 1)
-        if boot < m.boot:
+            return Verdict(True), Mark(boot, seq, 1, t, generation)
+        newest, floor = max(m.unix_ms, t), m.floor_ms
+        if t and t <= floor:  # a frame of a counter epoch that was left behind
             return Verdict(False, "replayed"), None
-        if seq > m.seq:
+        if boot > m.boot:
+            return Verdict(True, missing=seq), Mark(boot, seq, 1, newest, generation, floor)
+        if boot == m.boot and seq > m.seq:
             shift = seq - m.seq
             window = ((m.window << shift) | 1) & MASK if shift < WINDOW else 1
-            return Verdict(True, missing=shift - 1), Mark(boot, seq, window)
+            return Verdict(True, missing=shift - 1), Mark(boot, seq, window, newest,
+                                                          generation, floor)
         age = m.seq - seq
-        if age >= WINDOW:
-            return Verdict(False, "stale"), None
-        if m.window >> age & 1:
-            return Verdict(False, "duplicate"), None
-        return Verdict(True, late=True), Mark(boot, m.seq, m.window | (1 << age))
+        if boot == m.boot and age < WINDOW:
+            if m.window >> age & 1:
+                return Verdict(False, "duplicate"), None
+            return Verdict(True, late=True), Mark(boot, m.seq, m.window | (1 << age),
+                                                  newest, generation, floor)
+        if m.unix_ms and t > m.unix_ms:  # see the module docstring: a proof of newness
+            return Verdict(True, reset=m), Mark(boot, seq, 1, t, generation, m.unix_ms)
+        return Verdict(False, "replayed" if boot < m.boot else "stale"), None

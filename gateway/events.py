@@ -1,11 +1,13 @@
-"""The gateway's own events for the alarms topic: what happened once, not a reading's check.
+"""The gateway's own records for the alarms topic: about its inputs and itself.
 
 Edge checks (checks.py) raise and clear alarms about readings; these are the records the
-gateway makes about itself and its inputs: frames lost upstream (``gap``), a damaged
-store (``store_corrupt``: what was moved aside, lost and salvaged), records that failed
-their checksum on the medium (``record_corrupt``). Each builder returns one record in the
-shape docs/cloud.md and docs/schemas/alarm.schema.json define; ``Pipeline.alarm_record``
-gives it its id.
+gateway makes about itself and its inputs: frames lost upstream (``gap``), a device whose
+authentic frames are being refused as replays (``replay_rejected``, raised and cleared),
+a device whose counters went back and whose newer clock proved its frames new
+(``counter_reset``), a damaged store (``store_corrupt``: what was moved aside, lost and
+salvaged), records that failed their checksum on the medium (``record_corrupt``). Each
+builder returns one record in the shape docs/cloud.md and docs/schemas/alarm.schema.json
+define; ``Pipeline.alarm_record`` gives it its id.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Sequence
 from gridedge.gateway.checks import Event
 from gridedge.gateway.payloads import iso_ms
 from gridedge.gateway.protocol import Frame
-from gridedge.gateway.store import Recovery, Stored
+from gridedge.gateway.store import Mark, Recovery, Stored
 
 MAX_LISTED = 20  # identities named in one record_corrupt event; all are counted
 
@@ -29,6 +31,26 @@ def gap(frame: Frame, missing: int, now_ms: int) -> Event:
     """Frames lost upstream (a late one may still fill the gap; the cloud sees it then)."""
     return _event("gap", frame.device_id, now_ms, boot=frame.boot, seq=frame.seq,
                   missing=missing)
+
+
+def replay_rejected(device: str, state: str, cause: str, frame: Frame, mark: Mark,
+                    now_ms: int) -> Event:
+    """Raised at the first authentic frame of a device refused as replayed or stale (its
+    counters are below what was accepted); cleared at its next accepted frame."""
+    ev: Event = {"type": "alarm", "state": state, "kind": "replay_rejected",
+                 "device": device, "time": iso_ms(now_ms), "cause": cause,
+                 "boot": frame.boot, "seq": frame.seq, "accepted_boot": mark.boot,
+                 "accepted_seq": mark.seq}
+    if state == "raised":
+        ev["hint"] = (f"if {device} was reset or re-flashed, resume it with: "
+                      f"gridedge-gateway devices resync {device}")
+    return ev
+
+
+def counter_reset(frame: Frame, before: Mark, now_ms: int) -> Event:
+    """A device's (boot, seq) went back, and its clock proved the frame new."""
+    return _event("counter_reset", frame.device_id, now_ms, boot=frame.boot, seq=frame.seq,
+                  previous_boot=before.boot, previous_seq=before.seq)
 
 
 def store_corrupt(r: Recovery) -> Event:

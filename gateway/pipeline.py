@@ -51,6 +51,7 @@ class DeviceInfo:
     feeder: str = ""
     role: str = "meter"
     channels: tuple[str, ...] = ()
+    generation: str = ""  # what its replay marks are bound to (dedup.py): key, resyncs
 
     @functools.cached_property
     def channel_names(self) -> dict[int, str]:
@@ -73,7 +74,8 @@ class Pipeline:
         self.devices = dict(devices)
         self._new_devices: dict[str, DeviceInfo] | None = None
         self.dedup = Deduplicator(store.marks())
-        self.verifier = Verifier({d: info.key for d, info in self.devices.items()}, self.dedup)
+        self.verifier = Verifier({d: info.key for d, info in self.devices.items()}, self.dedup,
+                                 {d: info.generation for d, info in self.devices.items()})
         self.rejected = self.verifier.rejected  # counted per reason, where they happen
         self.commit_interval_s = commit_interval_ms / 1000
         self.max_batch = max_batch
@@ -97,7 +99,8 @@ class Pipeline:
         new, self._new_devices = self._new_devices, None
         if new is not None:
             self.devices = new
-            self.verifier.decoder.keys = {d: info.key for d, info in new.items()}
+            self.verifier.set_devices({d: info.key for d, info in new.items()},
+                                      {d: info.generation for d, info in new.items()})
 
     def submit(self, raw: bytes | ProtocolError, source: str, ack: Ack | None = None,
                claimed: str | None = None) -> None:
@@ -246,6 +249,13 @@ class Pipeline:
                 log.debug("record of %s failed", ok.frame.device_id, exc_info=True)
                 continue
             frames.append(ok.frame)
+        for ev in self.verifier.take_events():  # replay_rejected, counter_reset
+            if ev["type"] == "alarm":  # alarms name the device's place, as the checks' do
+                info = self.devices.get(ev["device"])
+                ev = {**ev, "site": info.site if info else "", "feeder": info.feeder if info
+                      else ""}
+            records.append(self.alarm_record(ev, ev["boot"], ev["seq"]))
+            self.alarms += 1
         touched = {r.device for r in records if r.priority == TELEMETRY}
         marks = {d: self.dedup.marks[d] for d in touched}
         failures = 0

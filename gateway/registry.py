@@ -21,7 +21,7 @@ import os
 import secrets
 import stat
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gridedge.gateway.config import (
@@ -82,6 +82,8 @@ def render(devices: list[Device]) -> str:
             out.append(f"feeder = {_toml_str(d.feeder)}\n")
         if d.channels:
             out.append(f"channels = [{', '.join(_toml_str(c) for c in d.channels)}]\n")
+        if d.resync:
+            out.append(f"resync = {d.resync}\n")
     return "".join(out)
 
 
@@ -188,6 +190,23 @@ class Registry:
         self._write([*self._file_devices(), device])
         self.cfg = load(self.config_path)
         return Entry(device, "registry"), key
+
+    def resync(self, device_id: str) -> Entry:
+        """Raise a device's ``resync``: once applied (SIGHUP), the gateway forgets its
+        replay marks, so a meter whose counters went back is accepted again."""
+        mine = self._file_devices()
+        for i, d in enumerate(mine):
+            if d.id == device_id:
+                mine[i] = replace(d, resync=d.resync + 1)
+                self._write(mine)
+                self.cfg = load(self.config_path)
+                return Entry(mine[i], "registry")
+        for d in self.cfg.devices:
+            if d.id == device_id:
+                raise RegistryError(f"device {device_id} is defined in {self.config_path}: "
+                                    f"set `resync = {d.resync + 1}` in its [[devices]] table "
+                                    "there, then reload")
+        raise RegistryError(f"no device {device_id} in the registry")
 
     def remove(self, device_id: str) -> Entry:
         mine = self._file_devices()

@@ -76,6 +76,7 @@ class Mark:
     window: int  # bit i set: seq - i was received (bit 0 is seq itself)
     unix_ms: int = 0  # the newest device time accepted so far (0: none)
     generation: str = ""  # the key (and resync) the mark was made under
+    floor_ms: int = 0  # the newest device time before the counters last went back
 
 
 def now_ms() -> int:
@@ -184,9 +185,9 @@ class Store:
                 if marks:
                     self.db.executemany(
                         "INSERT OR REPLACE INTO marks (device, boot, seq, window, updated_ms, "
-                        "seen, unix_ms, generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        "seen, unix_ms, generation, floor_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [(d, m.boot, m.seq, _signed64(m.window), ts, _window_bytes(m.window),
-                          m.unix_ms, m.generation) for d, m in marks.items()])
+                          m.unix_ms, m.generation, m.floor_ms) for d, m in marks.items()])
                 self.db.execute("COMMIT")
             except BaseException:
                 # SQLite may have rolled back already (SQLITE_FULL does); a second
@@ -317,10 +318,11 @@ class Store:
     @locked
     def marks(self) -> dict[str, Mark]:
         out = {}
-        for d, b, s, w, seen, unix_ms, gen in self.db.execute(
-                "SELECT device, boot, seq, window, seen, unix_ms, generation FROM marks"):
+        for d, b, s, w, seen, unix_ms, gen, floor in self.db.execute(
+                "SELECT device, boot, seq, window, seen, unix_ms, generation, floor_ms "
+                "FROM marks"):
             window = int.from_bytes(seen, "little") if seen else w & 0xFFFF_FFFF_FFFF_FFFF
-            out[d] = Mark(b, s, window, unix_ms or 0, gen or "")
+            out[d] = Mark(b, s, window, unix_ms or 0, gen or "", floor or 0)
         return out
 
     @locked

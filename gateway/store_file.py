@@ -54,7 +54,8 @@ CREATE TABLE IF NOT EXISTS marks (
     updated_ms INTEGER NOT NULL,
     seen BLOB,
     unix_ms INTEGER NOT NULL DEFAULT 0,
-    generation TEXT NOT NULL DEFAULT ''
+    generation TEXT NOT NULL DEFAULT '',
+    floor_ms INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -69,6 +70,7 @@ MIGRATIONS = (
     ("marks", "seen", "BLOB"),
     ("marks", "unix_ms", "INTEGER NOT NULL DEFAULT 0"),
     ("marks", "generation", "TEXT NOT NULL DEFAULT ''"),
+    ("marks", "floor_ms", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 
@@ -275,7 +277,7 @@ class _Salvage:
         db.executemany("INSERT INTO records (priority, device, boot, seq, created_ms, body, "
                        "crc) VALUES (?, ?, ?, ?, ?, ?, ?)", self.records)
         db.executemany("INSERT OR REPLACE INTO marks (device, boot, seq, window, updated_ms, "
-                       "seen, unix_ms, generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       "seen, unix_ms, generation, floor_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        self.marks)
         db.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?)", self.counters)
         if self.dropped:
@@ -299,9 +301,9 @@ def _salvage(aside: Path) -> _Salvage:
         try:
             out.records, out.dropped = _read_records(db)
             for query, target in (
-                ("SELECT device, boot, seq, window, updated_ms, seen, unix_ms, generation "
-                 "FROM marks", out.marks),
-                ("SELECT device, boot, seq, window, updated_ms, NULL, 0, '' FROM marks",
+                ("SELECT device, boot, seq, window, updated_ms, seen, unix_ms, generation, "
+                 "floor_ms FROM marks", out.marks),
+                ("SELECT device, boot, seq, window, updated_ms, NULL, 0, '', 0 FROM marks",
                  out.marks),
                 ("SELECT name, value FROM counters", out.counters),
             ):

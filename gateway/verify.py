@@ -19,6 +19,8 @@ from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from gridedge.gateway import events
+from gridedge.gateway.checks import Event
 from gridedge.gateway.dedup import Deduplicator
 from gridedge.gateway.errors import ProtocolError
 from gridedge.gateway.protocol import Frame, FrameDecoder
@@ -70,11 +72,21 @@ class RateLimitedLog:
 
 
 class Verifier:
-    def __init__(self, keys: Mapping[str, bytes], dedup: Deduplicator) -> None:
+    def __init__(self, keys: Mapping[str, bytes], dedup: Deduplicator,
+                 generations: Mapping[str, str] | None = None) -> None:
+        """``generations``: per device, what its replay marks are bound to (dedup.py)."""
         self.decoder = FrameDecoder(keys)
         self.dedup = dedup
+        self.generations: Mapping[str, str] = generations or {}
         self.rejected: Counter[str] = Counter()  # keys: Reason values and dedup verdicts
         self.log = RateLimitedLog()
+        self.events: list[Event] = []  # replay_rejected, counter_reset: for the batch
+        self._refused: set[str] = set()  # devices with a raised replay_rejected alarm
+
+    def set_devices(self, keys: Mapping[str, bytes], generations: Mapping[str, str]) -> None:
+        self.decoder.keys = keys
+        self.generations = generations
+        self._refused &= set(keys)
 
     def reject(self, reason: str, source: str, detail: str, device: str = "") -> None:
         """Count and log one rejected frame (also for readers: a serial CRC error)."""
@@ -90,7 +102,10 @@ class Verifier:
             if isinstance(raw, ProtocolError):
                 raise raw
             frame = self.decoder.decode(raw, claimed)
-            verdict = self.dedup.check(frame.device_id, frame.boot, frame.seq)
+            device = frame.device_id
+            mark = self.dedup.marks.get(device)
+            verdict = self.dedup.check(device, frame.boot, frame.seq, frame.unix_ms,
+                                       self.generations.get(device, ""))
         except ProtocolError as e:
             self.reject(e.reason.value, source, e.detail, e.device_id or "")
             return None
@@ -98,14 +113,34 @@ class Verifier:
             self.reject(INTERNAL_ERROR, source, f"{type(e).__name__} while verifying")
             log.debug("frame from %s raised", source, exc_info=True)
             return None
+        now_ms = int(time.time() * 1000)
         if not verdict.accept:
             reason = verdict.reason or "rejected"
             self.rejected[reason] += 1
-            if reason != "duplicate":  # a resend is normal; these are not
-                self.log(frame.device_id, reason, f"boot {frame.boot} seq {frame.seq} is "
-                         "older than what was already accepted")
+            if reason == "duplicate":  # a resend is normal; these are not
+                return None
+            self.log(device, reason, f"boot {frame.boot} seq {frame.seq} is older than what "
+                     "was already accepted")
+            if mark is not None and device not in self._refused:
+                self._refused.add(device)
+                self.events.append(events.replay_rejected(device, "raised", reason, frame,
+                                                          mark, now_ms))
             return None
+        if device in self._refused:
+            self._refused.discard(device)
+            self.events.append(events.replay_rejected(device, "cleared", "accepted", frame,
+                                                      self.dedup.marks[device], now_ms))
+        if verdict.reset is not None:
+            log.warning("%s: boot %d seq %d is below what was accepted (boot %d seq %d) but "
+                        "its clock is newer than any frame before: its counters were reset; "
+                        "accepted, the replay window starts again", device, frame.boot,
+                        frame.seq, verdict.reset.boot, verdict.reset.seq)
+            self.events.append(events.counter_reset(frame, verdict.reset, now_ms))
         if verdict.missing:
-            self.log(frame.device_id, "gap", f"{verdict.missing} frame(s) missing before "
+            self.log(device, "gap", f"{verdict.missing} frame(s) missing before "
                      f"boot {frame.boot} seq {frame.seq}")
         return Accepted(frame, verdict.missing, verdict.late)
+
+    def take_events(self) -> list[Event]:
+        evs, self.events = self.events, []
+        return evs

@@ -68,7 +68,7 @@ from gridedge.gateway.protocol import (
     Stat,
     build_frame,
 )
-from gridedge.gateway.store import ALARM, Recovery, Store, Stored
+from gridedge.gateway.store import ALARM, Mark, Recovery, Store, Stored
 from gridedge.tools import tail
 from mqtt_capture import wait_for
 
@@ -454,7 +454,14 @@ def checks_events() -> list[dict[str, Any]]:
     tick(t0 + 22)  # balanced now: the loss alarm clears
     gap_frame = Frame("m1", 1, 40, 40_000, 1000, (Channel(0, 0, {}),))
     events.append((gw_events.gap(gap_frame, 4, int((t0 + 23) * 1000)), 1, 40))
-    # The gateway's reports on itself (store_file.py, store.py).
+    # The gateway's reports on its inputs (verify.py) and itself (store_file.py, store.py).
+    refused = Frame("m1", 1, 3, 3000, 1000, (Channel(0, 0, {}),))
+    for state, cause in (("raised", "replayed"), ("cleared", "accepted")):
+        ev = gw_events.replay_rejected("m1", state, cause, refused, Mark(4, 12, 1),
+                                       int((t0 + 23.5) * 1000))
+        events.append(({**ev, "site": "", "feeder": "F1"}, 1, 3))  # as the pipeline adds
+    events.append((gw_events.counter_reset(refused, Mark(4, 12, 1), int((t0 + 23.6) * 1000)),
+                   1, 3))
     events.append((gw_events.store_corrupt(Recovery(
         "wal_lost_commits", "the WAL breaks after frame 76 of 233: SQLite would drop 135 "
         "committed transactions", "/var/lib/gridedge/store.db.corrupt-20261130T120000",
@@ -477,6 +484,8 @@ def test_every_alarm_kind_matches_schema_and_cddl(tmp_path: Path) -> None:
                  ("offline", "cleared"), ("non_technical_loss", "raised"),
                  ("non_technical_loss", "cleared"), ("gap", "event"),
                  ("store_corrupt", "event"), ("record_corrupt", "event"),
+                 ("replay_rejected", "raised"), ("replay_rejected", "cleared"),
+                 ("counter_reset", "event"),
                  ("rate_of_change", "raised"), ("rate_of_change", "cleared")]:
         assert want in seen, want
     loss = next(r for r in records if r["kind"] == "non_technical_loss")
