@@ -52,6 +52,16 @@ class DaemonCollector(Collector):
                                 "Store commits that failed (disk full, I/O errors)")
         c.add_metric([], p.store_failures)
         yield c
+        g = GaugeMetricFamily("gridedge_store_writable", "0 while commits fail (disk full, "
+                              "I/O errors): frames wait at the broker, unacknowledged")
+        g.add_metric([], 0 if p.store_blocked else 1)
+        yield g
+        if p.store_blocked:
+            since, why = p.store_blocked
+            i = InfoMetricFamily("gridedge_store_blocked", "Why commits fail, since when "
+                                 "(unix time)")
+            i.add_metric([], {"error": why[:200], "since": f"{since:.3f}"})
+            yield i
         depth = d.store.depth()
         g = GaugeMetricFamily("gridedge_store_records", "Records waiting for the uplink",
                               labels=["priority"])

@@ -85,6 +85,7 @@ class Pipeline:
         self.late = 0
         self.commits = 0
         self.store_failures = 0  # commits that failed (disk full, I/O error)
+        self.store_blocked: tuple[float, str] | None = None  # (since, why) commits fail
         self.progress = time.monotonic()  # the watchdog looks at this
         self._stop = threading.Event()
         self._abandoned = False  # a batch could not be stored at shutdown
@@ -258,6 +259,17 @@ class Pipeline:
             self.alarms += 1
         touched = {r.device for r in records if r.priority == TELEMETRY}
         marks = {d: self.dedup.marks[d] for d in touched}
+        if not self._commit_until_stored(records, marks, len(batch)):
+            return
+        self.accepted += sum(r.priority == TELEMETRY for r in records)
+        self.commits += 1
+        self._acknowledge(batch, frames)
+
+    def _commit_until_stored(self, records: list[Record], marks: dict[str, Mark],
+                             frames: int) -> bool:
+        """Commit, retrying every second while the store cannot be written (disk full):
+        a known state, reported once a minute and in ``store_blocked`` (status, metrics),
+        with the watchdog still fed. False if the daemon stopped meanwhile."""
         failures = 0
         while True:
             try:
@@ -266,23 +278,26 @@ class Pipeline:
             except StoreError as e:
                 # The same records and marks are retried until they fit (the in-memory
                 # marks already include this batch). Nothing is acknowledged meanwhile.
+                if failures == 0:
+                    self.store_blocked = (time.time(), str(e))
                 if failures % 60 == 0:  # at once, then once a minute
                     log.error("store: %s; %d frames wait, unacknowledged (retrying every "
-                              "second)", e, len(batch))
+                              "second)", e, frames)
                 failures += 1
                 self.store_failures += 1
+                self.progress = time.monotonic()  # waiting for space is not a hang
                 if self._stop.wait(1.0):
                     # Giving up at shutdown: forget the batch and take nothing after it
                     # (committing later frames first would make these look stale when
                     # the broker redelivers them, unacknowledged, after the restart).
                     self.dedup.reload(self.store.marks())
                     self._abandoned = True
-                    return
+                    return False
         if failures:
-            log.warning("store: writable again after %d failed attempts", failures)
-        self.accepted += sum(r.priority == TELEMETRY for r in records)
-        self.commits += 1
-        self._acknowledge(batch, frames)
+            log.warning("store: writable again after %d failed attempts (%.0f s)", failures,
+                        time.time() - self.store_blocked[0] if self.store_blocked else 0)
+            self.store_blocked = None
+        return True
 
     def _acknowledge(self, batch: list[Item], frames: list[Frame]) -> None:
         """After the commit, each step on its own: none may fail the batch (it is stored)."""

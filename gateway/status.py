@@ -3,7 +3,8 @@
 The store part (queue depth, oldest record age, drop counters, each device's last
 (boot, seq)) is read from the SQLite file, so it works with the daemon stopped. The live
 part (the local broker link: state, since when, last error, accepted and rejected frames;
-uplink connected, reconnects, delivered records; open alarms; serial ports) lives only
+whether the store can be written, and if not why and since when; uplink connected,
+reconnects, delivered records; open alarms; serial ports) lives only
 in the daemon's memory; it is read from the daemon's own metrics endpoint on
 localhost, so the daemon never writes status files to the SD card. A daemon that does not
 answer is reported as such, not as an error.
@@ -33,8 +34,9 @@ def live(host: str, port: int, timeout: float = 2.0) -> dict[str, Any]:
     ingest: dict[str, Any] = {"state": None, "since": None, "for_s": None, "error": "",
                               "subscribed": False, "connect_failures": 0, "accepted": 0,
                               "rejected": {}}
-    out: dict[str, Any] = {"running": True, "ingest": ingest, "uplink": {}, "open_alarms": [],
-                           "serial": {}}
+    store: dict[str, Any] = {"writable": True}
+    out: dict[str, Any] = {"running": True, "ingest": ingest, "store": store, "uplink": {},
+                           "open_alarms": [], "serial": {}}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             name, labels, value = s.name, s.labels, s.value
@@ -47,6 +49,12 @@ def live(host: str, port: int, timeout: float = 2.0) -> dict[str, Any]:
                 ingest["subscribed"] = bool(value)
             elif name == "gridedge_ingest_connect_failures_total":
                 ingest["connect_failures"] = int(value)
+            elif name == "gridedge_store_writable":
+                store["writable"] = bool(value)
+            elif name == "gridedge_store_blocked_info":
+                since = float(labels["since"])
+                store.update(error=labels["error"], since=iso_ms(int(since * 1000)),
+                             for_s=round(max(0.0, time.time() - since), 1))
             elif name == "gridedge_uplink_connected":
                 out["uplink"]["state"] = "connected" if value else "disconnected"
             elif name == "gridedge_uplink_reconnects_total":

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from brokers import Mosquitto
+from brokers import Mosquitto, free_port
 from gateway_fixtures import (
     LOCAL_BROKER_EXTRA,
     DevicePublisher,
@@ -69,10 +73,18 @@ def test_disk_full_is_reported_survived_and_loses_nothing(
     capture = Capture(cloud.port, topic="gridedge/v1/gw/#")
     cloud.stop()
     cfg = tmp_path / "gw.toml"
-    cfg.write_text(config_text(small_disk, local, cloud, DEVICES, backoff_min_s=0.2,
-                               backoff_max_s=1.0))
+    metrics_port = free_port()
+    cfg.write_text(config_text(small_disk, local, cloud, DEVICES, metrics_port,
+                               backoff_min_s=0.2, backoff_max_s=1.0))
     log = tmp_path / "gw.log"
-    gw = GatewayProcess(cfg, log).start(wait_subscribed=True)
+    # Under systemd (WatchdogSec=4 here): a full disk is a known state, not a hang, so
+    # the pings go on and systemd never restarts the gateway for it.
+    watchdog = NotifyListener(tmp_path / "notify.sock")
+    os.environ.update(NOTIFY_SOCKET=str(watchdog.path), WATCHDOG_USEC="4000000")
+    try:
+        gw = GatewayProcess(cfg, log).start(wait_subscribed=True)
+    finally:
+        del os.environ["NOTIFY_SOCKET"], os.environ["WATCHDOG_USEC"]
     pub = DevicePublisher(local.port)
     expected: set[tuple[str, int, int]] = set()
     try:
@@ -92,6 +104,16 @@ def test_disk_full_is_reported_survived_and_loses_nothing(
                 expected.add((d, 1, seq))
             seq += 1
         assert gw.proc is not None and gw.proc.poll() is None  # still running
+        full_since = time.monotonic()
+        status = json.loads(subprocess.run(
+            [sys.executable, "-m", "gridedge.gateway.cli", "status", "--config", str(cfg)],
+            capture_output=True, text=True, check=True).stdout)
+        store = status["daemon"]["store"]
+        assert store["writable"] is False and "full" in store["error"], store
+        time.sleep(max(0.0, 5 - (time.monotonic() - full_since)))  # > WatchdogSec, full
+        pings = watchdog.pings_since(full_since)
+        assert pings and max(b - a for a, b in pairwise([full_since, *pings])) < 3, pings
+        assert "watchdog: no progress" not in log.read_text()
         subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
         cloud.start()
         assert wait_for(lambda: identities(capture) == expected, 60), \
@@ -104,6 +126,35 @@ def test_disk_full_is_reported_survived_and_loses_nothing(
         cloud.stop()
     assert code == 0
     assert log.read_text().count("Traceback") == 0
+    assert "store: writable again" in log.read_text()
+    watchdog.close()
+
+
+class NotifyListener:
+    """systemd's side of $NOTIFY_SOCKET: records when each WATCHDOG=1 arrived."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.pings: list[float] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                message = self.sock.recv(256)
+            except OSError:
+                return
+            if b"WATCHDOG=1" in message:
+                self.pings.append(time.monotonic())
+
+    def pings_since(self, t: float) -> list[float]:
+        return [p for p in self.pings if p >= t]
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def test_store_bound_drops_oldest_telemetry_counts_it_and_keeps_alarms(tmp_path: Path) -> None:
