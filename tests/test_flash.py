@@ -129,17 +129,22 @@ def test_flashed_files_run_as_the_firmware(
     frames, errors = meter.frames()
     assert errors == [] and [f.seq for f in frames[:2]] == [0, 1], (out, err)
     assert out.startswith("gridedge firmware 0.1.0\n")
-    assert json.loads((device.root / "state.json").read_text())["boot"] == 1
+    copy = (device.root / "state.a.json").read_text().split("\n")  # the first save: copy a
+    assert json.loads(copy[0])["boot"] == 1 and not (device.root / "state.b.json").exists()
 
 
 def test_reflash_keeps_key_calibration_and_counters_unless_wiped(
     device: VirtualDevice, tmp_path: Path
 ) -> None:
     key = os.urandom(32)
-    state = b'{"boot": 41, "energy_mwh": {"0": 123456}}'
+    state = {  # both copies, and the single file of older firmware
+        "state.a.json": b'{"n": 7, "boot": 41, "energy_mwh": {"0": 123456}}\n00000000\n',
+        "state.b.json": b'{"n": 6, "boot": 41, "energy_mwh": {"0": 123000}}\n00000000\n',
+        "state.json": b'{"boot": 40, "energy_mwh": {"0": 122000}}',
+    }
     calibration = {"1": {"volts": 1.25, "date": "2026-03-01"}}
     config = json.dumps({"device_id": "mtr-old", "calibration": calibration}).encode()
-    for name, data in (("key.bin", key), ("state.json", state), ("config.json", config)):
+    for name, data in (("key.bin", key), *state.items(), ("config.json", config)):
         (device.root / name).write_bytes(data)
     stale = device.root / "gemeter" / "old_module.py"  # would shadow a new .mpy
     stale.parent.mkdir()
@@ -154,7 +159,7 @@ def test_reflash_keeps_key_calibration_and_counters_unless_wiped(
 
     flash()
     assert (device.root / "key.bin").read_bytes() == key
-    assert (device.root / "state.json").read_bytes() == state
+    assert all((device.root / name).read_bytes() == data for name, data in state.items())
     assert (device.root / "config.json").read_bytes() == config
     assert not stale.exists() and (device.root / "gemeter" / "app.mpy").exists()
 
@@ -164,11 +169,11 @@ def test_reflash_keeps_key_calibration_and_counters_unless_wiped(
     assert json.loads((device.root / "config.json").read_text()) == {
         "device_id": "mtr-new", "link": "serial", "calibration": calibration}
     assert (device.root / "key.bin").read_bytes() == key
-    assert (device.root / "state.json").read_bytes() == state
+    assert all((device.root / name).read_bytes() == data for name, data in state.items())
 
     flash("--wipe")
     left = tree(device.root)
-    assert not {"key.bin", "state.json", "config.json"} & set(left)
+    assert not {"key.bin", *state, "config.json"} & set(left)
     assert {"main.py", "board.json", "gemeter/app.mpy"} <= set(left)
     assert all(key.hex() not in o and repr(key) not in o for o in outputs)
 

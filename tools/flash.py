@@ -7,9 +7,10 @@ from build/mpy-lib to ``.mpy`` (precompiled, a board neither needs the compiler'
 the big ones, umodbus among them, nor the time) into build/flash/BOARD/PORT, laid out as the
 board's filesystem, ``main.py`` kept as source. On the board, remove the old packages, copy
 the tree, ``board.json`` and the config as ``config.json``; compare each file's sha256 with
-the build; reset. ``key.bin``, ``state.json`` and the calibration (in ``config.json``, kept
-across a new config) stay unless ``wipe``. The board file names the arch; a unix port (the
-virtual device) gets its own. Paths on the board are relative: the root on a board, the
+the build; reset. ``key.bin``, the state (``state.a.json``, ``state.b.json``; older
+firmware's ``state.json``) and the calibration (in ``config.json``, kept across a new
+config) stay unless ``wipe``. The board file names the arch; a unix port (the virtual
+device) gets its own. Paths on the board are relative: the root on a board, the
 device's folder on the unix port. Nothing here reads or prints the device key.
 """
 
@@ -39,7 +40,8 @@ BOARDS = REPO / "boards"
 MPY_LIB = REPO / "build" / "mpy-lib"
 BUILD = REPO / "build" / "flash"
 
-KEPT = ("key.bin", "state.json", "config.json")  # key; boot and energy counters; calibration
+# key; boot and energy counters (two copies, and the single file of older firmware); calibration
+KEPT = ("key.bin", "state.a.json", "state.b.json", "state.json", "config.json")
 ARCHS = ("", "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp",
          "xtensa", "xtensawin", "rv32imc", "rv64imc")  # sys.implementation._mpy >> 10
 UNIX_PLATFORMS = ("linux", "darwin")

@@ -39,7 +39,7 @@ class Paths:
     def __init__(self, root=""):
         self.board = root + "board.json"
         self.config = root + "config.json"
-        self.state = root + "state.json"
+        self.state = root + "state"  # state.a.json and state.b.json (see state.py)
         self.key = root + "key.bin"
         self.ca = root + "ca.der"  # the gateway's CA certificate, DER (MQTT over TLS)
 
@@ -119,6 +119,8 @@ class App:
         if not self.cfg.get("device_id"):
             self.cfg.values["device_id"] = default_device_id()
         self.state = State(self.paths.state).load()
+        if self.state.problem:  # the console's show says it too, until this start repairs it
+            print("problem: " + self.state.problem)
         self.key = KeyStore(self.paths.key).load()
         if self.key is None:
             raise RuntimeError("no device key: run the console's 'key generate' or provision")

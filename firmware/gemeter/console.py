@@ -132,6 +132,11 @@ class Console:
         out.append(self._ca_line())
         out.append(_heap_line())
         out += ["problem: " + p for p in self.cfg.problems]
+        from gemeter.state import State
+
+        state = State(self.paths.state).load()  # reads only; a lost counter shows here
+        if state.problem:
+            out.append("problem: " + state.problem)
         if self.dirty:
             out.append("(unsaved changes: save)")
         return out
@@ -355,7 +360,10 @@ class Console:
                     "type 'factory-reset confirm'"]
         import os
 
-        for path in (self.paths.config, self.paths.key, self.paths.state):
+        from gemeter.state import State
+
+        state = State(self.paths.state)
+        for path in (self.paths.config, self.paths.key, state.legacy) + state.copies:
             try:
                 os.remove(path)
             except OSError:
