@@ -80,6 +80,9 @@ class StoreSection:
     max_bytes: int = field(default=256 * 1024 * 1024, metadata=rng(1024 * 1024, 2**40))
     max_age_s: int = field(default=7 * 86400, metadata=rng(60, 10 * 365 * 86400))
     commit_interval_ms: int = field(default=50, metadata=rng(1, 100))
+    # Readings skip the store while the cloud acknowledges them within this (hold.py):
+    # their local PUBACK waits for the cloud's. 0: every reading is committed first.
+    hold_s: float = field(default=2.0, metadata=rng(0, 60))
 
 
 @dataclass

@@ -16,6 +16,7 @@ from types import FrameType
 from gridedge.gateway import sdnotify
 from gridedge.gateway.checks import EdgeChecks
 from gridedge.gateway.config import Config, ConfigError, load
+from gridedge.gateway.hold import Hold
 from gridedge.gateway.homeassistant import Discovery
 from gridedge.gateway.ingest_mqtt import MQTTIngest
 from gridedge.gateway.ingest_serial import SerialIngest
@@ -62,6 +63,11 @@ class Daemon:
         if self.uplink is not None:
             self.pipeline.on_commit = self.uplink.wake.set
             self.uplink.health = self.health
+        if self.uplink is not None and cfg.store.hold_s > 0:
+            pipeline = self.pipeline
+            hold = Hold(self.store, pipeline.durable, pipeline.flush_acks,
+                        max_age_s=cfg.store.hold_s)
+            pipeline.hold = self.uplink.hold = hold
         self._stop = threading.Event()
         self._reload = threading.Event()
         probes = {"committer": lambda: self.pipeline.progress,

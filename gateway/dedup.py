@@ -40,9 +40,11 @@ verify stage owns an instance.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gridedge.gateway.store import Mark
+from gridedge.gateway.store import Mark, Record, Store
 
 WINDOW = 1024
 MASK = (1 << WINDOW) - 1
@@ -99,3 +101,53 @@ class Deduplicator:
         if m.unix_ms and t > m.unix_ms:  # see the module docstring: a proof of newness
             return Verdict(True, reset=m), Mark(boot, seq, 1, t, generation, m.unix_ms)
         return Verdict(False, "replayed" if boot < m.boot else "stale"), None
+
+
+Ident = tuple[str, int, int, int | None, str]  # device, boot, seq, unix ms, generation
+
+
+class DurableMarks:
+    """The marks that may be persisted: only of frames that are safe elsewhere - committed
+    to the store, or acknowledged by the cloud (hold.py). A persisted mark makes every
+    frame it covers a duplicate after a restart; if it covered a frame that was still only
+    in memory, the broker's redelivery of that frame would be dropped as a duplicate and
+    the frame lost. So the committer judges frames against the live marks (``Deduplicator``)
+    but writes these, which take in a frame only in the transaction that stores it, or once
+    the cloud has it. Thread-safe: the committer and the uplink both commit and release."""
+
+    def __init__(self, marks: dict[str, Mark] | None = None) -> None:
+        self._dedup = Deduplicator(marks)
+        self._dirty: set[str] = set()  # marks moved by released frames, not yet written
+        self._lock = threading.Lock()
+
+    def commit(self, store: Store, records: Sequence[Record], idents: Iterable[Ident]) -> None:
+        """Store ``records`` with the marks that take in ``idents`` (their frames) and any
+        unwritten ones, in one transaction; the marks change only if it commits."""
+        with self._lock:
+            trial = Deduplicator(self._dedup.marks)
+            for ident in idents:
+                trial.check(*ident)
+            moved = {d for d, m in trial.marks.items() if self._dedup.marks.get(d) != m}
+            marks = {d: trial.marks[d] for d in moved | self._dirty if d in trial.marks}
+            store.commit(records, marks)  # StoreError: nothing changes here
+            self._dedup.marks.update((d, trial.marks[d]) for d in moved)
+            self._dirty.clear()
+
+    def release(self, idents: Iterable[Ident]) -> None:
+        """Frames the cloud acknowledged: their marks move now, and are written later."""
+        with self._lock:
+            for ident in idents:
+                if self._dedup.check(*ident).accept:
+                    self._dirty.add(ident[0])
+
+    def dirty(self) -> bool:
+        return bool(self._dirty)
+
+    def all(self) -> dict[str, Mark]:
+        with self._lock:
+            return dict(self._dedup.marks)
+
+    def reload(self, marks: dict[str, Mark]) -> None:
+        with self._lock:
+            self._dedup.reload(marks)
+            self._dirty.clear()

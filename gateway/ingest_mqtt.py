@@ -1,27 +1,31 @@
-"""Ingest from the gateway's local Mosquitto, acknowledging only what is stored.
+"""Ingest from the gateway's local Mosquitto, acknowledging only what is safe elsewhere.
 
 A paho-mqtt 2.x client subscribes to the devices' frame topic with QoS 1 on a persistent
-session (clean_session off), with ``manual_ack``: paho does not PUBACK on delivery; the
-PUBACKs go out after the frame's batch is committed, all of one batch in a single write
-(see ``_send_acks``). While the gateway is down (or killed), the broker keeps the
-unacknowledged frames and every frame published meanwhile, and delivers them when the
-same client id reconnects. paho's own loop thread (``loop_start``: every socket write
-happens in that thread) reconnects with backoff after a broker restart. "subscribed to"
-is logged only when the broker's SUBACK grants the subscription: before that, frames
-published to a broker that has never seen this session are not kept for the gateway. A
-refused subscription, or one granted only at QoS 0 (which keeps nothing for a gateway
-that is down), is an error in the log, not a silently idle or lossy gateway. Each frame
-goes to the pipeline with the device its topic names (the ``+`` level), which its key id
-must match; a PUBLISH larger than ``MAX_PUBLISH`` is never read into memory (see
-paho_adapter) but still reaches the pipeline, as a ``too_large`` rejection to acknowledge.
-The link's state (connected; disconnected: unreachable, lost, or closed before the broker
-answered, as a TLS-only listener does; refused by the broker) goes to a ``Link``, which
-logs each change once, reminds at most once a minute, and feeds ``status`` and metrics.
+session (clean_session off), with ``manual_ack``: paho does not PUBACK on delivery; a
+frame's PUBACK goes out after its batch is committed, or after the cloud acknowledged
+its reading (hold.py), all of one batch in a single write (see ``_send_acks``). A packet
+id means something only on the connection it came by: a ``PubAck`` from before a
+reconnect is dropped, never sent (the broker delivers that frame again). While the
+gateway is down (or killed), the broker keeps the unacknowledged frames and every frame
+published meanwhile, and delivers them when the same client id reconnects. paho's own
+loop thread (``loop_start``: every socket write happens in that thread) reconnects with
+backoff after a broker restart. "subscribed to" is logged only when the broker's SUBACK
+grants the subscription: before that, frames published to a broker that has never seen
+this session are not kept for the gateway. A refused subscription, or one granted only
+at QoS 0 (which keeps nothing for a gateway that is down), is an error in the log, not a
+silently idle or lossy gateway. Each frame goes to the pipeline with the device its
+topic names (the ``+`` level), which its key id must match; a PUBLISH larger than
+``MAX_PUBLISH`` is never read into memory (see paho_adapter) but still reaches the
+pipeline, as a ``too_large`` rejection to acknowledge. The link's state (connected;
+disconnected: unreachable, lost, or closed before the broker answered, as a TLS-only
+listener does; refused by the broker) goes to a ``Link``, which logs each change once,
+reminds at most once a minute, and feeds ``status`` and metrics.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -70,7 +74,9 @@ class MQTTIngest:
         self.link = Link("ingest", f"the local broker {cfg.host}:{cfg.port}", log)
         self._answered = False  # a CONNACK arrived on the current connection attempt
         self.on_connected: Callable[[], None] | None = None  # e.g. re-announce to HA
-        self._acks: list[int] = []  # committed frames' mids (committer thread only)
+        self._acks: list[int] = []  # mids to acknowledge, sent together (_send_acks)
+        self._acks_lock = threading.Lock()  # the committer and the uplink (hold.py) add
+        self.generation = 0  # +1 at every connect and disconnect: whose mids are valid
         self._device_of = topic_device(cfg.topic)
         if "+" not in cfg.topic.split("/"):
             log.warning("local.topic %r has no + level for the device id: frames cannot be "
@@ -123,6 +129,7 @@ class MQTTIngest:
                         "without persistence?): frames published while it was away are gone",
                         self.cfg.host, self.cfg.port)
         self.connects += 1
+        self.generation += 1
         client.subscribe(self.cfg.topic, qos=1)
         if self.on_connected is not None:
             self.on_connected()
@@ -155,6 +162,7 @@ class MQTTIngest:
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
         self.subscribed = False
+        self.generation += 1
         answered, self._answered = self._answered, False
         if rc == 0:  # our own disconnect(), at shutdown
             return
@@ -169,15 +177,40 @@ class MQTTIngest:
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         mid = msg.mid
-        ack = (lambda: self._acks.append(mid)) if msg.qos == 1 else None
+        ack = PubAck(self, mid, self.generation) if msg.qos == 1 else None
         payload: bytes | ProtocolError = bytes(msg.payload)
         if not payload and (size := self.client.oversized(mid)) is not None:
             payload = ProtocolError(Reason.TOO_LARGE, f"MQTT message of {size} bytes (not "
                                     f"read past {MAX_PUBLISH})")
         self.pipeline.submit(payload, msg.topic, ack, self._device_of(msg.topic))
 
+    def _queue_ack(self, mid: int, generation: int) -> None:
+        with self._acks_lock:
+            if generation == self.generation:
+                self._acks.append(mid)
+
     def _send_acks(self) -> None:
-        """After a batch's commit (committer thread): its PUBACKs, in one buffer."""
-        if self._acks:
+        """After a batch's commit, or a held batch's cloud PUBACK: the PUBACKs collected
+        so far, in one buffer."""
+        with self._acks_lock:
             mids, self._acks = self._acks, []
+        if mids:
             self.client.send_pubacks(mids)
+
+
+class PubAck:
+    """The local PUBACK of one frame. A packet id is valid only on the connection it came
+    by: after a reconnect the broker delivers the frame again (and, without its session,
+    may give the id to another message), so an acknowledgement from an older connection
+    is dropped, never sent."""
+
+    __slots__ = ("_generation", "_ingest", "_mid")
+
+    def __init__(self, ingest: MQTTIngest, mid: int, generation: int) -> None:
+        self._ingest, self._mid, self._generation = ingest, mid, generation
+
+    def __call__(self) -> None:
+        self._ingest._queue_ack(self._mid, self._generation)
+
+    def current(self) -> bool:
+        return self._generation == self._ingest.generation

@@ -62,6 +62,14 @@ class DaemonCollector(Collector):
                                  "(unix time)")
             i.add_metric([], {"error": why[:200], "since": f"{since:.3f}"})
             yield i
+        hold = p.hold
+        c = CounterMetricFamily("gridedge_hold_readings", "Readings sent from memory (held: "
+                                "their local PUBACK waited for the cloud's) or committed "
+                                "after all (spilled: a slow or lost cloud, a reconnect)",
+                                labels=["fate"])
+        c.add_metric(["held"], hold.held if hold is not None else 0)
+        c.add_metric(["spilled"], hold.spilled if hold is not None else 0)
+        yield c
         depth = d.store.depth()
         g = GaugeMetricFamily("gridedge_store_records", "Records waiting for the uplink",
                               labels=["priority"])

@@ -1,39 +1,51 @@
-"""Commit: the stage between the ingest readers and the store.
+"""Commit: the stage between the ingest readers and the store (or the hold).
 
 Readers (local MQTT, serial ports) ``submit`` raw frames with an acknowledgement callback
 and the device their source stands for. One committer thread takes what arrived in the
 last ``commit_interval_ms`` (at most ``max_batch`` frames), passes each through the one
 verification boundary (verify.py: decode, authenticate, bind to its source, de-duplicate;
-any failure is a counted rejection of that frame alone), turns the accepted ones into
-uplink records, and commits them with the devices' marks in one transaction. Only after
-the commit returns are the acknowledgements called: for MQTT that sends the PUBACK, so a
-gateway killed at any instant has lost nothing it acknowledged. Rejected frames are
-acknowledged too (they must never come back). If the commit fails (disk full), nothing is
-acknowledged and the batch is retried every second; the broker keeps the unacknowledged
-frames meanwhile. Edge checks (checks.py) run on each accepted frame, and their alarm
-events are committed in the same transaction; a failing check costs only its alarms.
+any failure is a counted rejection of that frame alone) and turns the accepted ones into
+uplink records (records.py). Where a reading goes:
+
+- while the cloud keeps up, into the **hold** (hold.py): the uplink sends it from memory
+  and only the cloud's PUBACK releases its local PUBACK, so the SD card is not written
+  for it at all; the marks it moves are saved once the cloud has it, at most every
+  ``MARKS_INTERVAL_S`` (dedup.DurableMarks: a persisted mark never covers a frame that
+  exists only in memory, or the broker's redelivery of it would be dropped);
+- otherwise into the store, with the devices' marks, in one transaction; only after the
+  commit returns are the acknowledgements called (for MQTT: the PUBACK).
+
+Either way a gateway killed at any instant has lost nothing it acknowledged. Rejected
+frames are acknowledged at once (they must never come back). If the commit fails (disk
+full), nothing is acknowledged and the batch is retried every second, a reported state
+that keeps the watchdog fed; the broker keeps the unacknowledged frames meanwhile. Edge
+checks (checks.py) run on each accepted frame and their alarms are committed with the
+batch; a failing check costs only its alarms.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from typing import TypeGuard
 
-from gridedge.gateway import events
+from gridedge.gateway import events, records
 from gridedge.gateway.checks import EdgeChecks, Event
-from gridedge.gateway.dedup import Deduplicator
+from gridedge.gateway.dedup import Deduplicator, DurableMarks, Ident
 from gridedge.gateway.errors import ProtocolError
-from gridedge.gateway.payloads import reading_json
+from gridedge.gateway.hold import Ack as HeldAck
+from gridedge.gateway.hold import Hold
 from gridedge.gateway.protocol import Frame
-from gridedge.gateway.store import ALARM, TELEMETRY, Mark, Record, Store, StoreError
+from gridedge.gateway.records import DeviceInfo
+from gridedge.gateway.store import TELEMETRY, Mark, Record, Store, StoreError
 from gridedge.gateway.verify import INTERNAL_ERROR, Accepted, Verifier
+
+__all__ = ["DeviceInfo", "Item", "Pipeline"]
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +53,13 @@ Ack = Callable[[], None]
 # A frame as a reader hands it over: its bytes (or the reader's own verdict on them, e.g.
 # too large to read), its source, the device the source stands for, its acknowledgement.
 Item = tuple[bytes | ProtocolError, str, str | None, Ack | None]
-_JSON = json.JSONEncoder(separators=(",", ":"))  # alarm records (readings: reading_json)
+MARKS_INTERVAL_S = 5.0  # held readings' marks reach the store at least this often
 
 
-@dataclass(frozen=True)
-class DeviceInfo:
-    key: bytes
-    site: str = ""
-    feeder: str = ""
-    role: str = "meter"
-    channels: tuple[str, ...] = ()
-    generation: str = ""  # what its replay marks are bound to (dedup.py): key, resyncs
-
-    @functools.cached_property
-    def channel_names(self) -> dict[int, str]:
-        return dict(enumerate(self.channels))
+def _holdable(ack: Ack | None) -> TypeGuard[HeldAck]:
+    """An acknowledgement that can wait for the cloud (hold.Ack): local MQTT, QoS 1."""
+    current = getattr(ack, "current", None)
+    return current is not None and bool(current())
 
 
 class Pipeline:
@@ -73,7 +77,9 @@ class Pipeline:
         self.alarms = 0
         self.devices = dict(devices)
         self._new_devices: dict[str, DeviceInfo] | None = None
-        self.dedup = Deduplicator(store.marks())
+        marks = store.marks()
+        self.dedup = Deduplicator(marks)  # live: every frame verified so far
+        self.durable = DurableMarks(marks)  # what may be written: frames safe elsewhere
         self.verifier = Verifier({d: info.key for d, info in self.devices.items()}, self.dedup,
                                  {d: info.generation for d, info in self.devices.items()})
         self.rejected = self.verifier.rejected  # counted per reason, where they happen
@@ -87,6 +93,8 @@ class Pipeline:
         self.store_failures = 0  # commits that failed (disk full, I/O error)
         self.store_blocked: tuple[float, str] | None = None  # (since, why) commits fail
         self.progress = time.monotonic()  # the watchdog looks at this
+        self.hold: Hold | None = None  # set by the daemon when there is an uplink
+        self._marks_saved = time.monotonic()
         self._stop = threading.Event()
         self._abandoned = False  # a batch could not be stored at shutdown
         self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
@@ -108,6 +116,11 @@ class Pipeline:
         """Called by readers; blocks when the committer is far behind (back-pressure).
         ``claimed``: the device the source stands for (topic level, serial port)."""
         self.inbox.put((raw, source, claimed, ack))
+
+    def flush_acks(self) -> None:
+        """Send what the acknowledgements collected (hold.py calls it after a release)."""
+        for flush in self.after_acks:
+            flush()
 
     def reject(self, reason: str, source: str, detail: str, device: str = "") -> None:
         """Count and log a frame a reader could not even hand over (e.g. serial CRC)."""
@@ -149,11 +162,13 @@ class Pipeline:
                                       "every second (nothing acknowledged)", len(batch))
                     failures += 1
                     with contextlib.suppress(Exception):
-                        self.dedup.reload(self.store.marks())
+                        self._reload_marks()
                     if self._stop.wait(1.0):
                         self._abandoned = True
                         return
+            self._save_marks()
             if not batch and self._stop.is_set():
+                self._save_marks(force=True)
                 return
             if self._abandoned:
                 return
@@ -175,25 +190,15 @@ class Pipeline:
                 break
         return batch
 
-    def record(self, frame: Frame) -> Record:
-        info = self.devices[frame.device_id]  # decoded, so the registry knows the device
-        body = reading_json(frame, info.site or None, info.feeder or None,
-                            info.channel_names or None)
-        return Record(TELEMETRY, frame.device_id, frame.boot, frame.seq, body.encode())
-
-    @staticmethod
-    def alarm_record(ev: Event, boot: int = 0, seq: int = 0) -> Record:
-        # Unique per event: one frame can raise the same kind on several quantities, and a
-        # device's (boot, seq) tells two events of one millisecond apart.
-        ident = ":".join(str(ev.get(k, "")) for k in
-                         ("kind", "state", "device", "feeder", "channel", "quantity", "time"))
-        body = {"id": f"{ident}:{boot}:{seq}", **ev}
-        return Record(ALARM, ev.get("device") or ev.get("feeder", ""), boot, seq,
-                      _JSON.encode(body).encode())
+    def _reload_marks(self) -> None:
+        """After a batch could not be stored: the marks as the store has them."""
+        marks = self.store.marks()
+        self.dedup.reload(marks)
+        self.durable.reload(marks)
 
     def _commit_events(self, evs: list[Event], marks: dict[str, Mark] | None = None) -> None:
         try:
-            self.store.commit([self.alarm_record(e) for e in evs], marks)
+            self.store.commit([records.alarm(e) for e in evs], marks)
             self.alarms += len(evs)
         except StoreError as e:
             log.error("store: %s; %d alarm events lost", e, len(evs))
@@ -210,16 +215,16 @@ class Pipeline:
         if bad:
             evs.append(events.record_corrupt(bad, int(time.time() * 1000)))
         rewrite = any(r.cause == "runtime_error" for r in recoveries)
-        self._commit_events(evs, dict(self.dedup.marks) if rewrite else None)
+        self._commit_events(evs, self.durable.all() if rewrite else None)
 
     def _records(self, ok: Accepted, now: float) -> list[Record]:
         """The uplink records of one accepted frame: its reading, a gap event, alarms."""
         frame = ok.frame
-        out = [self.record(frame)]
+        out = [records.reading(frame, self.devices[frame.device_id])]
         if ok.missing:
             self.missing += ok.missing
-            out.append(self.alarm_record(events.gap(frame, ok.missing, int(now * 1000)),
-                                         frame.boot, frame.seq))
+            out.append(records.alarm(events.gap(frame, ok.missing, int(now * 1000)),
+                                     frame.boot, frame.seq))
         if ok.late:
             self.late += 1
         if self.checks is not None:
@@ -230,54 +235,89 @@ class Pipeline:
                               frame.boot, frame.seq)
                 alarms = []
             for ev in alarms:
-                out.append(self.alarm_record(ev, frame.boot, frame.seq))
+                out.append(records.alarm(ev, frame.boot, frame.seq))
                 self.alarms += 1
         return out
 
     def _process(self, batch: list[Item]) -> None:
         self._apply_devices()
-        records: list[Record] = []
+        if self.hold is not None:
+            self.hold.spill_stale()  # before anything that came after a local reconnect
+        room = self.hold.room() if self.hold is not None else 0
+        stored: list[Record] = []
+        held: list[tuple[Record, HeldAck, Ident]] = []
+        stored_idents: list[Ident] = []  # frames whose reading is in ``stored``
         frames: list[Frame] = []
         now = time.time()
-        for raw, source, claimed, _ack in batch:
+        for raw, source, claimed, ack in batch:
             ok = self.verifier.verify(raw, source, claimed)
             if ok is None:
                 continue
             try:
-                records.extend(self._records(ok, now))
+                recs = self._records(ok, now)
             except Exception:  # a bug: it costs this frame, counted, never its batch
                 self.verifier.reject(INTERNAL_ERROR, source, "could not build its record")
                 log.debug("record of %s failed", ok.frame.device_id, exc_info=True)
                 continue
             frames.append(ok.frame)
+            f = ok.frame
+            ident = (f.device_id, f.boot, f.seq, f.unix_ms,
+                     self.verifier.generations.get(f.device_id, ""))
+            if room and _holdable(ack):
+                held.append((recs[0], ack, ident))  # the reading; its alarms are stored now
+                recs = recs[1:]
+                room -= 1
+            else:
+                stored_idents.append(ident)
+            stored.extend(recs)
         for ev in self.verifier.take_events():  # replay_rejected, counter_reset
             if ev["type"] == "alarm":  # alarms name the device's place, as the checks' do
                 info = self.devices.get(ev["device"])
                 ev = {**ev, "site": info.site if info else "", "feeder": info.feeder if info
                       else ""}
-            records.append(self.alarm_record(ev, ev["boot"], ev["seq"]))
+            stored.append(records.alarm(ev, ev["boot"], ev["seq"]))
             self.alarms += 1
-        touched = {r.device for r in records if r.priority == TELEMETRY}
-        marks = {d: self.dedup.marks[d] for d in touched}
-        if not self._commit_until_stored(records, marks, len(batch)):
-            return
-        self.accepted += sum(r.priority == TELEMETRY for r in records)
-        self.commits += 1
-        self._acknowledge(batch, frames)
+        if stored:
+            if not self._commit_until_stored(stored, stored_idents, len(batch)):
+                return
+            self._marks_saved = time.monotonic()
+            self.commits += 1
+        if held and self.hold is not None:
+            self.hold.put(held)
+        self.accepted += sum(r.priority == TELEMETRY for r in stored) + len(held)
+        waiting = {id(a) for _, a, _ in held}
+        self._acknowledge([a for *_, a in batch if a is not None and id(a) not in waiting],
+                          frames)
 
-    def _commit_until_stored(self, records: list[Record], marks: dict[str, Mark],
+    def _save_marks(self, force: bool = False) -> None:
+        """The marks that readings moved once the cloud had them (hold.py), at least every
+        MARKS_INTERVAL_S: a crash may forget the last few seconds of them, which lets a
+        replay of those readings through once (the cloud de-duplicates by identity) but
+        loses nothing."""
+        if not self.durable.dirty() or (
+                not force and time.monotonic() - self._marks_saved < MARKS_INTERVAL_S):
+            return
+        try:
+            self.durable.commit(self.store, [], [])
+        except StoreError as e:
+            log.warning("store: cannot save replay marks (%s); trying again later", e)
+            return
+        self._marks_saved = time.monotonic()
+
+    def _commit_until_stored(self, records: list[Record], idents: list[Ident],
                              frames: int) -> bool:
-        """Commit, retrying every second while the store cannot be written (disk full):
-        a known state, reported once a minute and in ``store_blocked`` (status, metrics),
-        with the watchdog still fed. False if the daemon stopped meanwhile."""
+        """Commit the records with the marks that take in their frames, retrying every
+        second while the store cannot be written (disk full): a known state, reported once
+        a minute and in ``store_blocked`` (status, metrics), with the watchdog still fed.
+        False if the daemon stopped meanwhile."""
         failures = 0
         while True:
             try:
-                self.store.commit(records, marks)
+                self.durable.commit(self.store, records, idents)
                 break
             except StoreError as e:
-                # The same records and marks are retried until they fit (the in-memory
-                # marks already include this batch). Nothing is acknowledged meanwhile.
+                # The same records and marks are retried until they fit. Nothing is
+                # acknowledged meanwhile.
                 if failures == 0:
                     self.store_blocked = (time.time(), str(e))
                 if failures % 60 == 0:  # at once, then once a minute
@@ -290,7 +330,7 @@ class Pipeline:
                     # Giving up at shutdown: forget the batch and take nothing after it
                     # (committing later frames first would make these look stale when
                     # the broker redelivers them, unacknowledged, after the restart).
-                    self.dedup.reload(self.store.marks())
+                    self._reload_marks()
                     self._abandoned = True
                     return False
         if failures:
@@ -299,11 +339,11 @@ class Pipeline:
             self.store_blocked = None
         return True
 
-    def _acknowledge(self, batch: list[Item], frames: list[Frame]) -> None:
+    def _acknowledge(self, acks: list[Ack], frames: list[Frame]) -> None:
         """After the commit, each step on its own: none may fail the batch (it is stored)."""
         steps: list[Callable[[], object]] = [
-            *([self.on_commit] if self.on_commit is not None else []),
-            *(ack for *_, ack in batch if ack is not None),
+            *([self.on_commit] if self.on_commit is not None else []),  # wake the uplink
+            *acks,
             *self.after_acks,  # e.g. send the PUBACKs the acks collected
         ]
         if self.on_frames is not None and frames:

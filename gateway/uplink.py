@@ -2,7 +2,8 @@
 
 One thread owns the paho client and drives its network loop itself (no paho reconnect
 thread), so the retry policy is ours: capped exponential backoff with jitter. Each
-iteration it reads batches from the store - alarms before telemetry - publishes them with
+iteration it takes batches - stored alarms, then readings held in memory (hold.py: their
+local PUBACKs go out when the cloud's arrive), then stored telemetry - publishes them with
 QoS 1 as one JSON array (or CBOR) per message to ``<prefix>/<gateway>/readings|alarms``,
 keeps at most ``max_inflight`` messages unacknowledged, and deletes a batch's records when
 its PUBACK arrives. A message unacknowledged for ``ack_timeout_s`` means a half-open link:
@@ -11,7 +12,9 @@ read again and resent: every record carries (device, boot, seq), so the cloud de
 TLS verifies the broker against ``ca_file`` and is on unless configured off; the config
 refuses TLS without a CA. Birth and last will are retained on ``<prefix>/<gateway>/status``;
 the daemon's figures (store depth, ingest counts, open alarms, uplink) go every
-``health_interval_s`` to ``<prefix>/<gateway>/health``, retained.
+``health_interval_s`` to ``<prefix>/<gateway>/health``, retained. The uplink opens the
+hold when it is connected and has emptied the store; a lost link, a half-open one or a
+slow PUBACK spills what is held into the store.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gridedge.gateway.config import UplinkSection
+from gridedge.gateway.hold import Held, Hold
 from gridedge.gateway.payloads import iso_ms
 from gridedge.gateway.store import ALARM, TELEMETRY, Store, Stored, StoreError
 
@@ -53,7 +57,9 @@ class Uplink:
         self.delivered = 0
         self.published = 0
         self.progress = time.monotonic()
+        # message id -> (sent at, store ids); held readings' messages are in the hold
         self._inflight: dict[int, tuple[float, list[int]]] = {}
+        self.hold: Hold | None = None  # readings sent from memory (hold.py), if any
         self._acked: set[int] = set()  # delivered, not yet deleted (see _flush_acked)
         self._flushed = time.monotonic()
         self._flush_error_logged = -1e9
@@ -103,12 +109,15 @@ class Uplink:
         self._thread.start()
 
     def stop(self, drain_s: float = 5.0) -> None:
-        """Give in-flight messages a moment to be acknowledged, then disconnect cleanly."""
+        """Give in-flight messages a moment to be acknowledged, then disconnect cleanly;
+        what is still held goes into the store."""
         deadline = time.monotonic() + drain_s
         while self._inflight and self.connected and time.monotonic() < deadline:
             time.sleep(0.05)
         self._stop.set()
         self._thread.join(timeout=drain_s + 5)
+        if self.hold is not None:
+            self.hold.spill("the gateway is stopping")
 
     # -- paho callbacks (run in our thread, inside client.loop) ------------------
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
@@ -134,7 +143,11 @@ class Uplink:
         entry = self._inflight.pop(mid, None)
         if entry is None:
             return
-        if getattr(rc, "is_failure", False):
+        failed = bool(getattr(rc, "is_failure", False))
+        if not failed and not entry[1] and self.hold is not None:
+            self.delivered += self.hold.delivered(mid)  # its local PUBACKs go out now
+            return
+        if failed:
             # MQTT 5: a PUBACK with an error reason (quota exceeded, not authorised, …) means
             # the broker did not take the message: keep the records, reconnect, resend.
             log.warning("uplink: the cloud broker refused a message (%s); reconnecting", rc)
@@ -167,6 +180,8 @@ class Uplink:
 
     def _lost(self) -> None:
         self.connected = False
+        if self.hold is not None:
+            self.hold.spill("the cloud link was lost")
         self._inflight.clear()
         self._flush_acked(force=True)
         self._cursor = {ALARM: 0, TELEMETRY: 0}  # resend what was not acknowledged
@@ -191,6 +206,9 @@ class Uplink:
             if not self.connected:
                 continue
             self._check_ack_timeout()
+            if self.hold is not None and self.hold.overdue():
+                self.hold.spill(f"the cloud took over {self.hold.max_age_s:.0f} s to "
+                                "acknowledge")
             self._send_health()
             if not self._send_some():
                 # Idle: sleep until the committer stores something, PUBACKs may be due, or
@@ -258,33 +276,57 @@ class Uplink:
         self._last_refill = now
 
     def _send_some(self) -> int:
+        """Alarms from the store first, then held readings, then stored telemetry."""
         sent = 0
         while self.connected and len(self._inflight) < self.cfg.max_inflight:
             self._refill()
             if self.cfg.drain_rate and self._tokens < 1:
                 break
-            batch = self._next_batch()
+            limit = self.cfg.batch_size
+            if self.cfg.drain_rate:
+                limit = max(1, min(limit, int(self._tokens)))
+            batch = self._fetch(ALARM, limit)
+            if not batch:
+                n = self._send_held(limit)
+                if n is not None:  # readings were held: those first
+                    if not n:
+                        break
+                    sent += n
+                    continue
+                batch = self._telemetry(limit)
             if not batch or not self._publish(batch):
                 break
             sent += len(batch)
         return sent
 
-    def _next_batch(self) -> list[Stored]:
-        limit = self.cfg.batch_size
-        if self.cfg.drain_rate:
-            limit = max(1, min(limit, int(self._tokens)))
-        for priority in (ALARM, TELEMETRY):
-            rows = self._fetch(priority, limit)
-            if not rows:
-                continue
-            due = (rows[0].created_ms + self.cfg.batch_delay_ms) / 1000
-            if priority == TELEMETRY and len(rows) < limit and time.time() < due:
-                self._batch_due = due  # wait a little for a fuller batch
-                return []
+    def _send_held(self, limit: int) -> int | None:
+        """How many held readings went out (0: a partial batch waits, or paho refused),
+        or None when none are held."""
+        if self.hold is None or not self.hold.waiting():
+            return None
+        n, due = self.hold.send(limit, self.cfg.batch_delay_ms / 1000, self._publish_held)
+        self._batch_due = None if due is None else time.time() + due - time.monotonic()
+        return n
+
+    def _telemetry(self, limit: int) -> list[Stored]:
+        """Stored telemetry; a partial batch waits up to ``batch_delay_ms`` to fill. An
+        empty store opens the hold."""
+        rows = self._fetch(TELEMETRY, limit)
+        if not rows:
             self._batch_due = None
-            return rows
+            if self.hold is not None and not self._inflight_store():
+                self.hold.open()  # caught up: new readings may skip the store
+            return []
+        due = (rows[0].created_ms + self.cfg.batch_delay_ms) / 1000
+        if len(rows) < limit and time.time() < due:
+            self._batch_due = due  # wait a little for a fuller batch
+            return []
         self._batch_due = None
-        return []
+        return rows
+
+    def _inflight_store(self) -> bool:
+        """Stored records still on their way (the store is not empty until they land)."""
+        return any(ids for _, ids in self._inflight.values())
 
     def _fetch(self, priority: int, limit: int) -> list[Stored]:
         """Rows after the cursor, skipping those delivered before a reconnect whose
@@ -298,23 +340,36 @@ class Uplink:
                 return kept
             self._cursor[priority] = rows[-1].id
 
-    def _publish(self, rows: list[Stored]) -> bool:
-        """Hand one batch to paho; False (and the link marked lost) if it refused."""
-        priority = rows[0].priority
+    def _send(self, priority: int, bodies: list[bytes], count: int) -> int | None:
+        """Publish one batch; its message id, or None (and the link marked lost)."""
         if self.cfg.format == "json":
-            payload = b"[" + b",".join(r.body for r in rows) + b"]"
+            payload = b"[" + b",".join(bodies) + b"]"
         else:
-            payload = cbor2.dumps([json.loads(r.body) for r in rows])
+            payload = cbor2.dumps([json.loads(body) for body in bodies])
         info = self.client.publish(f"{self.base}/{TOPICS[priority]}", payload, qos=1,
                                    properties=self._props)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             log.warning("uplink: publish refused (%s); reconnecting", mqtt.error_string(info.rc))
             self.client.disconnect()
             self._lost()
-            return False
-        self._inflight[info.mid] = (time.monotonic(), [r.id for r in rows])
-        self._cursor[priority] = rows[-1].id
-        self.published += len(rows)
+            return None
+        self.published += count
         if self.cfg.drain_rate:
-            self._tokens -= len(rows)
+            self._tokens -= count
+        return info.mid
+
+    def _publish(self, rows: list[Stored]) -> bool:
+        """Hand one stored batch to paho; False (and the link marked lost) if it refused."""
+        mid = self._send(rows[0].priority, [r.body for r in rows], len(rows))
+        if mid is None:
+            return False
+        self._inflight[mid] = (time.monotonic(), [r.id for r in rows])
+        self._cursor[rows[0].priority] = rows[-1].id
         return True
+
+    def _publish_held(self, items: list[Held]) -> int | None:
+        """Hand a batch of held readings to paho (called by Hold.send, under its lock)."""
+        mid = self._send(TELEMETRY, [h.record.body for h in items], len(items))
+        if mid is not None:
+            self._inflight[mid] = (time.monotonic(), [])
+        return mid

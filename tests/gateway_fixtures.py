@@ -42,18 +42,19 @@ def frame(device: str, seq: int, boot: int = 1, key: bytes | None = None,
 
 def config_text(state_dir: Path, local: Mosquitto, cloud: Mosquitto | None,
                 devices: list[str], metrics_port: int = 0, extra: str = "",
-                **uplink: object) -> str:
+                store: str = "", uplink_port: int = 0, **uplink: object) -> str:
+    """``store``: more [store] lines; ``uplink_port``: reach the cloud there (a proxy)."""
     lines = [
         "[gateway]", 'id = "gw-test"', f'state_dir = "{state_dir}"', 'log_level = "info"',
         "[local]", f"port = {local.port}",
-        "[store]", "commit_interval_ms = 20",
+        "[store]", "commit_interval_ms = 20", store,
         "[metrics]", f"port = {metrics_port or free_port()}",
         "[uplink]",
     ]
     if cloud is None:
         lines.append("enabled = false")
     else:
-        settings = {"host": "127.0.0.1", "port": cloud.port, "tls": False,
+        settings = {"host": "127.0.0.1", "port": uplink_port or cloud.port, "tls": False,
                     "batch_delay_ms": 20, **uplink}
         for k, v in settings.items():
             lines.append(f"{k} = {str(v).lower() if isinstance(v, bool) else repr(v)}"

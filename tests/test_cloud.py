@@ -55,6 +55,7 @@ from gateway_fixtures import (
     frame,
 )
 from gridedge.gateway import events as gw_events
+from gridedge.gateway import records as gw_records
 from gridedge.gateway.checks import EdgeChecks
 from gridedge.gateway.config import ChecksSection, Limits
 from gridedge.gateway.pipeline import DeviceInfo, Pipeline
@@ -468,7 +469,7 @@ def checks_events() -> list[dict[str, Any]]:
         lost_commits=135, salvaged=65, dropped=0, time_ms=int((t0 + 24) * 1000))), 0, 0))
     events.append((gw_events.record_corrupt(
         [Stored(12, 1, "m1", 1, 7, int(t0 * 1000), b"{}")], int((t0 + 25) * 1000)), 0, 0))
-    return [json.loads(Pipeline.alarm_record(ev, boot, s).body) for ev, boot, s in events]
+    return [json.loads(gw_records.alarm(ev, boot, s).body) for ev, boot, s in events]
 
 
 def test_every_alarm_kind_matches_schema_and_cddl(tmp_path: Path) -> None:
@@ -523,7 +524,7 @@ def stuck_records() -> list[dict[str, Any]]:
     for seq in range(3):
         ch = Channel(0, 0, {"voltage": 230_000, "current": 5_000, "power": 1_000_000})
         f = Frame("m1", 1, seq, seq * 1000, 1000, (ch,), unix_ms=1_700_000_000_000 + seq)
-        events += [Pipeline.alarm_record(ev, f.boot, f.seq) for ev in
+        events += [gw_records.alarm(ev, f.boot, f.seq) for ev in
                    checks.observe(f, 1_700_000_000 + seq)]
     return [json.loads(r.body) for r in events]
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import cbor2
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from tcp_proxy import FreezableProxy
 
 from brokers import Mosquitto, free_port
 from certs import make_pki
@@ -22,6 +21,7 @@ from gateway_fixtures import (
     frame,
 )
 from mqtt_capture import Capture, wait_for
+from tcp_proxy import FreezableProxy
 
 DEVICES = ["mtr-1", "mtr-2"]
 

@@ -9,7 +9,9 @@ the best of several repetitions. Suites so far:
 - serial deframing against bare ``cobs.decode`` + ``zlib.crc32`` of the same frames;
 - firmware frame building under the MicroPython unix port against the same firmware code
   under CPython;
-- the physical limit of a 115200-baud serial link for the frame size measured here.
+- the physical limit of a 115200-baud serial link for the frame size measured here;
+- with the brokers (bench_gateway.py, bench_wear.py): throughput, latency, backlog drain,
+  and the bytes the gateway and its broker write to storage per frame (SD-card wear).
 """
 
 from __future__ import annotations
@@ -177,9 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = [bench_gateway_decode(), bench_deframe(), bench_firmware_build(),
             serial_limit(len(framing.encode(message)))]
     if not args.no_gateway:
-        from gridedge.tools import bench_gateway
+        from gridedge.tools import bench_gateway, bench_wear
 
         rows += bench_gateway.run(args.frames, args.backlog)
+        rows += bench_wear.bench_wear()
     print(render(rows))
     out = {"machine": {"python": sys.version.split()[0], "cpus": os.cpu_count(),
                        "platform": platform.platform()},
