@@ -4,10 +4,11 @@ Nothing is counted twice: the collector asks the pipeline, readers, store and up
 their figures at scrape time (prometheus_client's text format on http://HOST:PORT/metrics).
 Store figures come from the store's own bookkeeping; ``gridedge_bytes_written_total`` is
 what this process made the kernel write to storage (/proc/self/io write_bytes): the
-SD-card wear the gateway causes. The local-broker link is exported as
-``gridedge_ingest_connected``, ``gridedge_ingest_state_since_seconds`` (unix time of its
-last change), ``gridedge_ingest_link_info{state,error}`` (why it is down) and
-``gridedge_ingest_connect_failures_total``.
+SD-card wear the gateway causes. Each broker link (``ingest``: the local broker;
+``uplink``: the cloud) is exported as ``gridedge_<link>_connected``,
+``gridedge_<link>_state_since_seconds`` (unix time of its last change),
+``gridedge_<link>_link_info{state,error}`` (why it is down) and
+``gridedge_<link>_connect_failures_total``.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     InfoMetricFamily,
+    Metric,
 )
 from prometheus_client.registry import Collector
 
-from gridedge.gateway.link import CONNECTED
+from gridedge.gateway.link import CONNECTED, Link
 
 if TYPE_CHECKING:
     from gridedge.gateway.daemon import Daemon
@@ -34,7 +36,7 @@ class DaemonCollector(Collector):
     def __init__(self, daemon: Daemon) -> None:
         self.d = daemon
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | InfoMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         d = self.d
         p = d.pipeline
         c = CounterMetricFamily("gridedge_frames_accepted", "Frames verified and stored")
@@ -92,27 +94,14 @@ class DaemonCollector(Collector):
                               "1 while the local broker grants the frame subscription")
         g.add_metric([], 1 if d.ingest.subscribed else 0)
         yield g
-        link = d.ingest.link.snapshot()
-        g = GaugeMetricFamily("gridedge_ingest_connected",
-                              "1 while the ingest is connected to the local broker")
-        g.add_metric([], 1 if link.state == CONNECTED else 0)
-        yield g
-        g = GaugeMetricFamily("gridedge_ingest_state_since_seconds",
-                              "Unix time of the local broker link's last change of state")
-        g.add_metric([], link.since)
-        yield g
-        i = InfoMetricFamily("gridedge_ingest_link", "The local broker link: state "
-                             "(connecting, connected, disconnected, refused), last error")
-        i.add_metric([], {"state": link.state, "error": link.error})
-        yield i
-        c = CounterMetricFamily("gridedge_ingest_connect_failures",
-                                "Failed or lost connections to the local broker")
-        c.add_metric([], link.failures)
-        yield c
+        yield from link_metrics("ingest", "the local broker", d.ingest.link)
         up = d.uplink
-        g = GaugeMetricFamily("gridedge_uplink_connected", "1 while the cloud link is up")
-        g.add_metric([], 1 if up is not None and up.connected else 0)
-        yield g
+        if up is not None:
+            yield from link_metrics("uplink", "the cloud broker", up.link)
+        else:
+            g = GaugeMetricFamily("gridedge_uplink_connected", "1 while the cloud link is up")
+            g.add_metric([], 0)
+            yield g
         c = CounterMetricFamily("gridedge_uplink_delivered", "Records acknowledged by the cloud")
         c.add_metric([], up.delivered if up is not None else 0)
         yield c
@@ -161,3 +150,24 @@ def serve(daemon: Daemon, host: str, port: int) -> None:
         raise MetricsError(f"metrics.host, metrics.port: cannot listen on {host}:{port}: "
                            f"{e.strerror or e} (another gateway running? set another "
                            "metrics.port)") from e
+
+
+def link_metrics(name: str, peer: str, link: Link) -> Iterator[Metric]:
+    """A broker link's state (link.py) as gridedge_<name>_connected, _state_since_seconds,
+    _link_info{state, error} and _connect_failures_total."""
+    snap = link.snapshot()
+    g = GaugeMetricFamily(f"gridedge_{name}_connected", f"1 while connected to {peer}")
+    g.add_metric([], 1 if snap.state == CONNECTED else 0)
+    yield g
+    g = GaugeMetricFamily(f"gridedge_{name}_state_since_seconds",
+                          f"Unix time of the {name} link's last change of state")
+    g.add_metric([], snap.since)
+    yield g
+    i = InfoMetricFamily(f"gridedge_{name}_link", f"The link to {peer}: state (connecting, "
+                         "connected, disconnected, refused), last error")
+    i.add_metric([], {"state": snap.state, "error": snap.error})
+    yield i
+    c = CounterMetricFamily(f"gridedge_{name}_connect_failures",
+                            f"Failed or lost connections to {peer}")
+    c.add_metric([], snap.failures)
+    yield c

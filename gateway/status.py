@@ -56,7 +56,11 @@ def live(host: str, port: int, timeout: float = 2.0) -> dict[str, Any]:
                 store.update(error=labels["error"], since=iso_ms(int(since * 1000)),
                              for_s=round(max(0.0, time.time() - since), 1))
             elif name == "gridedge_uplink_connected":
-                out["uplink"]["state"] = "connected" if value else "disconnected"
+                out["uplink"].setdefault("state", "connected" if value else "disconnected")
+            elif name == "gridedge_uplink_link_info":
+                out["uplink"]["state"], out["uplink"]["error"] = labels["state"], labels["error"]
+            elif name == "gridedge_uplink_state_since_seconds":
+                out["uplink"]["since"] = iso_ms(int(value * 1000))
             elif name == "gridedge_uplink_reconnects_total":
                 out["uplink"]["connects"] = int(value)
             elif name == "gridedge_uplink_delivered_total":

@@ -36,6 +36,7 @@ from paho.mqtt.properties import Properties
 
 from gridedge.gateway.config import UplinkSection
 from gridedge.gateway.hold import Held, Hold
+from gridedge.gateway.link import DISCONNECTED, REFUSED, Link
 from gridedge.gateway.payloads import iso_ms
 from gridedge.gateway.store import ALARM, TELEMETRY, Store, Stored, StoreError
 
@@ -52,6 +53,8 @@ class Uplink:
         self.status_topic = f"{self.base}/status"
         self.gateway_id = gateway_id
         self.connected = False
+        self.link = Link("uplink", f"the cloud broker {cfg.host}:{cfg.port}", log)
+        self._answered = False  # a CONNACK arrived on the current attempt
         self.connects = 0
         self.failures = 0
         self.delivered = 0
@@ -121,8 +124,9 @@ class Uplink:
 
     # -- paho callbacks (run in our thread, inside client.loop) ------------------
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        self._answered = True
         if rc.is_failure:
-            log.error("cloud broker %s:%d refused: %s", self.cfg.host, self.cfg.port, rc)
+            self.link.down(REFUSED, str(rc))
             return
         self.connected = True
         self.connects += 1
@@ -132,11 +136,12 @@ class Uplink:
             {"state": "online", "gateway": self.gateway_id,
              "since": iso_ms(int(time.time() * 1000))}),
             qos=1, retain=True)
-        log.info("uplink connected to %s:%d", self.cfg.host, self.cfg.port)
+        self.link.up()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         if self.connected:
-            log.warning("uplink lost %s:%d (%s)", self.cfg.host, self.cfg.port, rc)
+            self.link.down(DISCONNECTED, "connection lost" if str(rc) == "Unspecified error"
+                           else str(rc))
         self._lost()
 
     def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, rc: Any, _p: Any) -> None:
@@ -240,19 +245,27 @@ class Uplink:
     def _try_connect(self) -> None:
         if time.monotonic() < self._next_try:
             return
+        self._answered = False
         try:
             self.client.connect(self.cfg.host, self.cfg.port, keepalive=30)
         except (OSError, ssl.SSLError, ValueError) as e:
             self.failures += 1
-            log.warning("uplink: cannot connect to %s:%d: %s", self.cfg.host, self.cfg.port, e)
+            self.link.down(DISCONNECTED, str(e) or type(e).__name__)
             self._schedule_retry()
             return
         deadline = time.monotonic() + 10
+        closed = False
         while not self.connected and time.monotonic() < deadline and not self._stop.is_set():
             if self.client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+                closed = True
                 break
         if not self.connected:
             self.failures += 1
+            if not self._answered:  # a REFUSED CONNACK has been reported already
+                hint = "" if self.cfg.tls else " (a TLS-only port? uplink.tls is off)"
+                self.link.down(DISCONNECTED, ("the connection closed" if closed else
+                                              "no answer within 10 s") +
+                               f" before the broker answered the MQTT CONNECT{hint}")
             self.client.disconnect()
             self._schedule_retry()
 
@@ -261,8 +274,8 @@ class Uplink:
             return
         oldest = next(iter(self._inflight.values()))[0]  # PUBACKs come in order
         if time.monotonic() - oldest > self.cfg.ack_timeout_s:
-            log.warning("uplink: no PUBACK for %.0f s: dropping a half-open connection",
-                        self.cfg.ack_timeout_s)
+            self.link.down(DISCONNECTED, f"no PUBACK for {self.cfg.ack_timeout_s:.0f} s: "
+                           "a half-open connection, dropped")
             self.failures += 1
             self.client.disconnect()
             self._lost()

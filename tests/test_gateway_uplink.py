@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import cbor2
@@ -177,5 +180,49 @@ def test_a_refused_puback_keeps_the_records_until_the_broker_takes_them(tmp_path
         pub.close()
         gw.terminate()
         capture.close()
+        local.stop()
+        cloud.stop()
+
+
+def test_a_cloud_link_that_cannot_work_is_said_once_and_shown_in_status(tmp_path: Path) -> None:
+    """TLS off against a TLS-only port (the broker waits for a handshake that never
+    comes, then drops the connection) and a refused client certificate: each is one log
+    line naming the cause while it lasts, not one per retry, and status shows it."""
+    pki = make_pki(tmp_path / "pki")
+    tls_port = free_port()
+    local = Mosquitto(tmp_path / "local", persistence=True, extra=LOCAL_BROKER_EXTRA).start()
+    cloud = Mosquitto(tmp_path / "cloud", extra="\n".join([
+        f"listener {tls_port} 127.0.0.1", f"cafile {pki.ca_pem}",
+        f"certfile {pki.server_cert}", f"keyfile {pki.server_key}",
+        "require_certificate true", ""])).start()
+    metrics_port = free_port()
+    cfg = tmp_path / "gw.toml"
+    log = tmp_path / "gw.log"
+    cfg.write_text(config_text(tmp_path / "state", local, cloud, DEVICES, metrics_port,
+                               port=tls_port, tls=False, backoff_min_s=0.2,
+                               backoff_max_s=1.0))
+    gw = GatewayProcess(cfg, log).start(wait_subscribed=True)
+    try:
+        hint = "(a TLS-only port? uplink.tls is off)"
+        assert wait_for(lambda: hint in log.read_text(), 30), log.read_text()[-2000:]
+        time.sleep(8)  # several more attempts
+        assert log.read_text().count(hint) == 1
+        status = json.loads(subprocess.run(
+            [sys.executable, "-m", "gridedge.gateway.cli", "status", "--config", str(cfg)],
+            capture_output=True, text=True, check=True).stdout)["daemon"]["uplink"]
+        assert status["state"] == "disconnected" and hint in status["error"], status
+        assert gw.terminate() == 0
+        # TLS on, but no client certificate for a broker that requires one.
+        cfg.write_text(config_text(tmp_path / "state", local, cloud, DEVICES, metrics_port,
+                                   port=tls_port, tls=True, ca_file=str(pki.ca_pem),
+                                   backoff_min_s=0.2, backoff_max_s=1.0))
+        before = len(log.read_text())
+        gw.start(wait_subscribed=True)
+        assert wait_for(lambda: "uplink cannot reach the cloud broker" in
+                        log.read_text()[before:], 20), log.read_text()[before:]
+        time.sleep(5)
+        assert log.read_text()[before:].count("uplink cannot reach the cloud broker") == 1
+    finally:
+        gw.terminate()
         local.stop()
         cloud.stop()
