@@ -12,7 +12,8 @@ _BLOCK = 64
 
 
 class HMACSHA256:
-    """HMAC-SHA256 with a fixed key: ``HMACSHA256(key).digest(msg)``."""
+    """HMAC-SHA256 with a fixed key: ``HMACSHA256(key).digest(msg)``; ``digest(a, b, ...)``
+    is the MAC of the parts joined, without joining them."""
 
     def __init__(self, key):
         if len(key) > _BLOCK:
@@ -21,9 +22,10 @@ class HMACSHA256:
         self._ipad = bytes(b ^ 0x36 for b in key)
         self._opad = bytes(b ^ 0x5C for b in key)
 
-    def digest(self, msg):
+    def digest(self, *parts):
         inner = hashlib.sha256(self._ipad)
-        inner.update(msg)
+        for part in parts:
+            inner.update(part)
         outer = hashlib.sha256(self._opad)
         outer.update(inner.digest())
         return outer.digest()

@@ -67,7 +67,8 @@ UNDEFINED = _Undefined()
 # ---------------------------------------------------------------- encoding
 
 
-def _head(buf, major, n):
+def head(buf, major, n):
+    """Append the head of a data item of major type major and argument n."""
     mt = major << 5
     if n < 24:
         buf.append(mt | n)
@@ -159,36 +160,41 @@ def _encode(buf, obj, depth):
         if n > 0xFFFFFFFFFFFFFFFF:  # bignum: tag 2 (positive) or 3 (negative)
             buf.append(0xC2 + major)
             b = _bignum_bytes(n)
-            _head(buf, 2, len(b))
+            head(buf, 2, len(b))
             buf.extend(b)
         else:
-            _head(buf, major, n)
+            head(buf, major, n)
     elif isinstance(obj, (bytes, bytearray, memoryview)):
-        _head(buf, 2, len(obj))
+        head(buf, 2, len(obj))
         buf.extend(obj)
     elif isinstance(obj, str):
         b = obj.encode("utf-8")
-        _head(buf, 3, len(b))
+        head(buf, 3, len(b))
         buf.extend(b)
     elif isinstance(obj, (list, tuple)):
-        _head(buf, 4, len(obj))
+        head(buf, 4, len(obj))
         for item in obj:
             _encode(buf, item, depth + 1)
     elif isinstance(obj, dict):
+        head(buf, 5, len(obj))
+        if _small_keys(obj):  # a frame's maps: one byte per key, in numeric order
+            for k in sorted(obj):
+                buf.append(k)
+                _encode(buf, obj[k], depth + 1)
+            return
         items = []
         for k in obj:
             kb = bytearray()
             _encode(kb, k, depth + 1)
             items.append((bytes(kb), obj[k]))
         items.sort(key=_first)
-        _head(buf, 5, len(items))
         for kb, v in items:
             buf.extend(kb)
             _encode(buf, v, depth + 1)
     elif isinstance(obj, float):
         _encode_float(buf, obj)
     elif isinstance(obj, Tag):
-        _head(buf, 6, obj.tag)
+        head(buf, 6, obj.tag)
         _encode(buf, obj.value, depth + 1)
     elif isinstance(obj, Simple):
         if obj.value < 24:
@@ -204,6 +210,20 @@ def _encode(buf, obj, depth):
 
 def _first(pair):
     return pair[0]
+
+
+def _small_keys(d):
+    # Keys 0..23 encode as the one byte of their value, so their bytewise order is the
+    # numeric one: no key needs encoding apart to be sorted.
+    for k in d:
+        if not isinstance(k, int) or k is True or k is False or not 0 <= k < 24:
+            return False
+    return True
+
+
+def encode(buf, obj):
+    """Append obj's deterministic encoding to the bytearray buf (a buffer made once)."""
+    _encode(buf, obj, 0)
 
 
 def dumps(obj):

@@ -85,14 +85,13 @@ def _protected(device_id):
     return cbor.dumps({HDR_ALG: ALG_HMAC_256_64, HDR_KID: device_id.encode("utf-8")})
 
 
-def _mac(mac, protected, payload):
-    return mac.digest(cbor.dumps(["MAC0", protected, b"", payload]))[:TAG_LEN]
-
-
 class FrameBuilder:
     """Builds frames for one device: ``FrameBuilder(device_id, key).build(...)``.
 
-    The key's HMAC pads and the protected header are computed once.
+    The key's HMAC pads, the protected header and everything before the payload in the
+    MAC_structure and in the message are computed once. The payload and the message are
+    encoded into two buffers that keep their size (the largest frame so far), and the MAC
+    is taken over the MAC_structure's parts, so a frame allocates little beyond itself.
     """
 
     def __init__(self, device_id, key):
@@ -102,10 +101,24 @@ class FrameBuilder:
             raise FrameError("device key must be 32 bytes")
         self.device_id = device_id
         self._mac = auth.HMACSHA256(key)
-        self._protected = _protected(device_id)
+        protected = _protected(device_id)
+        buf = bytearray()  # MAC_structure ["MAC0", protected, h'', payload], to the payload
+        cbor.head(buf, 4, 4)
+        for item in ("MAC0", protected, b""):
+            cbor.encode(buf, item)
+        self._mac_structure = bytes(buf)
+        buf = bytearray()  # 17([protected, {}, payload, tag]), to the payload
+        cbor.head(buf, 6, COSE_MAC0_TAG)
+        cbor.head(buf, 4, 4)
+        cbor.encode(buf, protected)
+        cbor.encode(buf, {})
+        self._message = bytes(buf)
+        self._payload = bytearray()
+        self._out = bytearray()
+        self._len = bytearray()  # the payload's byte-string head
 
     def build(self, boot, seq, uptime_ms, period_ms, channels, unix_ms=None, dropped=0):
-        """Encode and MAC one frame. channels: list of channel maps (C_* keys)."""
+        """Encode and MAC one frame (bytes). channels: list of channel maps (C_* keys)."""
         if not 1 <= len(channels) <= MAX_CHANNELS:
             raise FrameError("a frame carries 1..%d channels" % MAX_CHANNELS)
         reading = {
@@ -121,9 +134,19 @@ class FrameBuilder:
             reading[F_TIME] = unix_ms
         if dropped:
             reading[F_DROPPED] = dropped
-        payload = cbor.dumps(reading)
-        tag = _mac(self._mac, self._protected, payload)
-        msg = cbor.dumps(cbor.Tag(COSE_MAC0_TAG, [self._protected, {}, payload, tag]))
-        if len(msg) > MAX_MESSAGE:
-            raise FrameError("frame of %d bytes exceeds %d" % (len(msg), MAX_MESSAGE))
-        return msg
+        payload = self._payload
+        payload[:] = b""  # emptied, not freed
+        cbor.encode(payload, reading)
+        head = self._len
+        head[:] = b""
+        cbor.head(head, 2, len(payload))
+        tag = self._mac.digest(self._mac_structure, head, payload)
+        out = self._out
+        out[:] = self._message
+        out.extend(head)
+        out.extend(payload)
+        cbor.head(out, 2, TAG_LEN)
+        out.extend(memoryview(tag)[:TAG_LEN])
+        if len(out) > MAX_MESSAGE:
+            raise FrameError("frame of %d bytes exceeds %d" % (len(out), MAX_MESSAGE))
+        return bytes(out)

@@ -12,12 +12,13 @@ class SerialLink:
     def __init__(self, port):
         self.port = port  # a machine.UART, or a stream with write() (USB CDC: sys.stdout.buffer)
         self.sent = 0
+        self._out = bytearray()  # one encoded frame; keeps the size of the largest
         self.port.write(b"\x00")
 
     def service(self, ring):
         """Send everything waiting in the ring."""
         while len(ring):
-            self.port.write(wire.encode(ring.peek()))
+            self.port.write(wire.encode_into(self._out, ring.peek()))
             ring.pop()
             self.sent += 1
         return True

@@ -47,40 +47,54 @@ class WireError(ValueError):
     """A message over the size limit (and, in the tests' decoder, a bad received frame)."""
 
 
-def cobs_encode(data):
-    out = bytearray()
-    code_pos = 0
+def _cobs_into(out, parts):
+    """Append COBS of the parts, joined, to out."""
+    code_pos = len(out)
     out.append(0)
     code = 1
     full = False  # the last block was closed by reaching 254 bytes, not by a zero
-    for b in data:
-        full = False
-        if b == 0:
-            out[code_pos] = code
-            code_pos = len(out)
-            out.append(0)
-            code = 1
-        else:
-            out.append(b)
-            code += 1
-            if code == 0xFF:
+    for data in parts:
+        for b in data:
+            full = False
+            if b == 0:
                 out[code_pos] = code
                 code_pos = len(out)
                 out.append(0)
                 code = 1
-                full = True
+            else:
+                out.append(b)
+                code += 1
+                if code == 0xFF:
+                    out[code_pos] = code
+                    code_pos = len(out)
+                    out.append(0)
+                    code = 1
+                    full = True
     if full:
         # Data ends right after a full block: no further code byte (canonical COBS, as the
-        # gateway's cobs library emits; decoders accept both forms). MicroPython's
-        # bytearray has no pop().
-        return bytes(out[:-1])
-    out[code_pos] = code
+        # gateway's cobs library emits; decoders accept both forms).
+        out[code_pos:] = b""
+    else:
+        out[code_pos] = code
+
+
+def cobs_encode(data):
+    out = bytearray()
+    _cobs_into(out, (data,))
     return bytes(out)
+
+
+def encode_into(out, message):
+    """Frame a message for the serial link, delimiter included, into the bytearray out
+    (emptied first: a buffer made once keeps its size)."""
+    if len(message) > MAX_MESSAGE:
+        raise WireError("message of %d bytes exceeds %d" % (len(message), MAX_MESSAGE))
+    out[:] = b""
+    _cobs_into(out, (message, struct.pack("<I", crc32(message))))
+    out.append(0)
+    return out
 
 
 def encode(message):
     """Frame a message for the serial link, delimiter included."""
-    if len(message) > MAX_MESSAGE:
-        raise WireError("message of %d bytes exceeds %d" % (len(message), MAX_MESSAGE))
-    crc = crc32(message)
-    return cobs_encode(bytes(message) + struct.pack("<I", crc)) + b"\x00"
+    return bytes(encode_into(bytearray(), message))

@@ -17,10 +17,16 @@ from gemeter.frame import (
     HDR_ALG,
     HDR_KID,
     MAX_MESSAGE,
+    TAG_LEN,
     VERSION,
     FrameError,
-    _mac,
 )
+
+
+def _mac(mac, protected, payload):
+    """The tag over the whole MAC_structure, encoded at once (the builder takes it over
+    the structure's parts): RFC 9052 section 6.3."""
+    return mac.digest(cbor.dumps(["MAC0", protected, b"", payload]))[:TAG_LEN]
 
 
 def _loads(data, what):
