@@ -6,7 +6,9 @@ A missing device key or board file sends the device to the console instead of lo
 leaving that console tries to start again, so a fix made there (key generate, save, exit)
 starts the meter without a reset. Nothing typed at the console keeps the meter from
 starting: a fault in the console itself is printed and the meter starts all the same.
-The console's code is unloaded before the meter runs, so its heap is the meter's.
+Every firmware module the console loaded (itself, and what its commands used) is unloaded
+before the meter runs: the meter loads what it needs into a heap the console left in
+one piece, not into the gaps between what the console's session left behind.
 """
 
 FIRMWARE_VERSION = "0.1.0"
@@ -16,6 +18,9 @@ def console(window):
     """The boot window's console (window) or the console itself. True if the installer
     left it with exit; False if none ran, its input ended, or it failed. KeyboardInterrupt
     (Ctrl-C) still ends the program: mpremote and `gridedge flash` take a board over so."""
+    import sys
+
+    before = [name for name in sys.modules if name.startswith("gemeter")]
     try:
         from gemeter import console as con
 
@@ -26,17 +31,22 @@ def console(window):
         print("gridedge: console failed: %r" % (e,))
         return False
     finally:
-        unload_console()
+        unload_console(before)
 
 
-def unload_console():
+def unload_console(keep):
+    """Forget the gemeter modules loaded since keep (a list of module names) was taken,
+    and the package's attributes for them."""
     import sys
 
-    import gemeter
-
-    sys.modules.pop("gemeter.console", None)
-    if "console" in dir(gemeter):
-        delattr(gemeter, "console")
+    gone = [name for name in sys.modules if name.startswith("gemeter") and name not in keep]
+    for name in gone:
+        del sys.modules[name]
+    package = sys.modules.get("gemeter")
+    if package is not None:
+        for name in gone:
+            if name.count(".") == 1 and name[8:] in dir(package):
+                delattr(package, name[8:])
 
 
 def main():

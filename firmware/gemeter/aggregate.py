@@ -79,6 +79,10 @@ class ChannelAggregate:
     def mark(self, status_bits):
         self.status |= status_bits
 
+    def mark_kind(self, kind):
+        """A driver condition (a DriverError kind) for the period, without a failed sample."""
+        self.status |= _STATUS_OF_KIND.get(kind, frame.ST_TIMEOUT)
+
     def to_map(self):
         """The channel map for the frame (frame.C_* keys), then ready for the next period."""
         status = self.status | self.flags

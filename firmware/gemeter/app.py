@@ -7,9 +7,14 @@ energy totals within the flash-wear budget; sleep until the next sample is due. 
 counter is saved before the first frame. ``run`` returns statistics when given a cycle
 limit (tests, benchmarks); on a board it runs forever.
 
-Garbage collection is never switched off: after each report the loop collects and notes
-the live and free heap (``stats``: heap_live_*, heap_free_min), which measures the meter
-without risking it. The console's ``show`` prints the same figures on a board.
+Heap. The start goes in two steps, so that what only the start needs never shares the
+heap with the meter: first the board file, the settings and the key are read (modules
+board, config and keystore, then unloaded: STARTUP_MODULES), then the meter's modules are
+imported and built from plain data (board is loaded again to make the buses, and unloaded
+after). A driver is imported only for a board that carries its IC. Garbage collection is
+never switched off: after each report the loop collects and notes the live and free heap
+(``stats``: heap_live_*, heap_free_min), which measures the meter without risking it. The
+console's ``show`` prints the same figures on a board.
 """
 
 import gc
@@ -17,19 +22,6 @@ import sys
 import time
 
 import machine
-
-from gemeter import board as boardmod
-from gemeter import frame
-from gemeter.config import Config
-from gemeter.drivers.ade7953 import ADE7953, DEFAULT_CALIBRATION
-from gemeter.drivers.pzem004t import PZEM004T
-from gemeter.keystore import KeyStore
-from gemeter.link_serial import SerialLink
-from gemeter.ring import FrameRing
-from gemeter.sampler import Sampler
-from gemeter.sources import ADESource, PZEMSource
-from gemeter.state import State
-from gemeter.timesync import Clock
 
 
 class Paths:
@@ -44,9 +36,27 @@ class Paths:
         self.ca = root + "ca.der"  # the gateway's CA certificate, DER (MQTT over TLS)
 
 
+# Modules only the start needs (board file, settings, key): App unloads them once built.
+STARTUP_MODULES = ("board", "config", "keystore")
+
+
+def unload(names):
+    """Forget modules of the gemeter package, e.g. ``unload(("console",))``: their heap is
+    freed once nothing refers to anything they made."""
+    import gemeter
+
+    for name in names:
+        sys.modules.pop("gemeter." + name, None)
+        if name in dir(gemeter):
+            delattr(gemeter, name)
+
+
 def _calibration(cfg, ch_a, ch_b):
     """ADE7953 calibration from the config's per-channel entries; which channels lack one."""
-    entries = (cfg.calibration.get(str(ch_a), {}), cfg.calibration.get(str(ch_b), {}))
+    from gemeter.drivers.ade7953 import DEFAULT_CALIBRATION
+
+    saved = cfg.get("calibration")
+    entries = (saved.get(str(ch_a), {}), saved.get(str(ch_b), {}))
     d = DEFAULT_CALIBRATION
     volts = entries[0].get("volts") or entries[1].get("volts") or d["volts"]
     cal = {
@@ -59,20 +69,35 @@ def _calibration(cfg, ch_a, ch_b):
     return cal, uncalibrated
 
 
+def pzem_addresses(text, board_default):
+    """The pzem_addresses setting (checked by config: "1,2,..." or empty for the board's)."""
+    return [int(p) for p in text.split(",")] if text else list(board_default)
+
+
 def build_sources(desc, cfg, state):
-    """(sources, channel count, channels without calibration) from the board's meter list."""
+    """(sources, channel count, channels without calibration) from the board's meter list.
+    cfg: the settings, anything with ``get`` (config.Config, or the plain dict App keeps),
+    "calibration" included. A driver is imported only for a board that carries its IC."""
+    from gemeter import board as boardmod
+    from gemeter.frame import MAX_CHANNELS
+    from gemeter.sources import ADESource, PZEMSource
+
     sources = []
     uncalibrated = []
     ch = 0
     for m in desc["meters"]:
         if m["type"] == "pzem004t":
+            from gemeter.drivers.pzem004t import PZEM004T
+
             uart = boardmod.uart(desc, m["uart"])
-            for addr in cfg.pzem_addresses(m.get("addresses", [1])):
+            for addr in pzem_addresses(cfg.get("pzem_addresses"), m.get("addresses", [1])):
                 dev = PZEM004T(uart, addr, timeout_ms=m.get("timeout_ms", 200),
                                gap_ms=m.get("gap_ms", 5))
                 sources.append(PZEMSource(dev, ch))
                 ch += 1
         elif m["type"] == "ade7953":
+            from gemeter.drivers.ade7953 import ADE7953
+
             cal, missing = _calibration(cfg, ch, ch + 1)
             uncalibrated += missing
             chip = ADE7953(
@@ -88,21 +113,27 @@ def build_sources(desc, cfg, state):
             ch += 2
         else:
             raise boardmod.BoardError("unknown meter type %s" % m["type"])
-    if ch > frame.MAX_CHANNELS:
-        raise boardmod.BoardError("%d channels: a frame carries at most %d" % (ch, frame.MAX_CHANNELS))
+    if ch > MAX_CHANNELS:
+        raise boardmod.BoardError("%d channels: a frame carries at most %d" % (ch, MAX_CHANNELS))
     return sources, ch, uncalibrated
 
 
-def open_link(desc, cfg, paths, clock=None):
-    if cfg.get("link") == "mqtt":
+def open_link(desc, settings, paths, clock=None):
+    """The link to the gateway; settings: the config's values (a dict, kept by an MQTT
+    link)."""
+    if settings.get("link") == "mqtt":
         from gemeter.link_mqtt import MQTTLink
         from gemeter.wifi import WiFi
 
-        return MQTTLink(cfg, wifi=WiFi(cfg), clock=clock, ca_path=paths.ca)
+        return MQTTLink(settings, wifi=WiFi(settings), clock=clock, ca_path=paths.ca)
     spec = desc.get("uart", {}).get("gateway", {})
+    from gemeter.link_serial import SerialLink
+
     if spec.get("id") == "usb":
         return SerialLink(sys.stdout.buffer)
-    return SerialLink(boardmod.uart(desc, "gateway", cfg.get("serial_baud")))
+    from gemeter import board as boardmod
+
+    return SerialLink(boardmod.uart(desc, "gateway", settings.get("serial_baud")))
 
 
 def default_device_id():
@@ -111,29 +142,56 @@ def default_device_id():
     return "gm-" + str(binascii.hexlify(machine.unique_id()), "ascii")[-8:]
 
 
+def read_files(paths):
+    """The start's first step: (board description, settings, key) from the files, as plain
+    data (the settings: the config's values and "calibration"). Unloads the modules that
+    read them (STARTUP_MODULES), also when a file is wrong."""
+    try:
+        from gemeter import board as boardmod
+        from gemeter.config import Config
+        from gemeter.keystore import KeyStore
+
+        desc = boardmod.load(paths.board)
+        cfg = Config(paths.config).load()
+        settings = cfg.values
+        settings["calibration"] = cfg.calibration
+        if not settings["device_id"]:
+            settings["device_id"] = default_device_id()
+        return desc, settings, KeyStore(paths.key).load()
+    finally:
+        unload(STARTUP_MODULES)
+        gc.collect()
+
+
 class App:
     def __init__(self, paths=None):
+        """Everything from the files (see the module docstring for the two steps)."""
         self.paths = paths or Paths()
-        self.desc = boardmod.load(self.paths.board)
-        self.cfg = Config(self.paths.config).load()
-        if not self.cfg.get("device_id"):
-            self.cfg.values["device_id"] = default_device_id()
+        desc, settings, key = read_files(self.paths)
+        if key is None:
+            raise RuntimeError("no device key: run the console's 'key generate' or provision")
+        from gemeter import frame
+        from gemeter.ring import FrameRing
+        from gemeter.sampler import Sampler
+        from gemeter.state import State
+        from gemeter.timesync import Clock
+
         self.state = State(self.paths.state).load()
         if self.state.problem:  # the console's show says it too, until this start repairs it
             print("problem: " + self.state.problem)
-        self.key = KeyStore(self.paths.key).load()
-        if self.key is None:
-            raise RuntimeError("no device key: run the console's 'key generate' or provision")
-        self.builder = frame.FrameBuilder(self.cfg.get("device_id"), self.key)
-        self.sources, self.channels, uncal = build_sources(self.desc, self.cfg, self.state)
-        interval = self.cfg.get("sample_interval_ms")
-        per_report = self.cfg.get("report_interval_s") * 1000 // interval
+        self.builder = frame.FrameBuilder(settings["device_id"], key)
+        self.sources, self.channels, uncal = build_sources(desc, settings, self.state)
+        self.interval_ms = settings["sample_interval_ms"]
+        self.checkpoint_s = settings["checkpoint_s"]
+        self.wdt_ms = desc.get("wdt_timeout_ms", 8000)
+        per_report = settings["report_interval_s"] * 1000 // self.interval_ms
         self.sampler = Sampler(self.sources, self.channels, per_report, self.builder)
         for ch in uncal:
             self.sampler.aggs[ch].flags |= frame.ST_UNCALIBRATED
-        self.ring = FrameRing(self.cfg.get("ring_size"))
+        self.ring = FrameRing(settings["ring_size"])
         self.clock = Clock()
-        self.link = None
+        self.link = open_link(desc, settings, self.paths, self.clock)
+        unload(("board",))  # the buses are made
         self.seq = 0
         self.uptime_ms = 0
         # Measurements, in fixed slots (no growth while running): the live heap after the
@@ -153,9 +211,8 @@ class App:
 
     def run(self, max_cycles=None, watchdog=True):
         self.boot = self.state.next_boot()
-        self.link = open_link(self.desc, self.cfg, self.paths, self.clock)
-        wdt = machine.WDT(timeout=self.desc.get("wdt_timeout_ms", 8000)) if watchdog else None
-        interval = self.cfg.get("sample_interval_ms")
+        wdt = machine.WDT(timeout=self.wdt_ms) if watchdog else None
+        interval = self.interval_ms
         last = time.ticks_ms()
         due = last
         while max_cycles is None or self.sampler.cycles < max_cycles:
@@ -168,7 +225,7 @@ class App:
                 self.ring.push(self.sampler.report(
                     self.boot, self.seq, self.uptime_ms, self.clock.unix_ms(), self.ring.dropped))
                 self.seq += 1
-                self.state.checkpoint(self.energy(), self.cfg.get("checkpoint_s"))
+                self.state.checkpoint(self.energy(), self.checkpoint_s)
                 gc.collect()  # once per report: the heap figures below are then live data
                 self._note_heap(gc.mem_alloc(), gc.mem_free())
             self.link.service(self.ring)
@@ -184,7 +241,7 @@ class App:
                 time.sleep_ms(wait)
             elif wait < -interval:  # far behind (a long stall): do not try to catch up
                 due = time.ticks_ms()
-        self.state.checkpoint(self.energy(), self.cfg.get("checkpoint_s"), force=True)
+        self.state.checkpoint(self.energy(), self.checkpoint_s, force=True)
         return self.stats()
 
     def _note_heap(self, live, free):

@@ -154,7 +154,8 @@ class Config:
         atomic_write(self.path, json.dumps(data))
 
     def get(self, key):
-        return self.values[key]
+        """A setting's value; "calibration" gives the calibration entries."""
+        return self.calibration if key == "calibration" else self.values[key]
 
     def set(self, key, text):
         """Set from console text; returns None or the problem."""
@@ -171,12 +172,6 @@ class Config:
         if value is True or value is False:
             return "on" if value else "off"
         return str(value)
-
-    def pzem_addresses(self, board_default):
-        text = self.values["pzem_addresses"]
-        if not text:
-            return list(board_default)
-        return [int(p) for p in text.split(",")]
 
 
 def atomic_write(path, data):

@@ -22,8 +22,7 @@ which terminal, and installers clamp current transformers either way round, so
 Calibration entries, energy totals and channel numbers stay those of the reported channels.
 """
 
-from gemeter import frame
-from gemeter.drivers import DriverError
+from gemeter.drivers import KIND_RESET, DriverError
 
 ADE_MAPS = ("ab", "ba")
 
@@ -70,7 +69,7 @@ class PZEMSource:
             if r.energy_wh >= self._last_energy:
                 delta = (r.energy_wh - self._last_energy) * 1000
             else:
-                agg.mark(frame.ST_CHIP_RESET)
+                agg.mark_kind(KIND_RESET)  # status bits are the aggregate's business
                 delta = r.energy_wh * 1000
         self._last_energy = r.energy_wh
         agg.add(
