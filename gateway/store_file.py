@@ -114,6 +114,9 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 def _migrate(db: sqlite3.Connection) -> None:
+    """Bring the schema up to date; writes nothing when it is (status on a full disk)."""
+    if db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+        return
     db.executescript(SCHEMA)
     for table, column, decl in MIGRATIONS:
         have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
