@@ -54,6 +54,7 @@ Ack = Callable[[], None]
 # too large to read), its source, the device the source stands for, its acknowledgement.
 Item = tuple[bytes | ProtocolError, str, str | None, Ack | None]
 MARKS_INTERVAL_S = 5.0  # held readings' marks reach the store at least this often
+HOLD_MAX_RATE = 500.0  # frames/s; above it readings are committed (they share commits)
 
 
 def _holdable(ack: Ack | None) -> TypeGuard[HeldAck]:
@@ -95,6 +96,7 @@ class Pipeline:
         self.progress = time.monotonic()  # the watchdog looks at this
         self.hold: Hold | None = None  # set by the daemon when there is an uplink
         self._marks_saved = time.monotonic()
+        self._rate, self._rate_at = 0.0, time.monotonic()  # frames/s arriving, smoothed
         self._stop = threading.Event()
         self._abandoned = False  # a batch could not be stored at shutdown
         self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
@@ -243,7 +245,14 @@ class Pipeline:
         self._apply_devices()
         if self.hold is not None:
             self.hold.spill_stale()  # before anything that came after a local reconnect
-        room = self.hold.room() if self.hold is not None else 0
+        # The hold spares the card where each frame would have its own commit. Above
+        # HOLD_MAX_RATE frames share commits anyway, and the store path's latency is lower.
+        now_m = time.monotonic()
+        elapsed = max(1e-3, now_m - self._rate_at)
+        self._rate = 0.8 * self._rate + 0.2 * len(batch) / elapsed if elapsed < 5 else 0.0
+        self._rate_at = now_m
+        room = self.hold.room() if self.hold is not None and self._rate <= HOLD_MAX_RATE \
+            else 0
         stored: list[Record] = []
         held: list[tuple[Record, HeldAck, Ident]] = []
         stored_idents: list[Ident] = []  # frames whose reading is in ``stored``

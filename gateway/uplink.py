@@ -71,6 +71,7 @@ class Uplink:
         self._next_try = 0.0
         self._tokens = float(cfg.batch_size)
         self._batch_due: float | None = None  # unix time a partial batch goes anyway
+        self._held_due: float | None = None  # the same for held readings
         self._last_refill = time.monotonic()
         self._stop = threading.Event()
         self.wake = threading.Event()  # set by the committer after each commit
@@ -219,8 +220,9 @@ class Uplink:
                 # Idle: sleep until the committer stores something, PUBACKs may be due, or
                 # a partial batch has waited its batch_delay_ms.
                 timeout = 0.005 if self._inflight else 0.02
-                if self._batch_due is not None:
-                    timeout = max(0.0, min(timeout, self._batch_due - time.time()))
+                for due in (self._batch_due, self._held_due):
+                    if due is not None:
+                        timeout = max(0.0, min(timeout, due - time.time()))
                 self.wake.wait(timeout)
                 self.wake.clear()
         self._flush_acked(force=True)
@@ -300,25 +302,26 @@ class Uplink:
                 limit = max(1, min(limit, int(self._tokens)))
             batch = self._fetch(ALARM, limit)
             if not batch:
-                n = self._send_held(limit)
-                if n is not None:  # readings were held: those first
-                    if not n:
-                        break
+                n = self._send_held(limit)  # held readings first...
+                if n:
                     sent += n
                     continue
-                batch = self._telemetry(limit)
+                batch = self._telemetry(limit)  # ...but a partial batch waits: stored
             if not batch or not self._publish(batch):
                 break
             sent += len(batch)
         return sent
 
-    def _send_held(self, limit: int) -> int | None:
-        """How many held readings went out (0: a partial batch waits, or paho refused),
-        or None when none are held."""
+    def _send_held(self, limit: int) -> int:
+        """How many held readings went out (0: none held, a partial batch waits, or paho
+        refused)."""
         if self.hold is None or not self.hold.waiting():
-            return None
-        n, due = self.hold.send(limit, self.cfg.batch_delay_ms / 1000, self._publish_held)
-        self._batch_due = None if due is None else time.time() + due - time.monotonic()
+            return 0
+        # A half-full hold goes at once: the other half takes what arrives while the
+        # cloud acknowledges; waiting for batch_size would only push readings to the store.
+        n, due = self.hold.send(min(limit, max(1, self.hold.max_records // 2)),
+                                self.cfg.batch_delay_ms / 1000, self._publish_held)
+        self._held_due = None if due is None else time.time() + due - time.monotonic()
         return n
 
     def _telemetry(self, limit: int) -> list[Stored]:

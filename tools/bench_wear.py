@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gridedge.tools.bench_gateway import DEVICES, Counter, key, make_frames
+from gridedge.gateway.protocol import Channel, Frame, Stat, build_frame
+from gridedge.tools.bench_gateway import DEVICES, Counter, key
 from gridedge.tools.brokers import LOCAL_BROKER_SETTINGS, Mosquitto
 
 TARGET = 1024  # bytes written per frame at 20 frames/s, cloud up (issue 9)
@@ -42,6 +43,23 @@ for i, (topic, payload) in enumerate(frames):
     c.publish(topic, payload, qos=1).wait_for_publish(10)
 c.loop_stop()
 """
+
+
+def make_frames(n: int, unix_ms: int) -> list[tuple[str, str]]:
+    """Readings that move a little, as real ones do (constant ones would raise stuck_value
+    alarms, whose records are written at once: not the steady state this measures)."""
+    out = []
+    for i in range(n):
+        d = DEVICES[i % len(DEVICES)]
+        seq = i // len(DEVICES)
+        mv, ma = 230_000 + (i * 37) % 900, 5_000 + (i * 53) % 400
+        f = Frame(d, 1, seq, seq * 1000, 1000, (Channel(0, 0, {
+            "voltage": Stat(mv, mv - 500, mv + 500), "current": Stat(ma, ma - 100, ma + 100),
+            "power": Stat(mv * ma // 1000, 0, 2 * mv * ma // 1000), "power_factor": 980,
+            "frequency": 50_000 + (i * 7) % 40, "energy": 12_345 + seq,
+            "energy_delta": 320}),), unix_ms=unix_ms + i)
+        out.append((f"gridedge/v1/dev/{d}/frame", build_frame(f, key(d)).hex()))
+    return out
 
 
 def written(pid: int) -> int:
