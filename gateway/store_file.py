@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 import sqlite3
-import tempfile
 import time
 import uuid
 import zlib
@@ -139,7 +137,7 @@ def _probe(db: sqlite3.Connection) -> None:
             pass
 
 
-def _siblings(path: Path) -> list[Path]:
+def siblings(path: Path) -> list[Path]:
     return [Path(str(path) + s) for s in ("", "-wal", "-shm")]
 
 
@@ -217,11 +215,13 @@ class StoreFile:
         aside = self.path.with_name(
             f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
         moved = False
-        for src, dst in zip(_siblings(self.path), _siblings(aside), strict=True):
+        for src, dst in zip(siblings(self.path), siblings(aside), strict=True):
             if src.exists():
                 src.rename(dst)
                 moved = True
-        salvaged = _salvage(aside) if moved else _Salvage()
+        from gridedge.gateway.store_salvage import Salvage, salvage  # it reads this module
+
+        salvaged = salvage(aside) if moved else Salvage()
         db = connect(self.path)
         _migrate(db)
         salvaged.write_to(db)
@@ -266,78 +266,3 @@ class StoreFile:
             with contextlib.suppress(OSError):
                 self.id_path.write_text(row[0] + "\n")
         return None
-
-
-@dataclass
-class _Salvage:
-    records: list[tuple[object, ...]] = field(default_factory=list)
-    marks: list[tuple[object, ...]] = field(default_factory=list)
-    counters: list[tuple[object, ...]] = field(default_factory=list)
-    dropped: int = 0
-
-    def write_to(self, db: sqlite3.Connection) -> None:
-        db.execute("BEGIN IMMEDIATE")
-        db.executemany("INSERT INTO records (priority, device, boot, seq, created_ms, body, "
-                       "crc) VALUES (?, ?, ?, ?, ?, ?, ?)", self.records)
-        db.executemany("INSERT OR REPLACE INTO marks (device, boot, seq, window, updated_ms, "
-                       "seen, unix_ms, generation, floor_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       self.marks)
-        db.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?)", self.counters)
-        if self.dropped:
-            db.execute("INSERT INTO counters VALUES ('salvage_dropped', ?) ON CONFLICT(name) "
-                       "DO UPDATE SET value = value + excluded.value", (self.dropped,))
-        db.execute("COMMIT")
-
-
-def _salvage(aside: Path) -> _Salvage:
-    """What a copy of the damaged store still yields (the copy: SQLite may write to it)."""
-    out = _Salvage()
-    with tempfile.TemporaryDirectory(dir=aside.parent, prefix=".salvage-") as tmp:
-        copy = Path(tmp) / "copy.db"
-        for src, dst in zip(_siblings(aside), _siblings(copy), strict=True):
-            if src.exists():
-                shutil.copyfile(src, dst)
-        try:
-            db = sqlite3.connect(copy, isolation_level=None)
-        except sqlite3.Error:
-            return out
-        try:
-            out.records, out.dropped = _read_records(db)
-            for query, target in (
-                ("SELECT device, boot, seq, window, updated_ms, seen, unix_ms, generation, "
-                 "floor_ms FROM marks", out.marks),
-                ("SELECT device, boot, seq, window, updated_ms, NULL, 0, '', 0 FROM marks",
-                 out.marks),
-                ("SELECT name, value FROM counters", out.counters),
-            ):
-                if target and query.endswith("FROM marks"):
-                    continue  # the first marks query worked
-                with contextlib.suppress(sqlite3.Error):
-                    target.extend(db.execute(query).fetchall())
-        finally:
-            db.close()
-    return out
-
-
-def _read_records(db: sqlite3.Connection) -> tuple[list[tuple[object, ...]], int]:
-    """Records whose checksum holds (or that predate checksums), and how many did not."""
-    kept: list[tuple[object, ...]] = []
-    dropped = 0
-    try:
-        total = db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
-    except sqlite3.Error:
-        total = 0
-    for query in ("SELECT priority, device, boot, seq, created_ms, body, crc FROM records",
-                  "SELECT priority, device, boot, seq, created_ms, body, NULL FROM records"):
-        try:
-            for row in db.execute(query):
-                p, d, b, s, c, body, crc = row
-                if crc is None or crc == record_crc(p, d, b, s, c, body):
-                    kept.append(row)
-                else:
-                    dropped += 1
-            break
-        except sqlite3.Error:
-            if kept:  # the table broke part way: keep what was read
-                break
-    return kept, max(dropped, total - len(kept))
