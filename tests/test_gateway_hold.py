@@ -70,6 +70,17 @@ class Site:
         return (m.get('gridedge_hold_readings_total{fate="held"}', 0),
                 m.get('gridedge_hold_readings_total{fate="spilled"}', 0))
 
+    def hold_readings(self, n: int) -> None:
+        """The cloud stops acknowledging (a frozen link); ``n`` readings of mtr-1 are
+        published and end up held, not acknowledged to the local broker."""
+        self.proxy.freeze()
+        for s in range(n):
+            self.pub.publish("mtr-1", frame("mtr-1", s))
+        assert wait_for(lambda: self.held() == (n, 0), 5), self.held()
+
+    def delivered(self, n: int) -> bool:
+        return wait_for(lambda: self.seen() >= {("mtr-1", s) for s in range(n)}, 20)
+
     def close(self) -> None:
         self.pub.close()
         if self.gw.proc is not None and self.gw.proc.poll() is None:
@@ -102,15 +113,11 @@ def test_while_the_cloud_keeps_up_readings_never_touch_the_store(tmp_path: Path)
 def test_a_gateway_killed_while_readings_are_held_loses_none(tmp_path: Path) -> None:
     site = Site(tmp_path, hold_s=30)
     try:
-        site.proxy.freeze()  # the cloud stops acknowledging: the readings stay held
-        for s in range(10):
-            site.pub.publish("mtr-1", frame("mtr-1", s))
-        assert wait_for(lambda: site.held() == (10, 0), 5), site.held()
+        site.hold_readings(10)
         site.gw.kill()
         assert site.inserted() == 0  # they were only held: the local broker has them
         site.gw.start()  # new connections through the proxy work again
-        assert wait_for(lambda: {(d, s) for d, s in site.seen()} >=
-                        {("mtr-1", s) for s in range(10)}, 20), site.seen()
+        assert site.delivered(10), site.seen()
     finally:
         site.close()
 
@@ -120,15 +127,11 @@ def test_replay_marks_never_cover_a_reading_that_is_only_held(tmp_path: Path) ->
     restarted gateway would drop the broker's redelivery of them as duplicates."""
     site = Site(tmp_path, hold_s=30)
     try:
-        site.proxy.freeze()
-        for s in range(10):
-            site.pub.publish("mtr-1", frame("mtr-1", s))
-        assert wait_for(lambda: site.held() == (10, 0), 5), site.held()
+        site.hold_readings(10)
         time.sleep(MARKS_INTERVAL_S + 1.5)  # the marks are saved meanwhile
         site.gw.kill()
         site.gw.start()
-        assert wait_for(lambda: site.seen() >= {("mtr-1", s) for s in range(10)}, 20), \
-            site.seen()
+        assert site.delivered(10), site.seen()
     finally:
         site.close()
 
@@ -140,10 +143,7 @@ def test_held_readings_are_durable_before_a_reconnect_acknowledges_their_copies(
     are committed first, so a SIGKILL right after loses nothing."""
     site = Site(tmp_path, hold_s=30)
     try:
-        site.proxy.freeze()
-        for s in range(10):
-            site.pub.publish("mtr-1", frame("mtr-1", s))
-        assert wait_for(lambda: site.held() == (10, 0), 5), site.held()
+        site.hold_readings(10)
         site.pub.close()
         site.local.stop()
         site.local.start()
@@ -154,8 +154,7 @@ def test_held_readings_are_durable_before_a_reconnect_acknowledges_their_copies(
         assert leftovers(site.local.port, "gridedge-gateway-ingest") == 0  # all acked
         site.pub = DevicePublisher(site.local.port)
         site.gw.start()
-        assert wait_for(lambda: site.seen() >= {("mtr-1", s) for s in range(10)}, 20), \
-            site.seen()
+        assert site.delivered(10), site.seen()
     finally:
         site.close()
 
