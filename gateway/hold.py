@@ -86,9 +86,6 @@ class Hold:
         with self.lock:
             self._open = True
 
-    def is_open(self) -> bool:
-        return self._open
-
     # -- committer ----------------------------------------------------------------
     def room(self) -> int:
         """How many more readings may be held now (0 while closed)."""
