@@ -16,6 +16,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from brokers import Mosquitto
 from gateway_fixtures import (
@@ -241,3 +243,39 @@ def test_a_damaged_record_reaches_the_cloud_as_an_alarm_not_as_a_reading(
         capture.close()
         local.stop()
         cloud.stop()
+
+
+@given(st.binary(max_size=3000))
+@settings(max_examples=300)
+def test_any_bytes_as_a_wal_are_read_without_an_exception(data: bytes) -> None:
+    report = wal.inspect(data)
+    assert 0 <= report.replayed <= report.frames and report.lost_commits <= report.frames
+
+
+@given(st.data())
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_store_damaged_anywhere_always_opens(tmp_path_factory: pytest.TempPathFactory,
+                                               data: st.DataObject) -> None:
+    """Random damage to the database file or its WAL (flipped bytes, a truncation): the
+    store opens, and whatever it returns passed its checksum."""
+    folder = tmp_path_factory.mktemp("damaged")
+    path = folder / "s.db"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "done"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    target = data.draw(st.sampled_from([path, Path(str(path) + "-wal")]))
+    raw = bytearray(target.read_bytes())
+    if data.draw(st.booleans()):
+        del raw[data.draw(st.integers(0, len(raw))):]
+    else:
+        for _ in range(data.draw(st.integers(1, 20))):
+            raw[data.draw(st.integers(0, len(raw) - 1))] ^= data.draw(st.integers(1, 255))
+    target.write_bytes(bytes(raw))
+    s = Store(path, 10**9, 86400)
+    rows = s.fetch(TELEMETRY, 0, 1000)
+    assert all(r.body == b"x" * 300 and r.device == "mtr-1" for r in rows)
+    s.commit([Record(TELEMETRY, "mtr-1", 2, 0, b"y")], {"mtr-1": Mark(2, 0, 1)})  # usable
+    s.close()
