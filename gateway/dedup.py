@@ -124,11 +124,14 @@ class DurableMarks:
         """Store ``records`` with the marks that take in ``idents`` (their frames) and any
         unwritten ones, in one transaction; the marks change only if it commits."""
         with self._lock:
-            trial = Deduplicator(self._dedup.marks)
+            idents = list(idents)
+            known = self._dedup.marks
+            trial = Deduplicator({i[0]: known[i[0]] for i in idents if i[0] in known})
             for ident in idents:
                 trial.check(*ident)
             moved = {d for d, m in trial.marks.items() if self._dedup.marks.get(d) != m}
-            marks = {d: trial.marks[d] for d in moved | self._dirty if d in trial.marks}
+            marks = {d: known[d] for d in self._dirty if d in known}
+            marks.update((d, trial.marks[d]) for d in moved)
             store.commit(records, marks)  # StoreError: nothing changes here
             self._dedup.marks.update((d, trial.marks[d]) for d in moved)
             self._dirty.clear()

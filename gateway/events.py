@@ -7,7 +7,7 @@ a device whose counters went back and whose newer clock proved its frames new
 (``counter_reset``), a damaged store (``store_corrupt``: what was moved aside, lost and
 salvaged), records that failed their checksum on the medium (``record_corrupt``). Each
 builder returns one record in the shape docs/cloud.md and docs/schemas/alarm.schema.json
-define; ``Pipeline.alarm_record`` gives it its id.
+define; ``records.alarm`` gives it its id.
 """
 
 from __future__ import annotations
