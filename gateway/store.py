@@ -34,7 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from gridedge.gateway.store_file import Recovery, StoreError, StoreFile, record_crc
+from gridedge.gateway.store_file import (
+    Recovery,
+    StoreError,
+    StoreFile,
+    record_crc,
+    record_intact,
+)
 
 __all__ = ["ALARM", "TELEMETRY", "Mark", "Record", "Recovery", "Store", "StoreError",
            "Stored"]
@@ -87,6 +93,17 @@ def _signed64(v: int) -> int:
     # SQLite integers are signed 64-bit; the legacy column keeps the window's low 64 bits.
     v &= (1 << 64) - 1
     return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _storable(value: object) -> object:
+    """A damaged column as SQLite can take it back: text read with surrogates (not UTF-8
+    on the medium) goes back as the bytes it was."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape")
+    return value
 
 
 def _window_bytes(window: int) -> bytes:
@@ -279,8 +296,7 @@ class Store:
         bad: list[tuple[Stored, int | None]] = []
         for rid, p, d, b, s, c, body, crc in rows:
             row = Stored(rid, p, d, b, s, c, body)
-            if crc is None or (type(body) is bytes and type(d) is str and
-                               crc == record_crc(p, d, b, s, c, body)):
+            if record_intact(p, d, b, s, c, body, crc):
                 good.append(row)
             else:
                 bad.append((row, crc))
@@ -298,7 +314,8 @@ class Store:
                                     f"WHERE id IN ({marks})", ids).fetchone()[0]
             self.db.executemany(
                 "INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(r.id, r.priority, r.device, r.boot, r.seq, r.created_ms, r.body, crc, now)
+                [(r.id, *(_storable(v) for v in (r.priority, r.device, r.boot, r.seq,
+                                                  r.created_ms, r.body)), _storable(crc), now)
                  for r, crc in bad])
             self.db.execute(f"DELETE FROM records WHERE id IN ({marks})", ids)
             self.db.execute("DELETE FROM quarantine WHERE id NOT IN (SELECT id FROM "
@@ -317,12 +334,18 @@ class Store:
 
     @locked
     def marks(self) -> dict[str, Mark]:
-        out = {}
+        """Every device's mark; a row the medium damaged (a column of the wrong type, a
+        device id that is not UTF-8) is left out: that device starts afresh."""
+        out: dict[str, Mark] = {}
         for d, b, s, w, seen, unix_ms, gen, floor in self.db.execute(
                 "SELECT device, boot, seq, window, seen, unix_ms, generation, floor_ms "
                 "FROM marks"):
+            if type(d) is not str or _storable(d) is not d or _storable(gen) is not gen or not all(
+                    type(v) is int for v in (b, s, w)) or not isinstance(seen, bytes | None):
+                continue
             window = int.from_bytes(seen, "little") if seen else w & 0xFFFF_FFFF_FFFF_FFFF
-            out[d] = Mark(b, s, window, unix_ms or 0, gen or "", floor or 0)
+            out[d] = Mark(b, s, window, unix_ms if type(unix_ms) is int else 0,
+                          gen if type(gen) is str else "", floor if type(floor) is int else 0)
         return out
 
     @locked

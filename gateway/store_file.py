@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import sqlite3
 import time
 import uuid
@@ -30,6 +31,7 @@ from gridedge.gateway import wal
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+IDENT = re.compile(r"[0-9a-f]{32}")  # a store's identity: uuid4 hex
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -96,6 +98,28 @@ def record_crc(priority: int, device: str, boot: int, seq: int, created_ms: int,
     return zlib.crc32(body, zlib.crc32(head))
 
 
+def well_typed(priority: object, device: object, boot: object, seq: object,
+               created_ms: object, body: object) -> bool:
+    """Every column of a stored row of the type it was written with."""
+    if not (type(priority) is int and type(device) is str and type(boot) is int and
+            type(seq) is int and type(created_ms) is int and type(body) is bytes):
+        return False
+    try:  # text that was not UTF-8 on the medium (read with surrogates: _text)
+        device.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def record_intact(priority: object, device: object, boot: object, seq: object,
+                  created_ms: object, body: object, crc: object) -> bool:
+    """A stored row is what was written: well typed, and its checksum holds. Every row
+    has one (migrating from schema 0 gave the old rows theirs), so a missing one is
+    damage too."""
+    return well_typed(priority, device, boot, seq, created_ms, body) and \
+        crc == record_crc(priority, device, boot, seq, created_ms, body)  # type: ignore[arg-type]
+
+
 def _text(raw: bytes) -> str:
     # A damaged row may hold bytes that are not UTF-8: read them anyway (its checksum
     # then fails and the row is quarantined) instead of failing the whole query.
@@ -120,6 +144,11 @@ def _migrate(db: sqlite3.Connection) -> None:
         have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
         if column not in have:
             db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+    # Schema 0 records get their checksum now: from here on, none without one is intact.
+    sums = [(record_crc(*row[1:]), row[0]) for row in db.execute(
+        "SELECT id, priority, device, boot, seq, created_ms, body FROM records "
+        "WHERE crc IS NULL") if well_typed(*row[1:])]
+    db.executemany("UPDATE records SET crc = ? WHERE id = ?", sums)
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
@@ -244,6 +273,8 @@ class StoreFile:
         if not self.repair:
             return None
         row = db.execute("SELECT value FROM meta WHERE name = 'id'").fetchone()
+        if row is not None and not (type(row[0]) is str and IDENT.fullmatch(row[0])):
+            row = None  # damaged on the medium: it gets a new identity
         try:
             expected = self.id_path.read_text().strip()
         except OSError:

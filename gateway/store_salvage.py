@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gridedge.gateway.store_file import record_crc, siblings
+from gridedge.gateway.store_file import record_crc, record_intact, siblings, well_typed
 
 
 @dataclass
@@ -72,24 +72,28 @@ def salvage(aside: Path) -> Salvage:
 
 
 def _read_records(db: sqlite3.Connection) -> tuple[list[tuple[object, ...]], int]:
-    """Records whose checksum holds (or that predate checksums), and how many did not."""
+    """Records whose checksum holds (those of schema 0, before checksums, get theirs if
+    well typed), and how many did not."""
     kept: list[tuple[object, ...]] = []
     dropped = 0
     try:
         total = db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
     except sqlite3.Error:
         total = 0
-    for query in ("SELECT priority, device, boot, seq, created_ms, body, crc FROM records",
-                  "SELECT priority, device, boot, seq, created_ms, body, NULL FROM records"):
-        try:
-            for row in db.execute(query):
-                p, d, b, s, c, body, crc = row
-                if crc is None or crc == record_crc(p, d, b, s, c, body):
-                    kept.append(row)
-                else:
-                    dropped += 1
-            break
-        except sqlite3.Error:
-            if kept:  # the table broke part way: keep what was read
-                break
+    try:
+        legacy = "crc" not in {r[1] for r in db.execute("PRAGMA table_info(records)")}
+    except sqlite3.Error:
+        return kept, total
+    query = "SELECT priority, device, boot, seq, created_ms, body" + \
+        ("" if legacy else ", crc") + " FROM records"
+    try:
+        for row in db.execute(query):
+            if legacy:  # schema 0: no checksum yet; a well-typed row gets one
+                row = (*row, record_crc(*row) if well_typed(*row) else None)
+            if record_intact(*row):
+                kept.append(row)
+            else:
+                dropped += 1
+    except sqlite3.Error:
+        pass  # the table broke part way: keep what was read
     return kept, max(dropped, total - len(kept))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -127,14 +128,19 @@ WRITER = textwrap.dedent("""
 """)
 
 
-def test_a_flipped_byte_in_the_wal_is_found_and_what_it_lost_is_counted(
-        tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
+def killed_writer(path: Path) -> None:
+    """200 commits to a store at ``path`` by a process then SIGKILLed: its WAL stays."""
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "done"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def test_a_flipped_byte_in_the_wal_is_found_and_what_it_lost_is_counted(
+        tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    killed_writer(path)
     wal_path = Path(str(path) + "-wal")
     before = wal.inspect(wal_path.read_bytes())
     assert before.replayed > 100 and not before.damaged  # the current WAL generation
@@ -253,19 +259,23 @@ def test_any_bytes_as_a_wal_are_read_without_an_exception(data: bytes) -> None:
 
 
 @given(st.data())
-@settings(max_examples=40, deadline=None,
+@settings(max_examples=100, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_a_store_damaged_anywhere_always_opens(tmp_path_factory: pytest.TempPathFactory,
                                                data: st.DataObject) -> None:
     """Random damage to the database file or its WAL (flipped bytes, a truncation): the
-    store opens, and whatever it returns passed its checksum."""
+    store opens, returns only records that are what was written, takes new commits and
+    its own marks back, and opens again. (It found four crashes: a damaged row with a NULL
+    column, text that was not UTF-8 in a record, a mark or the store's identity, and a
+    row whose missing checksum passed as one from before checksums.)"""
+    base = tmp_path_factory.getbasetemp() / "killed-writer"
+    if not base.exists():  # made once, copied for each example
+        base.mkdir()
+        killed_writer(base / "s.db")
     folder = tmp_path_factory.mktemp("damaged")
     path = folder / "s.db"
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "done"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    for name in ("s.db", "s.db-wal"):
+        shutil.copyfile(base / name, folder / name)
     target = data.draw(st.sampled_from([path, Path(str(path) + "-wal")]))
     raw = bytearray(target.read_bytes())
     if data.draw(st.booleans()):
@@ -277,5 +287,10 @@ def test_a_store_damaged_anywhere_always_opens(tmp_path_factory: pytest.TempPath
     s = Store(path, 10**9, 86400)
     rows = s.fetch(TELEMETRY, 0, 1000)
     assert all(r.body == b"x" * 300 and r.device == "mtr-1" for r in rows)
-    s.commit([Record(TELEMETRY, "mtr-1", 2, 0, b"y")], {"mtr-1": Mark(2, 0, 1)})  # usable
+    marks = s.marks()  # whatever the damage left, the marks go back in: usable
+    s.commit([Record(TELEMETRY, "mtr-1", 2, 0, b"y")], {**marks, "mtr-1": Mark(2, 0, 1)})
+    s.counters(), s.depth(), s.last_seen(), s.take_events()
+    s.close()
+    s = Store(path, 10**9, 86400)  # and it opens again as it is
+    assert s.recoveries == [] and s.fetch(TELEMETRY, 0, 1000)[-1].body == b"y"
     s.close()
