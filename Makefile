@@ -5,7 +5,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
-MPY_LIB := build/mpy-lib
 
 .PHONY: setup test lint demo bench soak flash frame-size clean
 
@@ -19,7 +18,7 @@ $(INSTALLED): pyproject.toml
 
 .PHONY: mpy-deps
 mpy-deps: $(INSTALLED)
-	@$(BIN)/gridedge fetch-mpy-deps --dest $(MPY_LIB)
+	@$(BIN)/gridedge fetch-mpy-deps
 
 # OS packages: Mosquitto (broker for the gateway's tests and the demo; mosquitto-clients
 # for mosquitto_sub) and socat (the pty bridge of the virtual device `gridedge
@@ -40,10 +39,8 @@ mosquitto:
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check gateway tools tests
-	@mkdir -p build/mypy-root/gridedge
-	@ln -sfn ../../../gateway build/mypy-root/gridedge/gateway
-	@ln -sfn ../../../tools build/mypy-root/gridedge/tools
-	$(BIN)/mypy -p gridedge.gateway -p gridedge.tools
+	$(BIN)/mypy gateway tools
+	$(BIN)/basedpyright
 
 test: setup lint
 	$(BIN)/python -m pytest -n 3
@@ -54,7 +51,7 @@ demo: setup
 	$(BIN)/gridedge demo
 
 bench: setup
-	$(BIN)/python -m gridedge.tools.bench --json build/bench.json
+	$(BIN)/python -m tools.bench --json build/bench.json
 
 # Long fault-injection runs (default 10 minutes; SOAK_SECONDS=60 make soak for a short one).
 soak: setup

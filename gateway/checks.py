@@ -26,10 +26,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gridedge.gateway.anomaly import AnomalyConfig, SeriesDetector
-from gridedge.gateway.config import ChecksSection, Limits
-from gridedge.gateway.payloads import iso_ms
-from gridedge.gateway.protocol import Frame, Stat
+from gateway.anomaly import AnomalyConfig, SeriesDetector
+from gateway.config import ChecksSection, Limits
+from gateway.payloads import iso_ms
+from gateway.protocol import Frame, Stat
 
 Event = dict[str, Any]
 

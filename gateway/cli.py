@@ -13,10 +13,10 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from gridedge.gateway.config import ConfigError, load
-from gridedge.gateway.metrics import MetricsError
-from gridedge.gateway.registry import RegistryError
-from gridedge.gateway.store import StoreError
+from gateway.config import ConfigError, load
+from gateway.metrics import MetricsError
+from gateway.registry import RegistryError
+from gateway.store import StoreError
 
 DEFAULT_CONFIG = "/etc/gridedge/gateway.toml"
 
@@ -29,7 +29,7 @@ def _version() -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gridedge.gateway.daemon import Daemon
+    from gateway.daemon import Daemon
 
     cfg = load(args.config)
     logging.basicConfig(
@@ -47,7 +47,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from gridedge.gateway.status import collect
+    from gateway.status import collect
 
     print(json.dumps(collect(load(args.config)), indent=1))
     return 0
@@ -56,7 +56,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_devices(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from gridedge.gateway.registry import Registry, read_key_file
+    from gateway.registry import Registry, read_key_file
 
     reg = Registry(args.config)
     if args.action == "list":
@@ -95,7 +95,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gridedge.gateway.protocol import VERSION
+    from gateway.protocol import VERSION
 
     parser = argparse.ArgumentParser(
         prog="gridedge-gateway",

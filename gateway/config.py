@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-from gridedge.gateway.config_checks import tls_files, topic_filter, topic_name
+from gateway.config_checks import tls_files, topic_filter, topic_name
 
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,32}")

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import cbor2
 
-from gridedge.gateway import strict_cbor
-from gridedge.gateway.errors import ProtocolError, Reason
+from gateway import strict_cbor
+from gateway.errors import ProtocolError, Reason
 
 COSE_MAC0_TAG = 17
 HDR_ALG = 1

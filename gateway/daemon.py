@@ -13,17 +13,17 @@ import signal
 import threading
 from types import FrameType
 
-from gridedge.gateway import sdnotify
-from gridedge.gateway.checks import EdgeChecks
-from gridedge.gateway.config import Config, ConfigError, load
-from gridedge.gateway.hold import Hold
-from gridedge.gateway.homeassistant import Discovery
-from gridedge.gateway.ingest_mqtt import MQTTIngest
-from gridedge.gateway.ingest_serial import SerialIngest
-from gridedge.gateway.pipeline import DeviceInfo, Pipeline
-from gridedge.gateway.registry import fingerprint
-from gridedge.gateway.store import Store
-from gridedge.gateway.uplink import Uplink
+from gateway import sdnotify
+from gateway.checks import EdgeChecks
+from gateway.config import Config, ConfigError, load
+from gateway.hold import Hold
+from gateway.homeassistant import Discovery
+from gateway.ingest_mqtt import MQTTIngest
+from gateway.ingest_serial import SerialIngest
+from gateway.pipeline import DeviceInfo, Pipeline
+from gateway.registry import fingerprint
+from gateway.store import Store
+from gateway.uplink import Uplink
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class Daemon:
         if self.uplink is not None:
             self.uplink.start()
         if self.cfg.metrics.enabled:
-            from gridedge.gateway.metrics import serve
+            from gateway.metrics import serve
 
             serve(self, self.cfg.metrics.host, self.cfg.metrics.port)
         log.info("gateway %s running: store %s, %d devices", self.cfg.gateway.id,

@@ -44,7 +44,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gridedge.gateway.store import Mark, Record, Store
+from gateway.store import Mark, Record, Store
 
 WINDOW = 1024
 MASK = (1 << WINDOW) - 1

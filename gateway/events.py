@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gridedge.gateway.checks import Event
-from gridedge.gateway.payloads import iso_ms
-from gridedge.gateway.protocol import Frame
-from gridedge.gateway.store import Mark, Recovery, Stored
+from gateway.checks import Event
+from gateway.payloads import iso_ms
+from gateway.protocol import Frame
+from gateway.store import Mark, Recovery, Stored
 
 MAX_LISTED = 20  # identities named in one record_corrupt event; all are counted
 

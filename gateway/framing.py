@@ -16,8 +16,8 @@ from collections.abc import Iterator
 
 from cobs import cobs
 
-from gridedge.gateway.errors import ProtocolError, Reason
-from gridedge.gateway.protocol import MAX_MESSAGE
+from gateway.errors import ProtocolError, Reason
+from gateway.protocol import MAX_MESSAGE
 
 CRC_LEN = 4
 # COBS adds one byte per 254 body bytes plus one; the body is message + CRC.

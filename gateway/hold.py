@@ -41,8 +41,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from gridedge.gateway.dedup import DurableMarks, Ident
-from gridedge.gateway.store import Record, Store, StoreError
+from gateway.dedup import DurableMarks, Ident
+from gateway.store import Record, Store, StoreError
 
 log = logging.getLogger(__name__)
 

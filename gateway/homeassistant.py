@@ -19,9 +19,9 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from gridedge.gateway.payloads import JSON_UNITS
-from gridedge.gateway.pipeline import DeviceInfo
-from gridedge.gateway.protocol import Frame, Stat
+from gateway.payloads import JSON_UNITS
+from gateway.pipeline import DeviceInfo
+from gateway.protocol import Frame, Stat
 
 log = logging.getLogger(__name__)
 

@@ -33,11 +33,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gridedge.gateway.config import LocalBroker
-from gridedge.gateway.errors import ProtocolError, Reason
-from gridedge.gateway.link import DISCONNECTED, REFUSED, Link
-from gridedge.gateway.paho_adapter import Client
-from gridedge.gateway.pipeline import Pipeline
+from gateway.config import LocalBroker
+from gateway.errors import ProtocolError, Reason
+from gateway.link import DISCONNECTED, REFUSED, Link
+from gateway.paho_adapter import Client
+from gateway.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 

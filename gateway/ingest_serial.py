@@ -21,10 +21,10 @@ import time
 
 import serial
 
-from gridedge.gateway.config import SerialPort
-from gridedge.gateway.errors import ProtocolError
-from gridedge.gateway.framing import Deframer
-from gridedge.gateway.pipeline import Pipeline
+from gateway.config import SerialPort
+from gateway.errors import ProtocolError
+from gateway.framing import Deframer
+from gateway.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 BACKOFF_MAX_S = 30.0

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gridedge.gateway.payloads import iso_ms
+from gateway.payloads import iso_ms
 
 CONNECTING = "connecting"  # before the first attempt's outcome
 CONNECTED = "connected"

@@ -26,10 +26,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from gridedge.gateway.link import CONNECTED, Link
+from gateway.link import CONNECTED, Link
 
 if TYPE_CHECKING:
-    from gridedge.gateway.daemon import Daemon
+    from gateway.daemon import Daemon
 
 
 class DaemonCollector(Collector):

@@ -15,7 +15,7 @@ import json
 import time
 from typing import Any
 
-from gridedge.gateway.protocol import Channel, Frame, Stat
+from gateway.protocol import Channel, Frame, Stat
 
 # quantity -> (JSON name, divisor from the wire unit to the JSON unit)
 JSON_UNITS: dict[str, tuple[str, int]] = {

@@ -34,16 +34,16 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TypeGuard
 
-from gridedge.gateway import events, records
-from gridedge.gateway.checks import EdgeChecks, Event
-from gridedge.gateway.dedup import Deduplicator, DurableMarks, Ident
-from gridedge.gateway.errors import ProtocolError
-from gridedge.gateway.hold import Ack as HeldAck
-from gridedge.gateway.hold import Hold
-from gridedge.gateway.protocol import Frame
-from gridedge.gateway.records import DeviceInfo
-from gridedge.gateway.store import TELEMETRY, Mark, Record, Store, StoreError
-from gridedge.gateway.verify import INTERNAL_ERROR, Accepted, Verifier
+from gateway import events, records
+from gateway.checks import EdgeChecks, Event
+from gateway.dedup import Deduplicator, DurableMarks, Ident
+from gateway.errors import ProtocolError
+from gateway.hold import Ack as HeldAck
+from gateway.hold import Hold
+from gateway.protocol import Frame
+from gateway.records import DeviceInfo
+from gateway.store import TELEMETRY, Mark, Record, Store, StoreError
+from gateway.verify import INTERNAL_ERROR, Accepted, Verifier
 
 __all__ = ["DeviceInfo", "Item", "Pipeline"]
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import cbor2
 
-from gridedge.gateway import cose, strict_cbor
-from gridedge.gateway.errors import ProtocolError, Reason
+from gateway import cose, strict_cbor
+from gateway.errors import ProtocolError, Reason
 
 VERSION = 1
 MAX_MESSAGE = 1024

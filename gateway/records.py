@@ -13,10 +13,10 @@ import functools
 import json
 from dataclasses import dataclass
 
-from gridedge.gateway.checks import Event
-from gridedge.gateway.payloads import reading_json
-from gridedge.gateway.protocol import Frame
-from gridedge.gateway.store import ALARM, TELEMETRY, Record
+from gateway.checks import Event
+from gateway.payloads import reading_json
+from gateway.protocol import Frame
+from gateway.store import ALARM, TELEMETRY, Record
 
 _JSON = json.JSONEncoder(separators=(",", ":"))  # alarm records (readings: reading_json)
 ID_FIELDS = ("kind", "state", "device", "feeder", "channel", "quantity", "time")

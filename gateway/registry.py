@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from gridedge.gateway.config import (
+from gateway.config import (
     DEVICE_ID,
     Config,
     ConfigError,

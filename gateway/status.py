@@ -19,9 +19,9 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gridedge.gateway.config import Config
-from gridedge.gateway.payloads import iso_ms
-from gridedge.gateway.store import Store, now_ms
+from gateway.config import Config
+from gateway.payloads import iso_ms
+from gateway.store import Store, now_ms
 
 
 def live(host: str, port: int, timeout: float = 2.0) -> dict[str, Any]:

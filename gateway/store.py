@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from gridedge.gateway.store_file import (
+from gateway.store_file import (
     Recovery,
     StoreError,
     StoreFile,

@@ -26,7 +26,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gridedge.gateway import wal
+from gateway import wal
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ class StoreFile:
             if src.exists():
                 src.rename(dst)
                 moved = True
-        from gridedge.gateway.store_salvage import Salvage, salvage  # it reads this module
+        from gateway.store_salvage import Salvage, salvage  # it reads this module
 
         salvaged = salvage(aside) if moved else Salvage()
         db = connect(self.path)

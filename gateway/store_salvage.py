@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gridedge.gateway.store_file import record_crc, record_intact, siblings, well_typed
+from gateway.store_file import record_crc, record_intact, siblings, well_typed
 
 
 @dataclass

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gridedge.gateway.errors import ProtocolError, Reason
+from gateway.errors import ProtocolError, Reason
 
 MAX_DEPTH = 8  # a reading is 4 deep (map, channels, channel map, [mean, min, max])
 

@@ -34,11 +34,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gridedge.gateway.config import UplinkSection
-from gridedge.gateway.hold import Held, Hold
-from gridedge.gateway.link import DISCONNECTED, REFUSED, Link
-from gridedge.gateway.payloads import iso_ms
-from gridedge.gateway.store import ALARM, TELEMETRY, Store, Stored, StoreError
+from gateway.config import UplinkSection
+from gateway.hold import Held, Hold
+from gateway.link import DISCONNECTED, REFUSED, Link
+from gateway.payloads import iso_ms
+from gateway.store import ALARM, TELEMETRY, Store, Stored, StoreError
 
 log = logging.getLogger(__name__)
 TOPICS = {ALARM: "alarms", TELEMETRY: "readings"}

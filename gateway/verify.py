@@ -19,11 +19,11 @@ from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from gridedge.gateway import events
-from gridedge.gateway.checks import Event
-from gridedge.gateway.dedup import Deduplicator
-from gridedge.gateway.errors import ProtocolError
-from gridedge.gateway.protocol import Frame, FrameDecoder
+from gateway import events
+from gateway.checks import Event
+from gateway.dedup import Deduplicator
+from gateway.errors import ProtocolError
+from gateway.protocol import Frame, FrameDecoder
 
 log = logging.getLogger(__name__)
 INTERNAL_ERROR = "internal_error"  # an exception the decoder does not declare: a bug

@@ -1,4 +1,4 @@
-"""Test access to gridedge.tools.brokers: a broker that cannot start fails the test."""
+"""Test access to tools.brokers: a broker that cannot start fails the test."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gridedge.tools import brokers
-from gridedge.tools.brokers import free_port
+from tools import brokers
+from tools.brokers import free_port
 
 __all__ = ["Mosquitto", "free_port"]
 

@@ -21,8 +21,8 @@ import pytest
 
 from brokers import Mosquitto
 from fwrunner import INTERPRETERS, FirmwareRunner, micropython_version
-from gridedge.tools.vboard import VirtualBoard
-from gridedge.tools.virtual_meter import find_micropython
+from tools.vboard import VirtualBoard
+from tools.virtual_meter import find_micropython
 
 MICROPYTHON = find_micropython()
 _SKIP_REASON = (

@@ -1,7 +1,7 @@
 """A virtual meter for firmware tests: board and config files, emulated ICs, the gateway side.
 
 ``VirtualMeter`` lays out a board's filesystem in a folder and attaches a PZEM-004T and an
-ADE7953 emulator where that board file says they are (gridedge.tools.virtual_meter, as
+ADE7953 emulator where that board file says they are (tools.virtual_meter, as
 the fleet simulator does), gives them test readings, and decodes what the firmware sent
 on its serial link with the gateway's own deframer and frame decoder.
 """
@@ -12,12 +12,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from gridedge.gateway import framing
-from gridedge.gateway.errors import ProtocolError
-from gridedge.gateway.protocol import Frame, FrameDecoder
-from gridedge.tools.emulators.ade7953 import ADE7953
-from gridedge.tools.vboard import VirtualBoard
-from gridedge.tools.virtual_meter import wire_meter
+from gateway import framing
+from gateway.errors import ProtocolError
+from gateway.protocol import Frame, FrameDecoder
+from tools.emulators.ade7953 import ADE7953
+from tools.vboard import VirtualBoard
+from tools.virtual_meter import wire_meter
 
 KEY = bytes(range(100, 132))
 DEVICE = "mtr-test-01"

@@ -10,7 +10,7 @@ fetched MicroPython libraries and a test-only shim folder on their module path:
 - Both find tests/fw_lib last: firmware-style code that only tests need (the CBOR decoder,
   the frame parser, the serial deframer), kept out of firmware/ so it is never flashed.
 - Both find the virtual board's ``machine.py`` in tools/mpy_shim (never in firmware/); it
-  talks to a gridedge.tools.vboard.VirtualBoard named by GRIDEDGE_VBOARD (pass ``env``).
+  talks to a tools.vboard.VirtualBoard named by GRIDEDGE_VBOARD (pass ``env``).
 
 A non-zero exit becomes an ordinary test failure carrying the interpreter's stderr.
 """
@@ -28,9 +28,11 @@ from typing import Any
 
 import pytest
 
+from tools.resources import mpy_lib
+
 REPO = Path(__file__).resolve().parents[1]
 FIRMWARE = REPO / "firmware"
-MPY_LIB = REPO / "build" / "mpy-lib"
+MPY_LIB = mpy_lib()  # where `make setup` (gridedge fetch-mpy-deps) put them
 SHIMS = REPO / "tests" / "shim"
 MACHINE_SHIM = REPO / "tools" / "mpy_shim"  # the virtual board's machine.py
 SCRIPTS = REPO / "tests" / "fw_scripts"

@@ -16,13 +16,13 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from brokers import Mosquitto, free_port
-from gridedge.gateway.config import LocalBroker
-from gridedge.gateway.ingest_mqtt import MQTTIngest
-from gridedge.gateway.pipeline import DeviceInfo, Pipeline
-from gridedge.gateway.protocol import Channel, Frame, Stat, build_frame
-from gridedge.gateway.store import TELEMETRY, Store
-from gridedge.tools.brokers import LOCAL_BROKER_SETTINGS
+from gateway.config import LocalBroker
+from gateway.ingest_mqtt import MQTTIngest
+from gateway.pipeline import DeviceInfo, Pipeline
+from gateway.protocol import Channel, Frame, Stat, build_frame
+from gateway.store import TELEMETRY, Store
 from mqtt_capture import wait_for
+from tools.brokers import LOCAL_BROKER_SETTINGS
 
 LOCAL_BROKER_EXTRA = LOCAL_BROKER_SETTINGS  # as documented for production
 
@@ -77,7 +77,7 @@ class GatewayProcess:
         before = self.log.read_text().count("subscribed to") if self.log.exists() else 0
         out = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gridedge.gateway.cli", "run", "--config", str(self.config)],
+            [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config)],
             stdout=out, stderr=subprocess.STDOUT)
         proc = self.proc
         if wait_subscribed and (proc.poll() is not None or not wait_for(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from gridedge.gateway.protocol import QUANTITIES, ST_INVALID, Channel, Frame, Stat
+from gateway.protocol import QUANTITIES, ST_INVALID, Channel, Frame, Stat
 
 
 def _stat(q_lo: int, q_hi: int) -> st.SearchStrategy[Stat]:

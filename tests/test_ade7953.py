@@ -14,8 +14,8 @@ import pytest
 
 from firmware_fixtures import VirtualMeter
 from fwrunner import FirmwareRunner
-from gridedge.tools.emulators import ade7953 as emu
-from gridedge.tools.vboard import VirtualBoard
+from tools.emulators import ade7953 as emu
+from tools.vboard import VirtualBoard
 
 
 def spi_read(chip: emu.ADE7953, addr: int, width: int) -> bytes:

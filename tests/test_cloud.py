@@ -46,20 +46,12 @@ from paho.mqtt.properties import Properties
 from referencing import Registry, Resource
 
 from brokers import Mosquitto
-from gateway_fixtures import (
-    LOCAL_BROKER_EXTRA,
-    DevicePublisher,
-    GatewayProcess,
-    config_text,
-    device_key,
-    frame,
-)
-from gridedge.gateway import events as gw_events
-from gridedge.gateway import records as gw_records
-from gridedge.gateway.checks import EdgeChecks
-from gridedge.gateway.config import ChecksSection, Limits
-from gridedge.gateway.pipeline import DeviceInfo, Pipeline
-from gridedge.gateway.protocol import (
+from gateway import events as gw_events
+from gateway import records as gw_records
+from gateway.checks import EdgeChecks
+from gateway.config import ChecksSection, Limits
+from gateway.pipeline import DeviceInfo, Pipeline
+from gateway.protocol import (
     ST_INVALID,
     ST_PARTIAL,
     ST_TIMEOUT,
@@ -69,9 +61,17 @@ from gridedge.gateway.protocol import (
     Stat,
     build_frame,
 )
-from gridedge.gateway.store import ALARM, Mark, Recovery, Store, Stored
-from gridedge.tools import tail
+from gateway.store import ALARM, Mark, Recovery, Store, Stored
+from gateway_fixtures import (
+    LOCAL_BROKER_EXTRA,
+    DevicePublisher,
+    GatewayProcess,
+    config_text,
+    device_key,
+    frame,
+)
 from mqtt_capture import wait_for
+from tools import tail
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMAS = REPO / "docs" / "schemas"
@@ -712,7 +712,7 @@ class Consumer:
     def __init__(self, folder: Path, name: str, port: int, *args: str) -> None:
         self.out = folder / f"{name}.ndjson"
         self.err = folder / f"{name}.err"
-        self.cmd = [sys.executable, "-m", "gridedge.tools.cli", "tail", "--host",
+        self.cmd = [sys.executable, "-m", "tools.cli", "tail", "--host",
                     "127.0.0.1", "--port", str(port), *args]
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -936,8 +936,8 @@ def test_tail_dedup_count_and_alarms(tmp_path: Path) -> None:
 
 
 def test_tail_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    from gridedge.tools import cli
-    from gridedge.tools.brokers import free_port
+    from tools import cli
+    from tools.brokers import free_port
 
     for args, want in [
         (("--host", "127.0.0.1", "--port", str(free_port())), "cannot connect to 127.0.0.1"),

@@ -19,7 +19,7 @@ def test_demo_alarms_reach_the_cloud_and_the_dashboard_renders(
     fw_micropython: FirmwareRunner, tmp_path: Path
 ) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "gridedge.tools.cli", "demo", "--duration", "50",
+        [sys.executable, "-m", "tools.cli", "demo", "--duration", "50",
          "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -34,5 +34,9 @@ def test_demo_alarms_reach_the_cloud_and_the_dashboard_renders(
     snapshot = summary["snapshot"]
     assert "mtr-001" in snapshot and "line-01" in snapshot, snapshot
     assert "demo-gw" in snapshot
-    assert "demo summary:" in out.stdout and "mosquitto_sub -p" in out.stdout
+    # Which broker to watch is said at the start, while the demo still runs.
+    start, _, end = out.stdout.partition("demo summary:")
+    assert f"-> cloud broker :{summary['cloud_port']};" in start, start
+    assert f"  mosquitto_sub -p {summary['cloud_port']} -t 'gridedge/v1/gw/#' -v\n" in start, start
+    assert end
     print("\n" + snapshot)

@@ -1,6 +1,6 @@
 """``gridedge flash`` against a virtual device: the MicroPython unix port behind a socat pty.
 
-The device (gridedge.tools.vdevice) is a real ``micropython`` REPL whose working directory
+The device (tools.vdevice) is a real ``micropython`` REPL whose working directory
 is its filesystem; ``gridedge flash`` drives it with the real mpremote and mpy-cross. The
 tests then run what landed in that folder, and only that, as the firmware under
 MicroPython against the virtual board, and decode its frames with the gateway's code. They
@@ -22,15 +22,14 @@ import pytest
 
 from firmware_fixtures import DEVICE, KEY, VirtualMeter
 from fwrunner import FIRMWARE, MPY_LIB, REPO
-from gridedge.tools.vboard import VirtualBoard
-from gridedge.tools.vdevice import MACHINE_SHIM, VirtualDevice
-
-STAGE = REPO / "build" / "flash"
+from tools import flash
+from tools.vboard import VirtualBoard
+from tools.vdevice import MACHINE_SHIM, VirtualDevice
 
 
 def gridedge(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gridedge.tools.cli", *args],
+        [sys.executable, "-m", "tools.cli", *args],
         capture_output=True, text=True, timeout=timeout,
     )
 
@@ -69,15 +68,19 @@ def test_dry_run_prints_the_commands_a_flash_runs(
         ["exec", "'import"], ["exec", "'import"], ["fs", "sha256sum"], ["reset"]]
     assert "-march=armv6m" in dry.stdout  # the board file's architecture
 
-    # A real flash (it leaves the compiled tree in build/flash/rpi-pico), then the dry-run's
-    # text run by bash on a second device: both devices end up with the same files.
+    # A real flash, then the dry-run's text run by bash on a second device (STAGE being the
+    # compiled tree, built here as flash builds it): both devices end up with the same files.
     done = gridedge("flash", "--board", "rpi-pico", "--port", port, "--wipe")
     assert done.returncode == 0, done.stderr
+    assert "; key.bin removed\n" in done.stdout  # what the board had, not the whole list
+    again = gridedge("flash", "--board", "rpi-pico", "--port", port)
+    assert "the board had no key, state or calibration to keep" in again.stdout, again.stdout
     with VirtualDevice(tmp_path / "second", micropython) as second:
         (second.root / "key.bin").write_bytes(KEY)
         script = dry.stdout.replace(port, second.port)
+        flash.build(tmp_path / "STAGE", "x64", flash.BOARDS / "rpi-pico.json", None)
         ran = subprocess.run(["bash", "-e", "-c", script], capture_output=True, text=True,
-                             timeout=60)
+                             timeout=60, cwd=tmp_path)
         assert ran.returncode == 0, ran.stderr
         second.wait_resets(1)
         assert tree(second.root) == tree(device.root)
@@ -95,6 +98,7 @@ def test_flashed_files_run_as_the_firmware(
     proc = gridedge("flash", "--board", "esp32-devkitc", "--port", str(device.link),
                     "--config", str(config))
     assert proc.returncode == 0, proc.stderr
+    assert "; key.bin left in place\n" in proc.stdout  # config.json: the new one
     sources = [p for p in [*FIRMWARE.rglob("*.py"), *MPY_LIB.rglob("*.py")]
                if p.name != "main.py" and "__pycache__" not in p.parts]
     assert f"compiled {len(sources)} modules for x64" in proc.stdout  # the unix port's arch
@@ -106,7 +110,10 @@ def test_flashed_files_run_as_the_firmware(
     assert all(data[:2] == b"M\x06" for n, data in files.items() if n.endswith(".mpy"))
     assert files["board.json"] == (REPO / "boards" / "esp32-devkitc.json").read_bytes()
     assert files["main.py"] == (FIRMWARE / "main.py").read_bytes()
-    compiled = STAGE / "esp32-devkitc" / device.link.name
+    # The same build, staged here: flash's own (in a temporary folder) is gone.
+    compiled = tmp_path / "stage"
+    flash.build(compiled, "x64", flash.BOARDS / "esp32-devkitc.json",
+                json.loads(config.read_text()))
     assert all(files[n] == (compiled / n).read_bytes() for n in files if n != "key.bin")
 
     # Boot the flashed folder as a board would: its own path ('', .frozen, lib) and the

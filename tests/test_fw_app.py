@@ -8,10 +8,10 @@ import serial
 
 from firmware_fixtures import DEVICE, KEY, VirtualMeter
 from fwrunner import FirmwareRunner
-from gridedge.gateway import framing
-from gridedge.gateway.errors import ProtocolError
-from gridedge.gateway.protocol import ST_INVALID, ST_TIMEOUT, FrameDecoder, Stat
-from gridedge.tools.vboard import VirtualBoard
+from gateway import framing
+from gateway.errors import ProtocolError
+from gateway.protocol import ST_INVALID, ST_TIMEOUT, FrameDecoder, Stat
+from tools.vboard import VirtualBoard
 
 
 def test_frames_reach_the_gateway(fw: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path) -> None:

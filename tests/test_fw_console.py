@@ -10,7 +10,7 @@ import pytest
 
 from firmware_fixtures import KEY, VirtualMeter
 from fwrunner import FirmwareRunner
-from gridedge.tools.vboard import VirtualBoard
+from tools.vboard import VirtualBoard
 
 WIFI_SECRET = "hunter2-wifi-secret"
 MQTT_SECRET = "s3cr3t-mqtt"

@@ -34,8 +34,8 @@ import pytest
 
 from firmware_fixtures import VirtualMeter
 from fwrunner import FirmwareRunner
-from gridedge.tools import flash
-from gridedge.tools.vboard import VirtualBoard
+from tools import flash
+from tools.vboard import VirtualBoard
 
 BOARD = "esp32-devkitc"  # both metering ICs: every driver is loaded
 # The smallest heap the loop runs in from the staged tree on the unix port is 84 KB (live

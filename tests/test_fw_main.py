@@ -7,7 +7,7 @@ from pathlib import Path
 
 from firmware_fixtures import VirtualMeter
 from fwrunner import FIRMWARE, FirmwareRunner
-from gridedge.tools.vboard import VirtualBoard
+from tools.vboard import VirtualBoard
 
 
 def test_without_key_it_goes_to_the_console(

@@ -15,9 +15,9 @@ from brokers import Mosquitto
 from certs import make_pki
 from firmware_fixtures import DEVICE, KEY, VirtualMeter
 from fwrunner import FirmwareRunner
-from gridedge.gateway.protocol import Frame, FrameDecoder
-from gridedge.tools.vboard import VirtualBoard
+from gateway.protocol import Frame, FrameDecoder
 from mqtt_capture import Capture
+from tools.vboard import VirtualBoard
 
 
 def mqtt_meter(board: VirtualBoard, root: Path, broker: Mosquitto, **cfg: object) -> VirtualMeter:

@@ -20,7 +20,7 @@ import pytest
 
 from firmware_fixtures import VirtualMeter
 from fwrunner import FirmwareRunner
-from gridedge.tools.vboard import VirtualBoard
+from tools.vboard import VirtualBoard
 
 COPIES = ("state.a.json", "state.b.json")
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from gridedge.gateway.anomaly import AnomalyConfig, SeriesDetector
-from gridedge.gateway.checks import EdgeChecks
-from gridedge.gateway.config import ConfigError, parse
-from gridedge.gateway.protocol import ST_INVALID, Channel, Frame, Stat
+from gateway.anomaly import AnomalyConfig, SeriesDetector
+from gateway.checks import EdgeChecks
+from gateway.config import ConfigError, parse
+from gateway.protocol import ST_INVALID, Channel, Frame, Stat
 
 T0 = 1_763_776_800_000
 DEVICES = {"m1": {"site": "s1", "feeder": "F1", "role": "meter"},

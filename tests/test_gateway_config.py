@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from certs import make_pki
-from gridedge.gateway.config import ConfigError, load, parse
+from gateway.config import ConfigError, load, parse
 
 KEY = "ab" * 32
 
@@ -128,7 +128,7 @@ def test_tls_files_must_exist(tmp_path: Path) -> None:
 
 
 def gw(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gridedge.gateway.cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *map(str, args)],
                           capture_output=True, text=True, timeout=30)
 
 

@@ -17,6 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from brokers import Mosquitto
+from gateway.dedup import WINDOW, Deduplicator
+from gateway.protocol import Channel, Frame, Stat, build_frame
+from gateway.store import Mark, Store
+from gateway.verify import Verifier
 from gateway_fixtures import (
     LOCAL_BROKER_EXTRA,
     DevicePublisher,
@@ -24,10 +28,6 @@ from gateway_fixtures import (
     config_text,
     device_key,
 )
-from gridedge.gateway.dedup import WINDOW, Deduplicator
-from gridedge.gateway.protocol import Channel, Frame, Stat, build_frame
-from gridedge.gateway.store import Mark, Store
-from gridedge.gateway.verify import Verifier
 from mqtt_capture import Capture, wait_for
 
 T0 = 1_764_000_000_000  # a device clock in 2025, ms
@@ -153,7 +153,7 @@ def test_the_documented_command_brings_a_reset_meter_back(tmp_path: Path) -> Non
     capture = Capture(cloud.port, topic="gridedge/v1/gw/#")
     cfg = tmp_path / "gw.toml"
     cfg.write_text(config_text(tmp_path / "state", local, cloud, []))
-    add = subprocess.run([sys.executable, "-m", "gridedge.gateway.cli", "devices", "--config",
+    add = subprocess.run([sys.executable, "-m", "gateway.cli", "devices", "--config",
                           str(cfg), "add", "mtr-9", "--key-file", str(keyfile(tmp_path))],
                          capture_output=True, text=True)
     assert add.returncode == 0, add.stderr
@@ -175,7 +175,7 @@ def test_the_documented_command_brings_a_reset_meter_back(tmp_path: Path) -> Non
         for s in range(3):  # factory reset, no clock: boot 1 again
             pub.publish("mtr-9", frame_of("mtr-9", 1, s))
         assert wait_for(lambda: alarms() == [("replay_rejected", "raised")], 15), alarms()
-        resync = subprocess.run([sys.executable, "-m", "gridedge.gateway.cli", "devices",
+        resync = subprocess.run([sys.executable, "-m", "gateway.cli", "devices",
                                  "--config", str(cfg), "resync", "mtr-9"],
                                 capture_output=True, text=True)
         assert resync.returncode == 0 and "resync 1" in resync.stdout, resync.stderr

@@ -44,7 +44,7 @@ def identities(capture: Capture) -> Counter[tuple[str, int, int]]:
 
 
 def status(config: Path) -> dict[str, object]:
-    out = subprocess.run([sys.executable, "-m", "gridedge.gateway.cli", "status", "--config",
+    out = subprocess.run([sys.executable, "-m", "gateway.cli", "status", "--config",
                           str(config)], capture_output=True, text=True, check=True)
     result: dict[str, object] = json.loads(out.stdout)
     return result

@@ -23,6 +23,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from brokers import Mosquitto, free_port
+from gateway.errors import ProtocolError
+from gateway.pipeline import DeviceInfo, Pipeline
+from gateway.protocol import FrameDecoder
+from gateway.store import TELEMETRY, Store
 from gateway_fixtures import (
     LOCAL_BROKER_EXTRA,
     DevicePublisher,
@@ -31,10 +35,6 @@ from gateway_fixtures import (
     device_key,
     frame,
 )
-from gridedge.gateway.errors import ProtocolError
-from gridedge.gateway.pipeline import DeviceInfo, Pipeline
-from gridedge.gateway.protocol import FrameDecoder
-from gridedge.gateway.store import TELEMETRY, Store
 from mqtt_capture import Capture, wait_for
 
 DEVICES = ["mtr-1", "mtr-2"]
@@ -106,7 +106,7 @@ def test_disk_full_is_reported_survived_and_loses_nothing(
         assert gw.proc is not None and gw.proc.poll() is None  # still running
         full_since = time.monotonic()
         status = json.loads(subprocess.run(
-            [sys.executable, "-m", "gridedge.gateway.cli", "status", "--config", str(cfg)],
+            [sys.executable, "-m", "gateway.cli", "status", "--config", str(cfg)],
             capture_output=True, text=True, check=True).stdout)
         store = status["daemon"]["store"]
         assert store["writable"] is False and "full" in store["error"], store

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from brokers import Mosquitto
+from gateway.pipeline import MARKS_INTERVAL_S
 from gateway_fixtures import (
     LOCAL_BROKER_EXTRA,
     DevicePublisher,
@@ -25,10 +26,9 @@ from gateway_fixtures import (
     leftovers,
     metrics,
 )
-from gridedge.gateway.pipeline import MARKS_INTERVAL_S
-from gridedge.tools.brokers import free_port
 from mqtt_capture import Capture, wait_for
 from tcp_proxy import FreezableProxy
+from tools.brokers import free_port
 
 DEVICES = ["mtr-1", "mtr-2"]
 

@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 
 from brokers import Mosquitto
+from gateway.homeassistant import Discovery, discovery, state
+from gateway.pipeline import DeviceInfo
+from gateway.protocol import ST_INVALID, ST_TIMEOUT, Channel, Frame, Stat, build_frame
 from gateway_fixtures import (
     LOCAL_BROKER_EXTRA,
     DevicePublisher,
@@ -14,9 +17,6 @@ from gateway_fixtures import (
     device_key,
     frame,
 )
-from gridedge.gateway.homeassistant import Discovery, discovery, state
-from gridedge.gateway.pipeline import DeviceInfo
-from gridedge.gateway.protocol import ST_INVALID, ST_TIMEOUT, Channel, Frame, Stat, build_frame
 from mqtt_capture import Capture, wait_for
 
 INFO = DeviceInfo(bytes(32), site="sub-1", channels=("main", "pv"))

@@ -20,6 +20,13 @@ import cbor2
 import pytest
 
 from brokers import Mosquitto
+from gateway import framing
+from gateway.config import SerialPort
+from gateway.dedup import Deduplicator
+from gateway.ingest_serial import SerialIngest
+from gateway.pipeline import DeviceInfo, Pipeline
+from gateway.store import Store
+from gateway.verify import RateLimitedLog, Verifier
 from gateway_fixtures import (
     LOCAL_BROKER_EXTRA,
     DevicePublisher,
@@ -33,15 +40,8 @@ from gateway_fixtures import (
     start_ingest,
     stored,
 )
-from gridedge.gateway import framing
-from gridedge.gateway.config import SerialPort
-from gridedge.gateway.dedup import Deduplicator
-from gridedge.gateway.ingest_serial import SerialIngest
-from gridedge.gateway.pipeline import DeviceInfo, Pipeline
-from gridedge.gateway.store import Store
-from gridedge.gateway.verify import RateLimitedLog, Verifier
-from gridedge.tools.brokers import free_port
 from mqtt_capture import wait_for
+from tools.brokers import free_port
 
 POISON = bytes.fromhex("d1c5821b7fffffffffffffff01")  # tag 17 around a huge bigfloat
 DEVICES = ["mtr-1", "mtr-2"]
@@ -281,8 +281,8 @@ def test_an_unforeseen_exception_costs_one_frame(monkeypatch: pytest.MonkeyPatch
 
 def test_a_failing_edge_check_costs_only_its_alarms(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from gridedge.gateway.checks import EdgeChecks
-    from gridedge.gateway.config import ChecksSection
+    from gateway.checks import EdgeChecks
+    from gateway.config import ChecksSection
 
     checks = EdgeChecks(ChecksSection(), {"mtr-1": {"site": "", "feeder": "", "role": "meter"}})
     monkeypatch.setattr(checks, "observe", lambda *_: 1 / 0)

@@ -17,6 +17,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from brokers import Mosquitto
+from gateway.store import Store
 from gateway_fixtures import (
     LOCAL_BROKER_EXTRA,
     DevicePublisher,
@@ -25,7 +26,6 @@ from gateway_fixtures import (
     start_ingest,
     stored,
 )
-from gridedge.gateway.store import Store
 from mqtt_capture import wait_for
 
 DEVICES = ["mtr-1", "mtr-2", "mtr-3"]

@@ -20,13 +20,13 @@ import pytest
 
 from brokers import Mosquitto, free_port
 from certs import make_pki
+from gateway.link import DISCONNECTED, REFUSED, Link
 from gateway_fixtures import LOCAL_BROKER_EXTRA, GatewayProcess, config_text, metrics
-from gridedge.gateway.link import DISCONNECTED, REFUSED, Link
 from mqtt_capture import wait_for
 
 
 def status(cfg: Path) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-m", "gridedge.gateway.cli", "status", "--config",
+    out = subprocess.run([sys.executable, "-m", "gateway.cli", "status", "--config",
                           str(cfg)], capture_output=True, text=True, check=True, timeout=30)
     ingest: dict[str, Any] = json.loads(out.stdout)["daemon"]["ingest"]
     return ingest
@@ -94,7 +94,7 @@ def test_plain_mqtt_against_a_tls_only_listener_is_a_visible_error(tmp_path: Pat
         local.stop()
     text = log.read_text()
     assert text.count("TLS-only listener") == 1, text
-    assert "ERROR gridedge.gateway.ingest_mqtt: ingest cannot reach the local broker" in text
+    assert "ERROR gateway.ingest_mqtt: ingest cannot reach the local broker" in text
 
 
 def test_log_lines_back_off_while_the_state_lasts(caplog: pytest.LogCaptureFixture) -> None:

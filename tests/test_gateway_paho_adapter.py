@@ -12,7 +12,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridedge.gateway.paho_adapter import ReadAhead, _varint
+from gateway.paho_adapter import ReadAhead, _varint
 
 LIMIT = 300
 

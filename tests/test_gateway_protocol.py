@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridedge.gateway import cose, framing
-from gridedge.gateway.errors import ProtocolError, Reason
-from gridedge.gateway.payloads import reading_dict, reading_json
-from gridedge.gateway.protocol import (
+from gateway import cose, framing
+from gateway.errors import ProtocolError, Reason
+from gateway.payloads import reading_dict, reading_json
+from gateway.protocol import (
     MAX_MESSAGE,
     ST_INVALID,
     Channel,

@@ -13,6 +13,8 @@ import pytest
 
 from brokers import Mosquitto, free_port
 from fwrunner import firmware_module
+from gateway.config import load
+from gateway.registry import fingerprint
 from gateway_fixtures import (
     LOCAL_BROKER_EXTRA,
     DevicePublisher,
@@ -21,13 +23,11 @@ from gateway_fixtures import (
     device_key,
     frame,
 )
-from gridedge.gateway.config import load
-from gridedge.gateway.registry import fingerprint
 from mqtt_capture import wait_for
 
 
 def gw(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gridedge.gateway.cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *map(str, args)],
                           capture_output=True, text=True, check=check, timeout=30)
 
 

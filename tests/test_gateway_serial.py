@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gateway import framing
+from gateway.config import SerialPort
+from gateway.ingest_serial import SerialIngest
+from gateway.pipeline import DeviceInfo, Pipeline
+from gateway.store import TELEMETRY, Store
 from gateway_fixtures import Line, device_key, frame
-from gridedge.gateway import framing
-from gridedge.gateway.config import SerialPort
-from gridedge.gateway.ingest_serial import SerialIngest
-from gridedge.gateway.pipeline import DeviceInfo, Pipeline
-from gridedge.gateway.store import TELEMETRY, Store
 from mqtt_capture import wait_for
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from brokers import Mosquitto
 from fwrunner import REPO
+from gateway import sdnotify
+from gateway.store import TELEMETRY, Store
 from gateway_fixtures import (
     LOCAL_BROKER_EXTRA,
     DevicePublisher,
@@ -18,8 +20,6 @@ from gateway_fixtures import (
     config_text,
     frame,
 )
-from gridedge.gateway import sdnotify
-from gridedge.gateway.store import TELEMETRY, Store
 from mqtt_capture import wait_for
 
 

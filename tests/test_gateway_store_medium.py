@@ -21,6 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from brokers import Mosquitto
+from gateway import wal
+from gateway.store import TELEMETRY, Mark, Record, Store, StoreError
 from gateway_fixtures import (
     LOCAL_BROKER_EXTRA,
     DevicePublisher,
@@ -28,8 +30,6 @@ from gateway_fixtures import (
     config_text,
     frame,
 )
-from gridedge.gateway import wal
-from gridedge.gateway.store import TELEMETRY, Mark, Record, Store, StoreError
 from mqtt_capture import Capture, wait_for
 
 
@@ -104,7 +104,7 @@ def test_a_store_whose_queries_fail_is_moved_aside_with_what_can_be_read(
     damaged_index(path)
     cfg = tmp_path / "gw.toml"
     cfg.write_text(f'[gateway]\nstate_dir = "{path.parent}"\n[uplink]\nenabled = false\n')
-    status = subprocess.run([sys.executable, "-m", "gridedge.gateway.cli", "status",
+    status = subprocess.run([sys.executable, "-m", "gateway.cli", "status",
                              "--config", str(cfg)], capture_output=True, text=True)
     assert status.returncode == 1 and "Traceback" not in status.stderr
     assert "damaged" in status.stderr and len(status.stderr.splitlines()) == 1
@@ -119,7 +119,7 @@ def test_a_store_whose_queries_fail_is_moved_aside_with_what_can_be_read(
 
 WRITER = textwrap.dedent("""
     import sys
-    from gridedge.gateway.store import Mark, Record, Store
+    from gateway.store import Mark, Record, Store
     s = Store(sys.argv[1], max_bytes=10**9, max_age_s=86400)
     for b in range(200):
         s.commit([Record(1, "mtr-1", 1, b, b"x" * 300)], {"mtr-1": Mark(1, b, 1)})

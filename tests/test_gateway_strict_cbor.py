@@ -19,9 +19,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridedge.gateway import strict_cbor
-from gridedge.gateway.errors import MAX_DETAIL, ProtocolError, Reason
-from gridedge.gateway.protocol import (
+from gateway import strict_cbor
+from gateway.errors import MAX_DETAIL, ProtocolError, Reason
+from gateway.protocol import (
     QUANTITIES,
     ST_INVALID,
     Channel,

@@ -208,7 +208,7 @@ def test_a_cloud_link_that_cannot_work_is_said_once_and_shown_in_status(tmp_path
         time.sleep(8)  # several more attempts
         assert log.read_text().count(hint) == 1
         status = json.loads(subprocess.run(
-            [sys.executable, "-m", "gridedge.gateway.cli", "status", "--config", str(cfg)],
+            [sys.executable, "-m", "gateway.cli", "status", "--config", str(cfg)],
             capture_output=True, text=True, check=True).stdout)["daemon"]["uplink"]
         assert status["state"] == "disconnected" and hint in status["error"], status
         assert gw.terminate() == 0

@@ -30,11 +30,11 @@ from rich.console import Console
 
 from brokers import Mosquitto, free_port
 from certs import make_pki
+from gateway.payloads import iso_ms
 from gateway_fixtures import LOCAL_BROKER_EXTRA, DevicePublisher, GatewayProcess, config_text, frame
-from gridedge.gateway.payloads import iso_ms
-from gridedge.tools.monitor_model import BLOCKS, MonitorState, sparkline
-from gridedge.tools.monitor_view import render
 from mqtt_capture import wait_for
+from tools.monitor_model import BLOCKS, MonitorState, sparkline
+from tools.monitor_view import render
 
 T0 = 1_700_000_000.0
 BASE = "gridedge/v1/gw/gw-1"
@@ -280,7 +280,7 @@ def test_many_devices_show_the_first_rows_and_say_how_many_more() -> None:
 
 # -- the command ----------------------------------------------------------------------
 def monitor_cmd(port: int, out: Path, duration: float) -> list[str]:
-    return [sys.executable, "-m", "gridedge.tools.cli", "monitor", "--port", str(port),
+    return [sys.executable, "-m", "tools.cli", "monitor", "--port", str(port),
             "--duration", str(duration), "--snapshot", str(out), "--refresh", "5"]
 
 
@@ -376,7 +376,7 @@ def test_ctrl_c_and_sigterm_stop_cleanly_on_a_terminal(tmp_path: Path) -> None:
     broker = Mosquitto(tmp_path / "broker").start()
     try:
         results = {sig: run_on_a_terminal([
-            sys.executable, "-m", "gridedge.tools.cli", "monitor", "--port", str(broker.port),
+            sys.executable, "-m", "tools.cli", "monitor", "--port", str(broker.port),
             "--snapshot", str(tmp_path / f"{sig.name}.txt")], sig)
             for sig in (signal.SIGINT, signal.SIGTERM)}
     finally:
@@ -455,6 +455,6 @@ def test_monitor_through_the_real_gateway(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("args", [["--duration", "0"], ["--refresh", "-1"]])
 def test_monitor_rejects_bad_options(args: list[str]) -> None:
-    from gridedge.tools.cli import main
+    from tools.cli import main
 
     assert main(["monitor", *args]) == 2

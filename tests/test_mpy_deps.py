@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from fwrunner import MPY_LIB, FirmwareRunner
-from gridedge.tools import mpy_deps
-from gridedge.tools.mpy_deps import FetchError, Pin
+from tools import mpy_deps
+from tools.mpy_deps import FetchError, Pin
 
 
 def make_sdist(name: str, version: str, files: dict[str, str]) -> bytes:

@@ -22,9 +22,9 @@ from pycose.keys.symmetric import SymmetricKey
 from pycose.messages import Mac0Message
 
 from fwrunner import REPO, FirmwareRunner, firmware_module
-from gridedge.gateway import framing
-from gridedge.gateway.errors import ProtocolError, Reason
-from gridedge.gateway.protocol import (
+from gateway import framing
+from gateway.errors import ProtocolError, Reason
+from gateway.protocol import (
     ST_CRC,
     ST_INVALID,
     ST_PARTIAL,
@@ -203,7 +203,7 @@ def test_cddl_rejects_what_gateway_rejects(
     """The schema is not vacuous: each mutation fails both zcbor and the gateway."""
     m = reading_map(SAMPLES[0])
     mutate(m)
-    from gridedge.gateway import cose
+    from gateway import cose
 
     msg = cose.Mac0.sign(KEY, DEVICE.encode(), cbor2.dumps(m, canonical=True))
     assert not zcbor_valid(cddl_path, msg, tmp_path)
@@ -251,7 +251,7 @@ def test_every_bit_flip_and_truncation_rejected(fw: FirmwareRunner) -> None:
 
 def test_frame_sizes_against_json() -> None:
     """CBOR + MAC is well under half the size of the same reading as readable JSON."""
-    from gridedge.tools.frame_size import sizes
+    from tools.frame_size import sizes
 
     rows = {r["channels"]: r for r in sizes()}
     assert rows[1]["frame_bytes"] < rows[1]["json_bytes"] / 2

@@ -1,9 +1,9 @@
 """``gridedge provision`` against the real firmware console: MicroPython behind a socat pty.
 
-The device is a gridedge.tools.vdevice.VirtualDevice whose program is firmware/main.py
+The device is a tools.vdevice.VirtualDevice whose program is firmware/main.py
 (unmodified, from the source tree) under the MicroPython unix port, on the virtual board
 with the PZEM-004T and ADE7953 emulators, its output also copied to a transcript file. The
-tool runs as the installer runs it (``python -m gridedge.tools.cli provision``) against a
+tool runs as the installer runs it (``python -m tools.cli provision``) against a
 gateway config in a temporary folder; the tests then read what the board saved, what the
 registry holds, and decode the frames the meter sends with the registry's key. They need
 ``micropython`` and ``socat``: without them they skip with a reason (MicroPython wheels
@@ -32,15 +32,15 @@ from brokers import Mosquitto
 from certs import make_pki
 from firmware_fixtures import VirtualMeter
 from fwrunner import FIRMWARE, MPY_LIB, firmware_module
-from gridedge.gateway import framing
-from gridedge.gateway.config import load
-from gridedge.gateway.errors import ProtocolError
-from gridedge.gateway.protocol import Frame, FrameDecoder
-from gridedge.gateway.registry import Registry
-from gridedge.tools.provision import console_value
-from gridedge.tools.vboard import VirtualBoard
-from gridedge.tools.vdevice import MACHINE_SHIM, VirtualDevice
+from gateway import framing
+from gateway.config import load
+from gateway.errors import ProtocolError
+from gateway.protocol import Frame, FrameDecoder
+from gateway.registry import Registry
 from mqtt_capture import Capture
+from tools.provision import console_value
+from tools.vboard import VirtualBoard
+from tools.vdevice import MACHINE_SHIM, VirtualDevice
 
 WIFI_SECRET = "correct-horse-battery"
 MQTT_SECRET = "mqtt-s3cret-pw"
@@ -54,7 +54,7 @@ exec 2>&1
 
 def gridedge(*args: str, env: dict[str, str] | None = None,
              timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gridedge.tools.cli", *args],
+    return subprocess.run([sys.executable, "-m", "tools.cli", *args],
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
 

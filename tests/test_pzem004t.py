@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from fwrunner import FirmwareRunner
-from gridedge.tools.emulators.pzem004t import PZEM004T, crc16, with_crc
-from gridedge.tools.vboard import VirtualBoard
+from tools.emulators.pzem004t import PZEM004T, crc16, with_crc
+from tools.vboard import VirtualBoard
 
 # ---------------------------------------------------------------- emulator (datasheet facts)
 

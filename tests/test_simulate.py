@@ -12,13 +12,13 @@ import pytest
 
 from brokers import Mosquitto
 from fwrunner import REPO, FirmwareRunner
+from gateway.config import ConfigError
 from gateway_fixtures import LOCAL_BROKER_EXTRA, GatewayProcess, config_text
-from gridedge.gateway.config import ConfigError
-from gridedge.tools.sim_fleet import Fleet
-from gridedge.tools.sim_profiles import Grid
-from gridedge.tools.sim_scenario import parse
-from gridedge.tools.simulate import register
 from mqtt_capture import Capture, wait_for
+from tools.sim_fleet import Fleet
+from tools.sim_profiles import Grid
+from tools.sim_scenario import parse
+from tools.simulate import register
 
 SMALL = """
 [fleet]
@@ -54,6 +54,26 @@ def test_scenario_problems_are_reported_at_once_with_paths() -> None:
     with pytest.raises(ConfigError, match=re.escape("event[1].devices: no device 'mtr-999'")):
         parse('[[event]]\nkind = "sag"\n[[event]]\nkind = "sag"\ndevices = ["mtr-999"]\n')
     assert parse((REPO / "scenarios" / "demo.toml").read_text()).fleet.meters == 20
+
+
+def test_a_scenario_scales_down_to_a_smaller_fleet_and_says_what_it_skipped() -> None:
+    """`gridedge demo --meters 5` / `simulate --meters 4` used to fail: the demo scenario
+    names meters up to mtr-018."""
+    demo = (REPO / "scenarios" / "demo.toml").read_text()
+    small = parse(demo, "demo.toml", meters=4)
+    assert small.meter_ids() == ["mtr-001", "mtr-002", "mtr-003", "mtr-004"]
+    played = {d for ev in small.event for d in small.targets(ev)}
+    assert played <= set(small.meter_ids()) | set(small.line_sensor_ids())
+    sag = next(ev for ev in small.event if ev.kind == "sag")
+    assert sag.devices == ["mtr-003", "mtr-004"]  # mtr-005 is not in this fleet
+    assert small.skipped and all("not in this fleet" in s for s in small.skipped)
+    assert any(s.startswith("event[1] (overcurrent at 16 s): mtr-007") for s in small.skipped)
+    full = parse(demo, "demo.toml")
+    assert full.skipped == [] and len(full.event) == len(small.event) + len(small.skipped)
+    # The file's own fleet must fit its events: there it is a mistake, said with the size.
+    with pytest.raises(ConfigError, match=re.escape("no device 'mtr-007' in this fleet (4 "
+                                                    "meters, 1 line sensors)")):
+        parse(demo.replace("meters = 20", "meters = 4"), "demo.toml")
 
 
 def test_the_feeder_sees_the_bypassed_load_and_the_losses() -> None:
@@ -95,7 +115,9 @@ def test_a_small_fleet_runs_the_real_firmware_through_a_gateway(
     cfg = tmp_path / "gw.toml"
     cfg.write_text(config_text(tmp_path / "state", local, cloud, []))
     fleet = Fleet(sc, tmp_path / "fleet", "mqtt", ("127.0.0.1", local.port))
-    assert register(fleet, cfg) == 4 and register(fleet, cfg) == 0  # idempotent
+    devices_file = tmp_path / "devices.toml"
+    assert register(fleet, cfg) == (4, devices_file)
+    assert register(fleet, cfg) == (0, devices_file)  # idempotent
     capture = Capture(cloud.port, topic="gridedge/v1/gw/+/readings")
     gw = GatewayProcess(cfg, tmp_path / "gw.log").start(wait_subscribed=True)
     try:
@@ -128,13 +150,14 @@ def test_simulate_command_reports_and_registers(
     scenario = tmp_path / "s.toml"
     scenario.write_text(SMALL)
     out = subprocess.run(
-        [sys.executable, "-m", "gridedge.tools.cli", "simulate", "--scenario", str(scenario),
+        [sys.executable, "-m", "tools.cli", "simulate", "--scenario", str(scenario),
          "--gateway-config", str(cfg), "--duration", "3", "--every", "1",
          "--mqtt-port", "9"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "registered 4 devices" in out.stdout and "4 devices, firmware under" in out.stdout
+    assert f"registered 4 devices in {tmp_path / 'devices.toml'};" in out.stdout
+    assert "4 devices, firmware under" in out.stdout
     assert "% of a core per device" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "gridedge.tools.cli", "simulate",
+    bad = subprocess.run([sys.executable, "-m", "tools.cli", "simulate",
                           "--scenario", str(tmp_path / "none.toml")],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "cannot read" in bad.stderr and "Traceback" not in bad.stderr

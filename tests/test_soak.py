@@ -26,8 +26,8 @@ from gateway_fixtures import (
     config_text,
     frame,
 )
-from gridedge.tools.bench_gateway import proc_usage
 from mqtt_capture import Capture, wait_for
+from tools.bench_gateway import proc_usage
 
 DEVICES = [f"soak-{i:03d}" for i in range(50)]
 

@@ -15,8 +15,8 @@ from brokers import Mosquitto
 from firmware_fixtures import DEVICE, KEY, VirtualMeter
 from fwrunner import FirmwareRunner
 from gateway_fixtures import LOCAL_BROKER_EXTRA, GatewayProcess, config_text
-from gridedge.tools.vboard import VirtualBoard
 from mqtt_capture import Capture, wait_for
+from tools.vboard import VirtualBoard
 
 
 def test_real_firmware_over_mqtt_and_serial_reaches_the_cloud(

@@ -32,9 +32,9 @@ from typing import Any
 import cbor2
 from cobs import cobs
 
-from gridedge.gateway import framing
-from gridedge.gateway.protocol import FrameDecoder, build_frame
-from gridedge.tools.frame_size import sample_frame
+from gateway import framing
+from gateway.protocol import FrameDecoder, build_frame
+from tools.frame_size import sample_frame
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = bytes(range(32))
@@ -169,7 +169,8 @@ def render(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="gridedge bench", description=__doc__.split("\n")[0])
+    summary = (__doc__ or "").split("\n")[0]
+    parser = argparse.ArgumentParser(prog="gridedge bench", description=summary)
     parser.add_argument("--json", default=str(REPO / "build" / "bench.json"))
     parser.add_argument("--frames", type=int, default=50_000, help="throughput run size")
     parser.add_argument("--backlog", type=int, default=1_000_000, help="drain run size")
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [bench_gateway_decode(), bench_deframe(), bench_firmware_build(),
             serial_limit(len(framing.encode(message)))]
     if not args.no_gateway:
-        from gridedge.tools import bench_gateway, bench_wear
+        from tools import bench_gateway, bench_wear
 
         rows += bench_gateway.run(args.frames, args.backlog)
         rows += bench_wear.bench_wear()

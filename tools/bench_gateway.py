@@ -30,9 +30,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gridedge.gateway.protocol import Channel, Frame, Stat, build_frame
-from gridedge.gateway.store import TELEMETRY, Record, Store
-from gridedge.tools.brokers import Mosquitto
+from gateway.protocol import Channel, Frame, Stat, build_frame
+from gateway.store import TELEMETRY, Record, Store
+from tools.brokers import Mosquitto, resubscribe
 
 DEVICES = [f"bm-{i:03d}" for i in range(50)]
 LOCAL_EXTRA = "max_queued_messages 10000000\nmax_queued_bytes 0\nmax_inflight_messages 0\n"
@@ -92,7 +92,7 @@ class Counter:
                                   clean_session=not persistent)
         self.client.max_inflight_messages_set(1000)
         self.client.on_message = self._on_message
-        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.on_connect = resubscribe(topic)
         subscribed = threading.Event()
         self.client.on_subscribe = lambda *_: subscribed.set()
         self.client.connect("127.0.0.1", port)
@@ -170,7 +170,7 @@ def stop_gateway(gw: subprocess.Popen[bytes]) -> None:
 
 
 def start_gateway(cfg: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "gridedge.gateway.cli", "run", "--config",
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config",
                              str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.5)  # imports, connect, subscribe
     return proc

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gridedge.gateway.protocol import Channel, Frame, Stat, build_frame
-from gridedge.tools.bench_gateway import DEVICES, Counter, key
-from gridedge.tools.brokers import LOCAL_BROKER_SETTINGS, Mosquitto
+from gateway.protocol import Channel, Frame, Stat, build_frame
+from tools.bench_gateway import DEVICES, Counter, key
+from tools.brokers import LOCAL_BROKER_SETTINGS, Mosquitto
 
 TARGET = 1024  # bytes written per frame at 20 frames/s, cloud up (issue 9)
 
@@ -95,7 +95,7 @@ def measure(rate: float, seconds: float, warmup: float, folder: Path) -> dict[st
         path = folder / "frames.json"
         path.write_text(json.dumps(frames))
         sub = Counter(cloud.port, "gridedge/v1/gw/+/readings", records=True)
-        gw = subprocess.Popen([sys.executable, "-m", "gridedge.gateway.cli", "run",
+        gw = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run",
                                "--config", str(config(folder, local.port, cloud.port))],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(2.0)  # imports, connect, subscribe

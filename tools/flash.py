@@ -26,19 +26,17 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from gridedge.tools import mpy_deps
-from gridedge.tools.errors import ToolError
+from tools import mpy_deps, resources
+from tools.errors import ToolError
 
-REPO = Path(__file__).resolve().parents[1]
-FIRMWARE = REPO / "firmware"
-BOARDS = REPO / "boards"
-MPY_LIB = REPO / "build" / "mpy-lib"
-BUILD = REPO / "build" / "flash"
+FIRMWARE = resources.firmware()
+BOARDS = resources.boards()
 
 # key; boot and energy counters (two copies, and the single file of older firmware); calibration
 KEPT = ("key.bin", "state.a.json", "state.b.json", "state.json", "config.json")
@@ -47,14 +45,22 @@ ARCHS = ("", "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", 
 UNIX_PLATFORMS = ("linux", "darwin")
 COPY_TIMEOUT = 600.0
 PROBE_TAG = "gridedge-probe"
-PROBE = f"""import sys, json
+PROBE = f"""import sys, json, os
 cal = None
 try:
     with open("config.json") as f:
         cal = json.loads(f.read()).get("calibration")
 except Exception:
     pass
-print("{PROBE_TAG}", json.dumps([getattr(sys.implementation, "_mpy", 0), sys.platform, cal]))"""
+have = []
+for n in {list(KEPT)!r}:
+    try:
+        os.stat(n)
+        have.append(n)
+    except OSError:
+        pass
+print("{PROBE_TAG}", json.dumps([getattr(sys.implementation, "_mpy", 0), sys.platform, cal,
+                                 have]))"""
 PREPARE = """import os
 def rm(p):
     try:
@@ -86,6 +92,7 @@ class Device:
     mpy: int
     platform: str
     calibration: dict[str, Any] | None
+    present: tuple[str, ...] = ()  # which of KEPT the board holds
 
     @property
     def version(self) -> str:
@@ -134,7 +141,7 @@ def load_config(path: Path) -> dict[str, Any]:
     return data
 
 
-def library_files(lib: Path = MPY_LIB) -> list[str]:
+def library_files(lib: Path) -> list[str]:
     """The pinned libraries' modules in lib, as fetch-mpy-deps recorded them."""
     wanted = {p.project: f"{p.version} {p.sha256}" for p in mpy_deps.PINS}
     try:
@@ -152,7 +159,8 @@ def modules() -> list[tuple[Path, str]]:
     """(source, path on the board) of every module to compile: the firmware, then libraries."""
     fw = [(p, p.relative_to(FIRMWARE).as_posix()) for p in sorted(FIRMWARE.rglob("*.py"))
           if p.name != "main.py" and "__pycache__" not in p.parts]
-    libs = [(MPY_LIB / f, "lib/" + f) for f in library_files()]
+    lib = mpy_deps.ensure()
+    libs = [(lib / f, "lib/" + f) for f in library_files(lib)]
     return [(src, rel[:-3] + ".mpy") for src, rel in fw + libs]
 
 
@@ -187,8 +195,9 @@ def probe(port: str, timeout: float) -> Device:
     out = run(mpremote(port, "exec", PROBE), f"board on {port} is not answering", timeout)
     for line in out.splitlines():
         if line.startswith(PROBE_TAG + " "):
-            mpy, platform, cal = json.loads(line[len(PROBE_TAG) + 1:])
-            return Device(int(mpy), str(platform), cal if isinstance(cal, dict) else None)
+            mpy, platform, cal, have = json.loads(line[len(PROBE_TAG) + 1:])
+            return Device(int(mpy), str(platform), cal if isinstance(cal, dict) else None,
+                          tuple(n for n in KEPT if n in have))
     raise FlashError(f"board on {port} gave no answer to the probe: {_last_line(out)}")
 
 
@@ -288,7 +297,6 @@ def flash(board_name: str, port: str, config_path: Path | None = None, dry_run: 
             raise FlashError(f"{tool} is not installed: pip install {tool.replace('_', '-')}")
     board = load_board(board_name)
     config = load_config(config_path) if config_path is not None else None
-    stage = BUILD / board_name / Path(port).name  # one per port: boards flashed in parallel
     if dry_run:
         compiled = [rel for _, rel in modules()]
         names = sorted([*compiled, "main.py", "board.json"]
@@ -296,10 +304,21 @@ def flash(board_name: str, port: str, config_path: Path | None = None, dry_run: 
         print(f"# gridedge flash --dry-run: board {board_name} on {port}; nothing runs", file=out)
         print(render(mpremote(port, "exec", PROBE)), file=out)
         print(f"# then compile {len(compiled)} modules with mpy-cross -march="
-              f"{board['mpy_arch']} -O2 into {stage} (a unix port: its own arch)", file=out)
-        for cmd in commands(port, stage, names, wipe):
+              f"{board['mpy_arch']} -O2 into a temporary folder STAGE (a unix port: its own "
+              "arch)", file=out)
+        for cmd in commands(port, Path("STAGE"), names, wipe):
             print(render(cmd), file=out)
         return
+    # A fresh folder per run: boards flashed in parallel never share one, and nothing is
+    # left behind in a checkout or an installation.
+    with tempfile.TemporaryDirectory(prefix=f"gridedge-flash-{board_name}-") as tmp:
+        stage = Path(tmp)
+        _install(port, stage, board_name, config, wipe, timeout, out)
+
+
+def _install(port: str, stage: Path, board_name: str, config: dict[str, Any] | None,
+             wipe: bool, timeout: float, out: TextIO) -> None:
+    board = load_board(board_name)
     device = probe(port, timeout)
     arch = choose_arch(device, board_name, board, port)
     print(f"board on {port}: MicroPython {device.platform}, .mpy {device.version}, "
@@ -312,9 +331,11 @@ def flash(board_name: str, port: str, config_path: Path | None = None, dry_run: 
           f"{arch or 'bytecode only'} into {stage}", file=out)
     copy, check, reset = commands(port, stage, names, wipe)
     run(copy, f"copying to the board on {port}", COPY_TIMEOUT)
-    kept = [n for n in KEPT if config is None or n != "config.json"]
-    print(f"copied {len(names)} files; {', '.join(KEPT if wipe else kept)} "
-          f"{'removed' if wipe else 'left in place'}", file=out)
+    # Name only what the board had (the probe looked): a new board keeps nothing.
+    kept = [n for n in device.present if wipe or config is None or n != "config.json"]
+    print(f"copied {len(names)} files; " + (
+        f"{', '.join(kept)} {'removed' if wipe else 'left in place'}" if kept
+        else "the board had no key, state or calibration to keep"), file=out)
     verify(run(check, f"verifying on the board on {port}", COPY_TIMEOUT), stage, names)
     print(f"verified {len(names)} files (sha256)", file=out)
     run(reset, f"resetting the board on {port}", max(timeout, 10.0))

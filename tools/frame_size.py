@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gridedge.gateway import framing
-from gridedge.gateway.payloads import reading_dict
-from gridedge.gateway.protocol import Channel, Frame, Stat, build_frame
+from gateway import framing
+from gateway.payloads import reading_dict
+from gateway.protocol import Channel, Frame, Stat, build_frame
 
 
 def _channel(index: int) -> Channel:

@@ -28,9 +28,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from rich.console import Console, RenderableType
 from rich.live import Live
 
-from gridedge.tools.errors import ToolError
-from gridedge.tools.monitor_model import MonitorState
-from gridedge.tools.monitor_view import render, snapshot_text
+from tools.errors import ToolError
+from tools.monitor_model import MonitorState
+from tools.monitor_view import render, snapshot_text
 
 KINDS = ("readings", "alarms", "status", "health")
 

@@ -20,7 +20,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from gridedge.tools.monitor_model import (
+from tools.monitor_model import (
     Alarm,
     ChannelState,
     DeviceState,

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
-from gridedge.tools.errors import ToolError
+from tools.errors import ToolError
 
 
 @dataclass(frozen=True)
@@ -211,6 +211,15 @@ def fetch(dest: Path, pins: tuple[Pin, ...] = PINS, force: bool = False) -> dict
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return files
+
+
+def ensure() -> Path:
+    """The pinned libraries in their cache folder (tools/resources.py), fetched if missing."""
+    from tools.resources import mpy_lib
+
+    dest = mpy_lib()
+    fetch(dest)
+    return dest
 
 
 def main(dest: str, force: bool = False) -> int:

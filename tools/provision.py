@@ -42,11 +42,12 @@ from typing import TextIO
 
 import serial
 
-from gridedge.gateway.config import DEVICE_ID, ConfigError
-from gridedge.gateway.registry import ROLES, Registry, RegistryError, fingerprint, read_key_file
-from gridedge.tools.errors import ToolError
+from gateway.config import DEVICE_ID, ConfigError
+from gateway.registry import ROLES, Registry, RegistryError, fingerprint, read_key_file
+from tools import resources
+from tools.errors import ToolError
 
-FIRMWARE_CONFIG = Path(__file__).resolve().parents[1] / "firmware" / "gemeter" / "config.py"
+FIRMWARE_CONFIG = resources.firmware() / "gemeter" / "config.py"
 PROMPT = "gridedge> "
 REPL_PROMPT = ">>> "
 REPL_START = "import gemeter.console as c; c.run()"
@@ -195,7 +196,7 @@ class Console:
     def __init__(self, port: serial.Serial, timeout: float) -> None:
         self.port = port
         self.timeout = timeout
-        self.text = ""  # received since the last command; never printed (it may echo input)
+        self.text: str = ""  # received since the last command; never printed (it may echo input)
 
     def _send(self, line: str) -> None:
         self.port.write((line + "\r").encode())
@@ -256,7 +257,7 @@ class Console:
             if reply.startswith("error:"):
                 reason = reply[len("error:"):].strip().replace(secret or "\0", "(secret)")
                 raise ProvisionError(f"the board refused '{shown}': {reason}")
-        return answer
+        return list(answer)  # typed list[str], not the list[LiteralString] pyright infers
 
     def leave(self, reboot: bool) -> None:
         """``exit`` (unsaved changes are discarded, the meter starts) or ``reboot``."""

@@ -1,7 +1,7 @@
 """A fleet of simulated meters: the real firmware under MicroPython, one process per device.
 
 Each device gets a folder (board.json, config.json, key.bin - its flash), a virtual board
-(gridedge.tools.vboard) with an emulated PZEM-004T and ADE7953 on the pins its board file
+(tools.vboard) with an emulated PZEM-004T and ADE7953 on the pins its board file
 names, and a ``micropython`` process running the unmodified ``firmware/main.py`` against
 that board through tools/mpy_shim/machine.py. A tick thread moves the emulated ICs along
 the scenario (sim_profiles.Grid) and plays the fleet's own events: a link drop cuts the
@@ -26,16 +26,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gridedge.tools.errors import ToolError
-from gridedge.tools.sim_profiles import Grid, Quantities
-from gridedge.tools.sim_scenario import Scenario
-from gridedge.tools.vboard import VirtualBoard
-from gridedge.tools.virtual_meter import find_micropython, wire_meter
+from tools import mpy_deps, resources
+from tools.errors import ToolError
+from tools.sim_profiles import Grid, Quantities
+from tools.sim_scenario import Scenario
+from tools.vboard import VirtualBoard
+from tools.virtual_meter import find_micropython, wire_meter
 
-REPO = Path(__file__).resolve().parents[1]
-FIRMWARE = REPO / "firmware"
-MPY_LIB = REPO / "build" / "mpy-lib"
-MACHINE_SHIM = REPO / "tools" / "mpy_shim"
+FIRMWARE = resources.firmware()
+MACHINE_SHIM = resources.machine_shim()
 BOARD = "esp32-devkitc"
 TICK_S = 0.25
 
@@ -138,9 +137,9 @@ class SimDevice:
             self.pzem.advance(energy_s)
             self.ade.advance(energy_s)
 
-    def start(self, exe: str, log: Path) -> None:
+    def start(self, exe: str, mpy_lib: Path, log: Path) -> None:
         env = dict(os.environ, **self.board.env(),
-                   MICROPYPATH=f"{MACHINE_SHIM}:{FIRMWARE}:{MPY_LIB}:.frozen")
+                   MICROPYPATH=f"{MACHINE_SHIM}:{FIRMWARE}:{mpy_lib}:.frozen")
         with log.open("ab") as out:
             self.proc = subprocess.Popen([exe, str(FIRMWARE / "main.py")], cwd=self.folder,
                                          env=env, stdin=subprocess.DEVNULL, stdout=out,
@@ -171,8 +170,7 @@ class Fleet:
                  mqtt: tuple[str, int] = ("127.0.0.1", 1883)) -> None:
         if link not in ("mqtt", "serial"):
             raise FleetError(f"link must be mqtt or serial, got {link!r}")
-        if not (MPY_LIB / "umqtt").exists():
-            raise FleetError(f"{MPY_LIB} has no umqtt: run `gridedge fetch-mpy-deps`")
+        self.mpy_lib = mpy_deps.ensure()
         exe = find_micropython()
         if exe is None:
             raise FleetError("the MicroPython unix port is missing: run `make setup` "
@@ -222,7 +220,7 @@ class Fleet:
             sim.board.start()
         self._apply(0.0, 0.0)
         for dev, sim in self.devices.items():
-            sim.start(self.exe, self.workdir / f"{dev}.log")
+            sim.start(self.exe, self.mpy_lib, self.workdir / f"{dev}.log")
         self._thread.start()
 
     def elapsed(self) -> float:
@@ -257,7 +255,7 @@ class Fleet:
             for dev, until in list(self._down.items()):
                 if t >= until:
                     del self._down[dev]
-                    self.devices[dev].start(self.exe, self.workdir / f"{dev}.log")
+                    self.devices[dev].start(self.exe, self.mpy_lib, self.workdir / f"{dev}.log")
 
     def alive(self) -> int:
         return sum(1 for s in self.devices.values()

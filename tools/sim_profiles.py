@@ -24,7 +24,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from gridedge.tools.sim_scenario import Scenario
+from tools.sim_scenario import Scenario
 
 NOMINAL_V = 230.0
 

@@ -17,7 +17,7 @@ A scenario is TOML, shared by the tests, ``gridedge simulate`` and ``make demo``
     devices = ["mtr-003"]  # device ids, or ["*"] for every meter
     value = 190.0          # volts, amps, hertz or a share, by kind
 
-It is loaded with the gateway's own config pipeline (gridedge.gateway.config.build), so
+It is loaded with the gateway's own config pipeline (gateway.config.build), so
 every problem is reported at once with its key path, and unknown keys are errors.
 """
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gridedge.gateway.config import ConfigError, build, choice, rng
+from gateway.config import ConfigError, build, choice, rng
 
 # kind -> what ``value`` means
 KINDS = {
@@ -75,6 +75,8 @@ class Event:
 class Scenario:
     fleet: FleetSection = field(default_factory=FleetSection)
     event: list[Event] = field(default_factory=list)
+    # Set by parse() when a fleet smaller than the file's left events without a device.
+    skipped: list[str] = field(default_factory=list)
 
     def meter_ids(self) -> list[str]:
         return [f"mtr-{i:03d}" for i in range(1, self.fleet.meters + 1)]
@@ -100,12 +102,26 @@ def parse(text: str, source: str = "<scenario>", **overrides: Any) -> Scenario:
     if problems:  # the device checks below need a well-typed fleet
         raise ConfigError(source, problems)
     known = set(scenario.meter_ids()) | set(scenario.line_sensor_ids())
+    resized = any(overrides.get(k) is not None for k in ("meters", "line_sensors"))
+    kept: list[Event] = []
     for i, ev in enumerate(scenario.event):
-        for d in ev.devices:
-            if d != "*" and d not in known:
-                problems.append(f"event[{i}].devices: no device {d!r} in this fleet")
+        missing = [d for d in ev.devices if d != "*" and d not in known]
+        if missing and resized:
+            # The fleet was resized on the command line: the scenario scales down by
+            # playing each event on the devices this fleet has, and says what it dropped.
+            ev.devices = [d for d in ev.devices if d not in missing]
+            if not ev.devices:
+                scenario.skipped.append(f"event[{i}] ({ev.kind} at {ev.at:g} s): "
+                                        f"{', '.join(missing)} not in this fleet")
+                continue
+        elif missing:
+            problems.append(f"event[{i}].devices: no device {missing[0]!r} in this fleet "
+                            f"({scenario.fleet.meters} meters, "
+                            f"{scenario.fleet.line_sensors} line sensors)")
         if ev.kind == "bypass" and not 0 <= ev.value <= 1:
             problems.append(f"event[{i}].value: a bypass keeps a share 0..1 of the load")
+        kept.append(ev)
+    scenario.event = kept
     if problems:
         raise ConfigError(source, problems)
     return scenario

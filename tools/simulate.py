@@ -17,18 +17,18 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from gridedge.tools.sim_fleet import Fleet, FleetError
-from gridedge.tools.sim_scenario import Scenario, load
+from tools import resources
+from tools.sim_fleet import Fleet, FleetError
+from tools.sim_scenario import Scenario, load
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_SCENARIO = REPO / "scenarios" / "demo.toml"
+DEFAULT_SCENARIO = resources.scenarios() / "demo.toml"
 
 
-def register(fleet: Fleet, gateway_config: Path) -> int:
+def register(fleet: Fleet, gateway_config: Path) -> tuple[int, Path]:
     """Add the fleet's devices to the gateway's registry (skipping ids already there with
-    the same key); returns how many were added."""
-    from gridedge.gateway.config import load as load_config
-    from gridedge.gateway.registry import Registry
+    the same key); returns how many were added and the registry file written."""
+    from gateway.config import load as load_config
+    from gateway.registry import Registry
 
     known = load_config(gateway_config).device_keys()
     reg = Registry(gateway_config)
@@ -42,7 +42,7 @@ def register(fleet: Fleet, gateway_config: Path) -> int:
         reg.add(d.id, role=d.role, site=d.site, feeder=d.feeder, channels=d.channels,
                 key=d.key)
         added += 1
-    return added
+    return added, reg.path
 
 
 def run(fleet: Fleet, duration: float, every: float, out: TextIO) -> dict[str, float]:
@@ -91,10 +91,12 @@ def main(args: argparse.Namespace, out: TextIO) -> int:
                               line_sensors=args.line_sensors)
     with tempfile.TemporaryDirectory(prefix="gridedge-fleet-") as tmp:
         workdir = Path(args.workdir or tmp)
+        for line in scenario.skipped:
+            out.write(f"scenario: skipped {line}\n")
         fleet = Fleet(scenario, workdir, args.link, (args.mqtt_host, args.mqtt_port))
         if args.gateway_config:
-            n = register(fleet, Path(args.gateway_config))
-            out.write(f"registered {n} devices in {args.gateway_config}; reload the "
+            n, devices_file = register(fleet, Path(args.gateway_config))
+            out.write(f"registered {n} devices in {devices_file}; reload the "
                       "gateway (systemctl reload gridedge-gateway) before they report\n")
         if args.link == "serial":
             out.write("serial ports for the gateway config:\n" + "".join(

@@ -45,7 +45,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gridedge.tools.errors import ToolError
+from tools.errors import ToolError
 
 DEFAULT_PREFIX = "gridedge/v1/gw/+/"
 STREAMS = ("readings", "alarms")

@@ -3,7 +3,7 @@
 Firmware running under the MicroPython unix port (or CPython, in tests) imports the
 ``machine`` module from tools/mpy_shim/, which connects to a ``VirtualBoard`` over a unix
 socket named by the GRIDEDGE_VBOARD environment variable. The board routes bus traffic to
-device emulators (gridedge.tools.emulators) attached to it, in the same process as the
+device emulators (tools.emulators) attached to it, in the same process as the
 test or simulator that drives the emulators' physical inputs and faults.
 
 Wire protocol (one ASCII line per command; only queries are answered, one line each):
@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from gridedge.tools.emulators import Reply
+from tools.emulators import Reply
 
 log = logging.getLogger(__name__)
 

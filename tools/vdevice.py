@@ -23,9 +23,10 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from gridedge.tools.errors import ToolError
+from tools import resources
+from tools.errors import ToolError
 
-MACHINE_SHIM = Path(__file__).resolve().parent / "mpy_shim"
+MACHINE_SHIM = resources.machine_shim()
 
 _PRETEND = """\
 import builtins

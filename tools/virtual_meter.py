@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gridedge.tools.emulators.ade7953 import ADE7953
-from gridedge.tools.emulators.pzem004t import PZEM004T
-from gridedge.tools.vboard import VirtualBoard
-
-REPO = Path(__file__).resolve().parents[1]
+from tools import resources
+from tools.emulators.ade7953 import ADE7953
+from tools.emulators.pzem004t import PZEM004T
+from tools.vboard import VirtualBoard
 
 
 def find_micropython() -> str | None:
@@ -49,7 +48,7 @@ class MeterRig:
 
 def wire_meter(board: VirtualBoard, folder: Path, board_name: str, config: dict[str, Any],
                key: bytes, pzem_timeout_ms: int = 200) -> MeterRig:
-    desc = json.loads((REPO / "boards" / f"{board_name}.json").read_text())
+    desc = json.loads((resources.boards() / f"{board_name}.json").read_text())
     for m in desc["meters"]:
         if m["type"] == "pzem004t":
             # The virtual bus answers instantly: no inter-request gap is needed.

@@ -3,7 +3,7 @@
 Each emulator models one IC at its bus interface (bytes in, bytes out) and exposes its
 physical inputs (voltage, current, …) and fault injection to tests and the fleet simulator.
 They run in CPython; firmware under MicroPython reaches them through the virtual board
-(gridedge.tools.vboard and its machine.py client).
+(tools.vboard and its machine.py client).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import struct
 import time
 from collections.abc import Callable
 
-from gridedge.tools.emulators import Reply
+from tools.emulators import Reply
 
 GENERAL_ADDRESS = 0xF8
 BROADCAST = 0x00

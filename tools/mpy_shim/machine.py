@@ -2,7 +2,7 @@
 
 Never deployed to a board. On the MicroPython unix port (and under CPython in tests) this
 file stands first on the module path instead of the built-in ``machine``, which has no
-UART, SPI, Pin or WDT. It connects to a gridedge.tools.vboard.VirtualBoard over the unix
+UART, SPI, Pin or WDT. It connects to a tools.vboard.VirtualBoard over the unix
 socket named by GRIDEDGE_VBOARD and speaks its line protocol. Only queries wait for an
 answer; writes and pin changes are pipelined, so an ADE7953 register read costs one round
 trip. Bus names follow the ids the firmware passes: UART(2) is "uart2", SPI(1) "spi1",
