@@ -63,7 +63,12 @@ def test_settings_and_secrets(
     text = "\n".join(out)
     assert WIFI_SECRET not in text and MQTT_SECRET not in text  # never echoed nor shown
     assert "*" * len(WIFI_SECRET) in text  # typed characters of a secret echo as '*'
-    assert "device_id = mtr-test-01" in replies(out, "show")
+    shown = replies(out, "show")
+    # Each setting with what it accepts (installer.md: "show lists them with their ranges").
+    for line in ("device_id = mtr-test-01  (1..32 chars)", "link = serial  (serial|mqtt)",
+                 "sample_interval_ms = 1  (1..60000)", "ade_invert_a = off  (on|off)",
+                 'ade_map =   (""|ab|ba)', "wifi_password = (not set)  (0..64 chars)"):
+        assert line in shown, (line, shown)
     assert replies(out, "get wifi_password") == ["wifi_password = (set)"]
     assert replies(out, "save") == [f"saved {meter.root}{os.sep}config.json"]
     saved = json.loads((meter.root / "config.json").read_text())
@@ -116,13 +121,15 @@ def test_hardware_commands(fw: FirmwareRunner, vboard: VirtualBoard, meter: Virt
     meter.ade.front_end.volts = 25_000.0  # this board's divider differs from the default
     meter.pzem.energy_wh = 777
     out = session(fw, vboard, meter.root, [
-        "read", "scan 1 3", "calibrate voltage 1 230.0", "save", "reset-energy 0",
+        "read", "scan 1 3", "calibrate voltage 1 230.0", "READ", "save", "reset-energy 0",
     ])
     read = replies(out, "read")
     assert read[0] == "ch0 pzem004t: 230.4 V 4.200 A 950.0 W pf 0.980 50.00 Hz"
     assert read[1].startswith("ch1 ade7953: 221.1 V")  # uncalibrated: default 26000 counts/V
     assert replies(out, "scan 1 3") == ["PZEM on pzem: 1"]
     assert replies(out, "calibrate voltage 1 230.0")[0].startswith("ch1 voltage: 25000.0 counts")
+    # The new calibration reads at once, before a save or reboot (installer.md's step 4).
+    assert replies(out, "READ")[1].startswith("ch1 ade7953: 230.0 V"), replies(out, "READ")
     cal = json.loads((meter.root / "config.json").read_text())["calibration"]["1"]
     assert cal["volts"] == pytest.approx(25_000.0, rel=1e-4) and "date" in cal
     assert replies(out, "reset-energy 0") == ["ch0 energy counter reset"]
@@ -270,3 +277,20 @@ def test_the_gateways_ca_reaches_the_board_in_hex_chunks(
     assert f"ca: {len(der)} bytes, sha256 {fp}" in replies(out, "show")
     assert (meter.root / "ca.der").read_bytes() == der
     assert any(line.startswith("heap: ") for line in replies(out, "show"))
+
+
+def test_exit_names_what_it_discards_and_what_was_stored_when_typed(
+    fw: FirmwareRunner, vboard: VirtualBoard, meter: VirtualMeter
+) -> None:
+    """``key set`` writes key.bin at once: exit must not claim to discard it."""
+    out = session(fw, vboard, meter.root, [
+        "set report_interval_s 30", f"key set {NEW_KEY}", "set report_interval_s 20",
+        "set ade_invert_b on"])
+    assert "unsaved changes discarded: report_interval_s, ade_invert_b" in out, out
+    assert "kept (stored when typed): key" in out, out
+    assert (meter.root / "key.bin").read_bytes() == bytes.fromhex(NEW_KEY)
+    saved = out.index("kept (stored when typed): key")
+    assert out.index("unsaved changes discarded: report_interval_s, ade_invert_b") < saved
+    # Nothing unsaved, nothing stored: exit says nothing.
+    quiet = session(fw, vboard, meter.root, ["set report_interval_s 30", "save"])
+    assert not [line for line in quiet if "discarded" in line or "kept" in line], quiet

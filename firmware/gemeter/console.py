@@ -73,7 +73,9 @@ class Console:
         self.paths = paths or Paths()
         self.cfg = Config(self.paths.config).load()
         self.keys = KeyStore(self.paths.key)
-        self.dirty = False
+        self.dirty = False  # settings or calibration changed since the last save
+        self.unsaved = []  # ... which (named once each), for exit's message
+        self.stored = []  # what a command wrote at once this session (key, CA)
         self.eof = False  # run() ended because its input closed
         self._hw = None  # (board description, sources), built on first use
         self._ca = None  # a CA certificate being received (ca begin .. ca end)
@@ -121,8 +123,18 @@ class Console:
     def cmd_help(self, args):
         return list(HELP)
 
+    def _changed(self, name):
+        self.dirty = True
+        if name not in self.unsaved:
+            self.unsaved.append(name)
+        self._hw = None  # the next read or calibrate builds the ICs with the new settings
+
+    def _stored(self, name):
+        if name not in self.stored:
+            self.stored.append(name)
+
     def cmd_show(self, args):
-        out = ["%s = %s" % (k, self.cfg.shown(k)) for k in sorted(SCHEMA)]
+        out = ["%s = %s  (%s)" % (k, self.cfg.shown(k), _range(k)) for k in sorted(SCHEMA)]
         for ch in sorted(self.cfg.calibration):
             c = self.cfg.calibration[ch]
             out.append("calibration ch%s: %s" % (ch, ", ".join(
@@ -155,12 +167,13 @@ class Console:
         problem = self.cfg.set(key, args[1])
         if problem:
             return ["error: " + problem]
-        self.dirty = True
+        self._changed(key)
         return ["%s = %s (not saved yet: save)" % (key, self.cfg.shown(key))]
 
     def cmd_save(self, args):
         self.cfg.save()
         self.dirty = False
+        self.unsaved = []
         return ["saved %s" % self.paths.config]
 
     def cmd_read(self, args):
@@ -227,7 +240,7 @@ class Console:
         entry[CAL_KINDS[args[0]]] = per_unit
         entry["date"] = _today()
         self.cfg.calibration[str(ch)] = entry
-        self.dirty = True
+        self._changed("calibration ch%d" % ch)
         return ["ch%d %s: %.1f counts per unit (reference %s), not saved yet: save" % (
             ch, args[0], per_unit, args[2])]
 
@@ -262,10 +275,15 @@ class Console:
     def cmd_key(self, args):
         sub = args[0].lower() if args else ""
         if sub == "generate" and len(args) == 1:
-            return ["new key, fingerprint %s (register it at the gateway)" % self.keys.generate()]
+            fp = self.keys.generate()
+            self._stored("key")
+            return ["new key, fingerprint %s (stored; register it at the gateway)" % fp]
         if sub == "set" and len(args) == 2:
             fp, problem = self.keys.set_hex(args[1])
-            return ["error: " + problem] if problem else ["key stored, fingerprint %s" % fp]
+            if problem:
+                return ["error: " + problem]
+            self._stored("key")
+            return ["key stored, fingerprint %s" % fp]
         if sub == "fingerprint" and len(args) == 1:
             fp = self.keys.fingerprint()
             return ["fingerprint %s" % fp if fp else "error: no key yet (key generate)"]
@@ -299,6 +317,7 @@ class Console:
             if not _is_der_sequence(der):
                 return ["error: not a certificate in DER form (openssl x509 -outform der)"]
             atomic_write(self.paths.ca, der)
+            self._stored("CA")
             return ["ca stored, %d bytes, sha256 %s" % (len(der), _sha256_prefix(der))]
         if sub == "fingerprint" and len(args) == 1:
             return [self._ca_line()]
@@ -309,6 +328,7 @@ class Console:
                 os.remove(self.paths.ca)
             except OSError:
                 return ["ca: none"]
+            self._stored("CA removal")
             return ["ca removed (mqtt_tls auto now means plaintext)"]
         return ["error: usage: ca begin | ca add HEX | ca end | ca fingerprint | ca remove"]
 
@@ -370,6 +390,8 @@ class Console:
                 pass
         self.cfg = Config(self.paths.config)
         self.dirty = False
+        self.unsaved = []
+        self._hw = None
         return ["factory reset done: defaults, no key (key generate), counters cleared"]
 
 
@@ -432,6 +454,16 @@ def failure(e, secret):
         return "error: %s (details not shown: the line holds a secret)" % type(e).__name__
     return "error: %s" % _clip("%s" % (e,) if isinstance(e, (OSError, ValueError)) else
                                "%s: %s" % (type(e).__name__, e), 120)
+
+
+def _range(key):
+    """What a setting accepts, for show: 1..60000, serial|mqtt, on|off, 0..32 chars."""
+    kind, _default, lo, hi = SCHEMA[key][:4]
+    if kind is bool:
+        return "on|off"
+    if isinstance(lo, tuple):
+        return "|".join(c or '""' for c in lo)
+    return "%d..%d%s" % (lo, hi, " chars" if kind is str else "")
 
 
 def _clip(text, n=24):
@@ -661,7 +693,9 @@ def run(paths=None, stream_in=None, stream_out=None):
             out = ["error: the line is not UTF-8 text: ignored, nothing was done"]
         elif line is None or _leaves(line):
             if con.dirty:
-                stream_out.write("unsaved changes discarded\n")
+                stream_out.write("unsaved changes discarded: %s\n" % ", ".join(con.unsaved))
+            if con.stored:  # written when typed: exit does not undo them
+                stream_out.write("kept (stored when typed): %s\n" % ", ".join(con.stored))
             con.eof = line is None  # input closed (never on a board's serial port)
             return con
         else:
