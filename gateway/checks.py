@@ -72,6 +72,7 @@ class DeviceState:
     period_ms: int = 10_000
     last_seen: float = 0.0
     offline: bool = False
+    offline_since: float = 0.0  # gateway time of the raise
     info: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -156,8 +157,12 @@ class EdgeChecks:
         st.last_seen = now
         events: list[Event] = []
         if st.offline:
+            # Both ends of an outage are the gateway's observations, in its own time: a
+            # frame the meter buffered meanwhile carries its (earlier) sampling time.
             st.offline = False
-            events.append(self._event("cleared", "offline", frame.device_id, None, t_ms))
+            events.append(self._event("cleared", "offline", frame.device_id, None,
+                                      int(now * 1000),
+                                      offline_s=round(now - st.offline_since, 1)))
         for ch in frame.channels:
             if not ch.valid:
                 continue
@@ -228,7 +233,7 @@ class EdgeChecks:
         for device, st in self.devices.items():
             if st.last_seen and not st.offline and \
                     now - st.last_seen > self.cfg.offline_after_periods * st.period_ms / 1000:
-                st.offline = True
+                st.offline, st.offline_since = True, now
                 events.append(self._event("raised", "offline", device, None, int(now * 1000),
                                           silent_s=round(now - st.last_seen, 1)))
         if self.balance_start is None:

@@ -40,8 +40,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    cfg = load(args.file)
-    print(f"{args.file}: OK ({len(cfg.devices)} devices, uplink "
+    path = args.file or args.config
+    cfg = load(path)
+    print(f"{path}: OK ({len(cfg.devices)} devices, uplink "
           f"{'to ' + cfg.uplink.host if cfg.uplink.enabled else 'disabled'})")
     return 0
 
@@ -73,6 +74,13 @@ def cmd_devices(args: argparse.Namespace) -> int:
                       f"{r['fingerprint']:<17} {r['defined_in']}")
         return 0
     if args.action == "add":
+        if not (args.key_file or args.key_out):
+            # A new key that nobody receives registers a device that can never report.
+            print("gridedge-gateway devices add: the device needs its key: give --key-out "
+                  "FILE (a new key, written there for provisioning the device) or --key-file "
+                  "FILE (the key it has); `gridedge provision` does both in one step",
+                  file=sys.stderr)
+            return 2
         key = None
         if args.key_file:
             key = read_key_file(Path(args.key_file))
@@ -105,27 +113,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    config_help = f"the gateway's config file (default {DEFAULT_CONFIG})"
+    # --config is taken before or after an action (`devices --config X list` and `devices
+    # list --config X`): the actions' copy sets it only when given.
+    late_config = argparse.ArgumentParser(add_help=False)
+    late_config.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
     p = sub.add_parser("run", help="run the daemon in the foreground (systemd runs this)")
-    p.add_argument("--config", default=DEFAULT_CONFIG)
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=config_help)
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="overrides gateway.log_level until the next reload")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("check-config", help="validate a config file; report every problem")
-    p.add_argument("file")
+    p.add_argument("file", nargs="?", help="the config file (or --config FILE)")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=config_help)
     p.set_defaults(func=cmd_check_config)
     p = sub.add_parser("status", help="queue depth, drops and devices from the store")
-    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=config_help)
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("devices", help="the device registry: add (generates a key), list, "
                        "resync, remove")
-    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=config_help)
     dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    d = dsub.add_parser("list", help="registered devices with their key fingerprints")
-    d.add_argument("--json", action="store_true")
-    d = dsub.add_parser("add", help="register a device; a new random key unless --key-file")
-    d.add_argument("id")
-    d.add_argument("--role", choices=["meter", "line_sensor"], default="meter")
-    d.add_argument("--site", default="")
-    d.add_argument("--feeder", default="")
+    d = dsub.add_parser("list", help="registered devices with their key fingerprints",
+                        parents=[late_config])
+    d.add_argument("--json", action="store_true", help="one JSON document instead of a table")
+    d = dsub.add_parser("add", help="register a device: its key from --key-file, or a new "
+                        "random one written to --key-out", parents=[late_config])
+    d.add_argument("id", help="device id (1-32 of A-Z a-z 0-9 . _ -)")
+    d.add_argument("--role", choices=["meter", "line_sensor"], default="meter",
+                   help="line_sensor: a feeder-head sensor (energy balance); default meter")
+    d.add_argument("--site", default="", help="site name, carried with its readings")
+    d.add_argument("--feeder", default="", help="feeder it is on (energy balance, outages)")
     d.add_argument("--channel", action="append", metavar="NAME",
                    help="channel name, in channel order (repeat)")
     d.add_argument("--key-file", help="use this key (64 hex digits) instead of a new one")
@@ -133,10 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "the device; the key is never printed")
     d = dsub.add_parser("resync", help="forget a device's replay marks once (a meter whose "
                         "boot counter went back, e.g. after a factory reset, and that has no "
-                        "clock to prove its frames new)")
-    d.add_argument("id")
-    d = dsub.add_parser("remove", help="remove a device added with `devices add`")
-    d.add_argument("id")
+                        "clock to prove its frames new)", parents=[late_config])
+    d.add_argument("id", help="device id")
+    d = dsub.add_parser("remove", help="remove a device added with `devices add`",
+                        parents=[late_config])
+    d.add_argument("id", help="device id")
     p.set_defaults(func=cmd_devices)
     return parser
 

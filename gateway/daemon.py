@@ -85,7 +85,7 @@ class Daemon:
         p = self.pipeline
         return {
             "store": {"alarms": depth["alarms"], "telemetry": depth["telemetry"],
-                      "bytes": depth["bytes"], "oldest_age_s": depth["oldest_age_ms"] / 1000,
+                      "bytes": depth["bytes"], "oldest_age_s": depth["oldest_age_s"],
                       "writable": p.store_blocked is None},
             "ingest": {"accepted": p.accepted, "rejected": dict(p.rejected),
                        "missing": p.missing, "link": self.ingest.link.snapshot().as_dict()},

@@ -96,6 +96,14 @@ class Link:
             self.log.info("%s connected to %s %safter %s", self.name, self.peer,
                           "again " if again else "", duration(now - down_since))
 
+    def closed(self) -> None:
+        """The gateway closed the connection itself (stopping): news, not a problem."""
+        with self._lock:
+            was = self._state
+            self._state, self._since, self._error = DISCONNECTED, self.clock(), "closed"
+        if was == CONNECTED:
+            self.log.info("%s closed the connection to %s", self.name, self.peer)
+
     def down(self, state: str, error: str) -> None:
         """An attempt failed, or the connection was lost: ``state`` is DISCONNECTED or
         REFUSED, ``error`` says why in a few words."""

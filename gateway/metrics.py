@@ -82,7 +82,7 @@ class DaemonCollector(Collector):
         g.add_metric([], depth["bytes"])
         yield g
         g = GaugeMetricFamily("gridedge_store_oldest_age_seconds", "Age of the oldest record")
-        g.add_metric([], depth["oldest_age_ms"] / 1000)
+        g.add_metric([], depth["oldest_age_s"])
         yield g
         c = CounterMetricFamily("gridedge_store_dropped", "Records dropped by the store bounds",
                                 labels=["reason"])

@@ -358,7 +358,9 @@ class Store:
         return dict(self.db.execute("SELECT name, value FROM counters").fetchall())
 
     @locked
-    def depth(self) -> dict[str, int]:
+    def depth(self) -> dict[str, float]:
+        """Records waiting per priority, their bytes, and the oldest one's age in seconds
+        (the unit of the health message, the metrics and status alike)."""
         rows = dict(self.db.execute(
             "SELECT priority, COUNT(*) FROM records GROUP BY priority").fetchall())
         oldest = self.db.execute("SELECT MIN(created_ms) FROM records").fetchone()[0]
@@ -366,5 +368,5 @@ class Store:
             "alarms": rows.get(ALARM, 0),
             "telemetry": rows.get(TELEMETRY, 0),
             "bytes": self.bytes,
-            "oldest_age_ms": 0 if oldest is None else max(0, now_ms() - oldest),
+            "oldest_age_s": 0.0 if oldest is None else max(0, now_ms() - oldest) / 1000,
         }

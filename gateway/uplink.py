@@ -140,7 +140,9 @@ class Uplink:
         self.link.up()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        if self.connected:
+        if self._stop.is_set() and not rc.is_failure:
+            self.link.closed()  # our own clean disconnect at shutdown: no warning
+        elif self.connected:
             self.link.down(DISCONNECTED, "connection lost" if str(rc) == "Unspecified error"
                            else str(rc))
         self._lost()

@@ -13,12 +13,13 @@ __all__ = ["Mosquitto", "free_port"]
 
 
 class Mosquitto(brokers.Mosquitto):
-    def __init__(self, folder: Path, persistence: bool = False, extra: str = "") -> None:
+    def __init__(self, folder: Path, persistence: bool = False, extra: str = "",
+                 conf: str | None = None, port: int | None = None) -> None:
         try:
             brokers.mosquitto_binary()
         except brokers.BrokerError as e:
             pytest.fail(str(e), pytrace=False)
-        super().__init__(folder, persistence, extra)
+        super().__init__(folder, persistence, extra, conf, port)
 
     def start(self, timeout: float = 10) -> Mosquitto:
         try:

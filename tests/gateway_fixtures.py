@@ -101,9 +101,11 @@ class GatewayProcess:
 class DevicePublisher:
     """Publishes frames to the local broker as devices do (QoS 1, waits for each PUBACK)."""
 
-    def __init__(self, port: int, qos: int = 1) -> None:
+    def __init__(self, port: int, qos: int = 1, login: tuple[str, str] | None = None) -> None:
         self.qos = qos
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-devices")
+        if login is not None:
+            self.client.username_pw_set(*login)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
@@ -143,11 +145,13 @@ class Line:
         os.write(self.master, data)
 
 
-def start_ingest(store: Store, port: int, devices: list[str]) -> tuple[Pipeline, MQTTIngest]:
-    """An in-process pipeline and MQTT ingest on ``store``, subscribed to the broker."""
+def start_ingest(store: Store, port: int, devices: list[str],
+                 local: LocalBroker | None = None) -> tuple[Pipeline, MQTTIngest]:
+    """An in-process pipeline and MQTT ingest on ``store``, subscribed to the broker
+    (``local``: the [local] settings, e.g. with a user name and password)."""
     pipe = Pipeline(store, {d: DeviceInfo(device_key(d)) for d in devices},
                     commit_interval_ms=10)
-    ingest = MQTTIngest(LocalBroker(port=port, client_id="ingest-test"), pipe)
+    ingest = MQTTIngest(local or LocalBroker(port=port, client_id="ingest-test"), pipe)
     pipe.start()
     ingest.start()
     assert wait_for(lambda: ingest.subscribed, 10), "no SUBACK"

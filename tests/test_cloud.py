@@ -395,7 +395,7 @@ def test_real_gateway_output_matches_schemas_in_json_and_cbor(
     # The CBOR gateway sends the very same records (same keys, values and types).
     assert sorted(map(canonical, records["json"]["readings"])) == \
         sorted(map(canonical, records["cbor"]["readings"]))
-    drop = ("id", "time", "silent_s")  # the gateways' own clocks differ
+    drop = ("id", "time", "silent_s", "offline_s")  # the gateways' own clocks differ
     assert Counter(canonical(a, drop) for a in records["json"]["alarms"]) == \
         Counter(canonical(a, drop) for a in records["cbor"]["alarms"])
 
@@ -942,7 +942,8 @@ def test_tail_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     for args, want in [
         (("--host", "127.0.0.1", "--port", str(free_port())), "cannot connect to 127.0.0.1"),
         (("--host", "h", "--share", "a/b"), "--share 'a/b'"),
-        (("--host", "h", "--topic", "x/#/"), "cannot contain '#'"),
+        (("--host", "h", "--prefix", "x/#"), "--prefix 'x/#': a prefix cannot contain '#'"),
+        (("--host", "h", "--gateway", "a/b"), "--gateway 'a/b': one gateway id"),
         (("--host", "h", "--user", "u", "--password-env", "NO_SUCH_VAR_GRIDEDGE"),
          "NO_SUCH_VAR_GRIDEDGE is not set"),
         (("--host", "h", "--count", "-1"), "--count must be at least 0"),

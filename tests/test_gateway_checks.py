@@ -10,6 +10,7 @@ import pytest
 from gateway.anomaly import AnomalyConfig, SeriesDetector
 from gateway.checks import EdgeChecks
 from gateway.config import ConfigError, parse
+from gateway.payloads import iso_ms
 from gateway.protocol import ST_INVALID, Channel, Frame, Stat
 
 T0 = 1_763_776_800_000
@@ -94,12 +95,18 @@ def test_invalid_channels_are_not_judged() -> None:
 
 def test_offline_and_back() -> None:
     c = checks()
-    c.observe(reading("m1", 0), now=1000.0)
-    assert c.tick(now=1025.0) == []  # 2.5 periods of silence
-    ev = c.tick(now=1031.0)
+    t = T0 / 1000  # the gateway's clock when the meter's first frame (sampled at T0) came
+    c.observe(reading("m1", 0), now=t)
+    assert c.tick(now=t + 25) == []  # 2.5 periods of silence
+    ev = c.tick(now=t + 31)
     assert kinds(ev) == [("offline", "raised")] and ev[0]["silent_s"] == 31.0
-    assert c.tick(now=1040.0) == []  # raised once
-    assert kinds(c.observe(reading("m1", 5), now=1041.0))[0] == ("offline", "cleared")
+    assert c.tick(now=t + 40) == []  # raised once
+    # The first frame after the outage is one the meter buffered, sampled at T0 + 10 s,
+    # before the raise: the clear still comes after the raise, in the gateway's time.
+    cleared = c.observe(reading("m1", 1), now=t + 41)[0]
+    assert (cleared["kind"], cleared["state"]) == ("offline", "cleared")
+    assert cleared["time"] == iso_ms(T0 + 41_000) > ev[0]["time"] == iso_ms(T0 + 31_000)
+    assert cleared["offline_s"] == 10.0
 
 
 def test_energy_balance_finds_a_bypass() -> None:

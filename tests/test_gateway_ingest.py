@@ -9,14 +9,19 @@ frame is never acknowledged before its commit.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from brokers import Mosquitto
+from brokers import Mosquitto, free_port
+from certs import PKI, make_pki
+from gateway.config import LocalBroker
 from gateway.store import Store
 from gateway_fixtures import (
     LOCAL_BROKER_EXTRA,
@@ -88,39 +93,93 @@ def test_nothing_is_acknowledged_before_its_commit(tmp_path: Path) -> None:
     local.stop()
 
 
-def test_the_documented_local_broker_config_runs_and_refuses_oversized_messages(
-        tmp_path: Path) -> None:
-    """docs/gateway.md's mosquitto.conf, as written there, on a real Mosquitto: it is the
-    configuration the tests and the demo use, and a payload over 16 KiB never reaches a
-    subscriber while a frame-sized one does."""
+@dataclass
+class DocumentedBroker:
+    broker: Mosquitto
+    tls_port: int
+    pki: PKI
+    lines: list[str]
+
+    @property
+    def port(self) -> int:
+        return self.broker.port
+
+
+def documented_broker(folder: Path) -> DocumentedBroker:
+    """docs/gateway.md's mosquitto.conf as written there, on a real Mosquitto. Only the
+    machine's specifics change: free ports for 1883 and 8883, this test's certificates and
+    password file for the /etc paths; the test adds where the broker keeps its database and
+    log (and, as root, runs it as root)."""
     text = (Path(__file__).parents[1] / "docs" / "gateway.md").read_text()
     block = text.split("/etc/mosquitto/conf.d/gridedge.conf`:\n\n```\n", 1)[1].split("```")[0]
-    lines = block.splitlines()
-    assert lines[0] == "listener 1883" and "persistence true" in lines
-    assert "autosave_interval 1" in lines  # crash-safe within a second (see the docs)
+    folder.mkdir(parents=True, exist_ok=True)
+    pki = make_pki(folder / "pki")
+    passwd = folder / "gridedge.passwd"
+    for i, (user, pw) in enumerate((("gateway", "gw-pass"), ("meters", "meter-pass"))):
+        subprocess.run(["mosquitto_passwd", "-b", *(["-c"] if i == 0 else []), str(passwd),
+                        user, pw], check=True, capture_output=True, timeout=30)
+    port, tls_port = free_port(), free_port()
+    conf = (block.replace("listener 1883 ", f"listener {port} ")
+            .replace("listener 8883", f"listener {tls_port}")
+            .replace("/etc/mosquitto/ca_certificates/gridedge-ca.pem", str(pki.ca_pem))
+            .replace("/etc/mosquitto/certs/gateway.crt", str(pki.server_cert))
+            .replace("/etc/mosquitto/certs/gateway.key", str(pki.server_key))
+            .replace("/etc/mosquitto/gridedge.passwd", str(passwd)))
+    conf += f"persistence_location {folder}/\nlog_dest file {folder / 'mosquitto.log'}\n"
+    if os.geteuid() == 0:
+        conf += "user root\n"
+    broker = Mosquitto(folder, conf=conf, port=port).start()
+    return DocumentedBroker(broker, tls_port, pki, block.splitlines())
+
+
+def _client(name: str, broker: DocumentedBroker, user: str | None, pw: str | None,
+            tls: bool) -> tuple[mqtt.Client, mqtt.ReasonCode | None]:
+    """A connected client (or the broker's refusal: the reason code, client not started)."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name)
+    answer: list[mqtt.ReasonCode] = []
+    c.on_connect = lambda _c, _u, _f, rc, _p: answer.append(rc)
+    if user is not None:
+        c.username_pw_set(user, pw)
+    if tls:
+        c.tls_set(ca_certs=str(broker.pki.ca_pem))
+    c.connect("127.0.0.1", broker.tls_port if tls else broker.port)
+    c.loop_start()
+    assert wait_for(lambda: answer, 10), f"{name}: no CONNACK"
+    return c, answer[0]
+
+
+def test_the_documented_local_broker_config_runs_and_refuses_oversized_messages(
+        tmp_path: Path) -> None:
+    """docs/gateway.md's mosquitto.conf, as written there, on a real Mosquitto (the
+    snippet used to be `listener 1883` alone, which Mosquitto 2 runs refusing every client):
+    anonymous clients are refused; the gateway logs in on the loopback listener, meters
+    over TLS; a payload over 16 KiB never reaches a subscriber while a frame-sized one
+    does."""
+    doc = documented_broker(tmp_path / "b")
+    assert "persistence true" in doc.lines and "autosave_interval 1" in doc.lines
     for setting in LOCAL_BROKER_EXTRA.splitlines():
-        assert setting in lines, setting
-    broker = Mosquitto(tmp_path / "b", persistence=True,
-                       extra="\n".join(lines[1:]) + "\n").start()
+        assert setting in doc.lines, setting
+    anonymous, refused = _client("anon", doc, None, None, tls=False)
+    anonymous.loop_stop()
+    assert refused is not None and refused.is_failure, refused
     got: list[int] = []
-    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="doc-sub")
-    sub.on_message = lambda _c, _u, m: got.append(len(m.payload))
-    sub.connect("127.0.0.1", broker.port)
-    sub.subscribe("t", qos=1)
-    sub.loop_start()
-    pub = DevicePublisher(broker.port)
+    sub, ok = _client("doc-sub", doc, "gateway", "gw-pass", tls=False)
+    meter, ok2 = _client("doc-meter", doc, "meters", "meter-pass", tls=True)
     try:
+        assert ok is not None and not ok.is_failure and ok2 is not None and not ok2.is_failure
+        sub.on_message = lambda _c, _u, m: got.append(len(m.payload))
+        sub.subscribe("t", qos=1)
         time.sleep(0.3)
         for size in (20_000, 1024):
-            info = pub.client.publish("t", bytes(size), qos=1)
-            info.wait_for_publish(10)
+            meter.publish("t", bytes(size), qos=1).wait_for_publish(10)
         assert wait_for(lambda: got, 5)
         time.sleep(0.3)
         assert got == [1024]
     finally:
-        pub.close()
-        sub.loop_stop()
-        broker.stop()
+        for c in (sub, meter):
+            c.loop_stop()
+            c.disconnect()
+        doc.broker.stop()
 
 
 def test_the_documented_broker_keeps_the_gateways_frames_through_a_sigkill(
@@ -128,16 +187,15 @@ def test_the_documented_broker_keeps_the_gateways_frames_through_a_sigkill(
     """With the documented config (autosave_interval 1) a broker killed with SIGKILL
     keeps the gateway's session and the frames it acknowledged to meters more than a
     second before: Mosquitto's default (a snapshot every 30 minutes) lost both."""
-    text = (Path(__file__).parents[1] / "docs" / "gateway.md").read_text()
-    block = text.split("/etc/mosquitto/conf.d/gridedge.conf`:\n\n```\n", 1)[1].split("```")[0]
-    # Persistence exactly as documented (the test broker adds none of its own).
-    local = Mosquitto(tmp_path / "b", extra="\n".join(block.splitlines()[1:]) +
-                      f"\npersistence_location {tmp_path / 'b'}/\n").start()
+    doc = documented_broker(tmp_path / "b")
+    local = doc.broker
+    gateway = LocalBroker(port=local.port, client_id="ingest-test", username="gateway",
+                          password="gw-pass")
     store = Store(tmp_path / "s.db", 10**8, 3600)
-    pipe, ingest = start_ingest(store, local.port, ["mtr-1"])
+    pipe, ingest = start_ingest(store, local.port, ["mtr-1"], gateway)
     ingest.stop()  # the gateway goes away: its session is the broker's to keep
     pipe.stop()
-    pub = DevicePublisher(local.port)
+    pub = DevicePublisher(local.port, login=("meters", "meter-pass"))
     for s in range(20):
         pub.publish("mtr-1", frame("mtr-1", s))
     pub.close()
@@ -146,7 +204,7 @@ def test_the_documented_broker_keeps_the_gateways_frames_through_a_sigkill(
     local.proc.kill()  # SIGKILL: no save at exit
     local.proc.wait()
     local.start()
-    pipe, ingest = start_ingest(store, local.port, ["mtr-1"])
+    pipe, ingest = start_ingest(store, local.port, ["mtr-1"], gateway)
     try:
         assert wait_for(lambda: len(stored(store)) == 20, 15), stored(store)
     finally:

@@ -69,7 +69,8 @@ def test_add_with_given_key_then_remove(config: Path, tmp_path: Path) -> None:
     gw("devices", "--config", config, "add", "line-1", "--role", "line_sensor",
        "--key-file", tmp_path / "k")
     assert load(config).device_keys()["line-1"] == bytes.fromhex("cd" * 32)
-    again = gw("devices", "--config", config, "add", "line-1", check=False)
+    again = gw("devices", "--config", config, "add", "line-1", "--key-out",
+               tmp_path / "k2", check=False)
     assert again.returncode == 1 and "already registered" in again.stderr
     by_hand = gw("devices", "--config", config, "remove", "by-hand", check=False)
     assert by_hand.returncode == 1 and "remove it there" in by_hand.stderr
@@ -94,7 +95,7 @@ def test_sudo_devices_add_keeps_the_files_owner_group_and_mode(config: Path,
     gw("devices", "--config", config, "add", "mtr-1", "--key-file", tmp_path / "k")
     os.chown(registry, nobody, nobody + 1)
     os.chmod(registry, 0o640)
-    gw("devices", "--config", config, "add", "mtr-2")
+    gw("devices", "--config", config, "add", "mtr-2", "--key-file", tmp_path / "k")
     gw("devices", "--config", config, "remove", "mtr-1")
     st = os.stat(registry)
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (nobody, nobody + 1, 0o640)
@@ -103,15 +104,17 @@ def test_sudo_devices_add_keeps_the_files_owner_group_and_mode(config: Path,
     # A new registry file belongs to whom gateway.toml belongs to, mode 0640.
     registry.unlink()
     os.chown(config, nobody, nobody + 1)
-    gw("devices", "--config", config, "add", "mtr-3")
+    gw("devices", "--config", config, "add", "mtr-3", "--key-file", tmp_path / "k")
     st = os.stat(registry)
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (nobody, nobody + 1, 0o640)
 
 
-def test_a_registry_that_cannot_be_written_is_one_line(config: Path) -> None:
+def test_a_registry_that_cannot_be_written_is_one_line(config: Path, tmp_path: Path) -> None:
     config.write_text(config.read_text().replace(
         "[gateway]\n", '[gateway]\ndevices_file = "/proc/gridedge/devices.toml"\n'))
-    out = gw("devices", "--config", config, "add", "mtr-1", check=False)
+    (tmp_path / "k").write_text("cd" * 32 + "\n")
+    out = gw("devices", "--config", config, "add", "mtr-1", "--key-file", tmp_path / "k",
+             check=False)
     assert (out.returncode, out.stderr) == (1, "gridedge-gateway: cannot write /proc/gridedge/"
                                                "devices.toml: No such file or directory\n")
 
@@ -157,6 +160,8 @@ def test_added_device_is_live_after_sighup_and_status_shows_it(tmp_path: Path) -
         assert {"kind": "over_voltage", "source": "mtr-new", "channel": "0"} in \
             daemon["open_alarms"]
         assert st["alarms"] == 2  # the over-voltage alarm and the gap event
+        # The same unit as the health message and the metrics (it was oldest_age_ms here).
+        assert "oldest_age_ms" not in st and 0 <= float(st["oldest_age_s"]) < 60
         devices = st["devices"]
         assert isinstance(devices, dict) and devices["mtr-new"]["seq"] == 4
         assert devices["mtr-new"]["silent_s"] < 10
@@ -166,3 +171,28 @@ def test_added_device_is_live_after_sighup_and_status_shows_it(tmp_path: Path) -
         local.stop()
     st = json.loads(gw("status", "--config", cfg).stdout)
     assert st["daemon"]["running"] is False and st["telemetry"] == 3
+
+
+def test_config_goes_before_or_after_the_action_and_check_config_takes_both_forms(
+    config: Path, tmp_path: Path
+) -> None:
+    """`devices list --config X` failed ("unrecognized arguments"); `check-config` took a
+    file where every other command takes --config."""
+    before = gw("devices", "--config", config, "list", "--json").stdout
+    assert gw("devices", "list", "--json", "--config", config).stdout == before
+    assert json.loads(before)[0]["id"] == "by-hand"
+    (tmp_path / "k").write_text("cd" * 32 + "\n")
+    gw("devices", "add", "line-1", "--key-file", tmp_path / "k", "--config", config)
+    gw("devices", "remove", "line-1", "--config", config)
+    assert gw("check-config", config).stdout == gw("check-config", "--config", config).stdout
+    assert gw("check-config", "--config", config).stdout.startswith(f"{config}: OK")
+
+
+def test_add_refuses_a_new_key_that_nobody_would_receive(config: Path) -> None:
+    """Without --key-out or --key-file, `devices add` registered a random key written
+    nowhere: a device that could never report, and no word about it."""
+    out = gw("devices", "--config", config, "add", "mtr-9", check=False)
+    assert out.returncode == 2 and "--key-out FILE" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    assert [d.id for d in load(config).devices] == ["by-hand"]  # nothing registered
+

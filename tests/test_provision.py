@@ -287,24 +287,21 @@ def test_at_the_repl_with_a_key_file_and_reboot(
 def test_console_errors_stop_the_run_and_nothing_is_saved(
     board: Board, gateway_config: Path
 ) -> None:
-    line = one_line_error(provision(board, gateway_config, "--device-id", "mtr-1",
-                                    "--set", "nosuch=1"))
-    assert line == "the board refused 'set nosuch 1': unknown key nosuch (try: show); " \
-        "nothing saved on the board"
-    # The console discarded the change (exit); without a key the firmware cannot start and
-    # opens its console again, where the next run finds it.
+    # Settings the firmware's schema refuses are refused here, before the port is opened
+    # (test_settings_are_checked_here_before_the_port_is_opened); a secret is checked only
+    # by the board, so its refusal takes the console's path.
     line = one_line_error(provision(board, gateway_config, "--device-id", "mtr-1",
                                     "--set", "mqtt_port=99999"))
-    assert line.startswith("the board refused 'set mqtt_port 99999': mqtt_port must be 1..65535")
-    # Leaving that second console makes main.py try again: still no key, so it opens its
-    # console again (no reset), where the next run finds it.
-    assert board.device.resets == 0
+    assert line.startswith("--set mqtt_port: mqtt_port must be 1..65535")
     with pytest.MonkeyPatch.context() as mp:  # a secret's value never appears in the message
         mp.setenv("LONG_PW", "x" * 65)
         line = one_line_error(provision(board, gateway_config, "--device-id", "mtr-1",
                                         "--secret-env", "wifi_password=LONG_PW"))
     assert line.startswith("the board refused 'set wifi_password (secret)': wifi_password "
                            "must be 0..64 characters") and "x" * 65 not in line
+    # The console discarded the change (exit); without a key the firmware cannot start and
+    # opens its console again (no reset), where the next run finds it.
+    assert board.device.resets == 0
     assert sorted(p.name for p in board.root.iterdir()) == ["board.json", "main.py"]
     assert Registry(gateway_config).entries() == []
 
@@ -357,6 +354,23 @@ def test_secrets_on_the_command_line_are_refused(gateway_config: Path) -> None:
                                    "--gateway-config", str(gateway_config),
                                    "--secret-env", "wifi_password=NOT_SET_ANYWHERE"))
     assert line == "--secret-env wifi_password: environment variable NOT_SET_ANYWHERE is not set"
+
+
+def test_settings_are_checked_here_before_the_port_is_opened(gateway_config: Path) -> None:
+    """A typo or a value the console would refuse stops provision before it touches the
+    board (/dev/null is no console: reaching it would fail differently)."""
+    def provision(*extra: str) -> str:
+        return one_line_error(gridedge("provision", "--port", "/dev/null",
+                                       "--gateway-config", str(gateway_config), *extra))
+
+    assert provision("--device-id", "m1", "--set", "wifi_sid=x") == \
+        "--set wifi_sid: no such setting (did you mean wifi_ssid?)"
+    assert provision("--device-id", "m1", "--set", "zzz=1") == \
+        "--set zzz: no such setting (gridedge provision --help)"
+    assert provision("--device-id", "m1", "--set", "mqtt_port=99999") == \
+        "--set mqtt_port: mqtt_port must be 1..65535 (gateway's MQTT broker port)"
+    assert provision("--device-id", "bad/id") == \
+        "--device-id device_id: device_id may only hold A-Z a-z 0-9 . _ -"
 
 
 def _fake_console(master: int, log: list[str]) -> None:

@@ -50,10 +50,19 @@ def mosquitto_binary() -> str:
 
 
 class Mosquitto:
-    def __init__(self, folder: Path, persistence: bool = False, extra: str = "") -> None:
+    """A private Mosquitto in ``folder`` on a free loopback port (anonymous clients) or, with
+    ``conf``, on exactly that configuration (``port`` is where start() waits for it)."""
+
+    def __init__(self, folder: Path, persistence: bool = False, extra: str = "",
+                 conf: str | None = None, port: int | None = None) -> None:
         self.folder = folder
-        self.port = free_port()
+        self.port = port or free_port()
         folder.mkdir(parents=True, exist_ok=True)
+        self.conf = folder / "mosquitto.conf"
+        self.proc: subprocess.Popen[bytes] | None = None
+        if conf is not None:
+            self.conf.write_text(conf)
+            return
         lines = [
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
@@ -65,9 +74,7 @@ class Mosquitto:
         if persistence:
             lines += ["persistence true", f"persistence_location {folder}/",
                       "autosave_interval 1"]
-        self.conf = folder / "mosquitto.conf"
         self.conf.write_text("\n".join(lines) + "\n" + extra)
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 10) -> Mosquitto:
         self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf)],

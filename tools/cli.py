@@ -60,7 +60,8 @@ def _tail(args: argparse.Namespace) -> int:
     opts = tail.TailOptions(
         host=args.host, port=args.port, tls=args.tls, ca=args.ca, cert=args.cert,
         key=args.key, user=args.user, password_env=args.password_env, share=args.share,
-        topic=args.topic, format=args.format, count=args.count, duration=args.duration,
+        prefix=args.prefix, gateway=args.gateway, format=args.format, count=args.count,
+        duration=args.duration,
         dedup=args.dedup, dedup_window=args.dedup_window, client_id=args.client_id,
         session_expiry=args.session_expiry,
     )
@@ -77,8 +78,9 @@ def _monitor(args: argparse.Namespace) -> int:
         print("gridedge monitor: --refresh must be positive", file=sys.stderr)
         return 2
     opts = monitor.Options(
-        host=args.host, port=args.port, tls=args.tls, ca=args.ca, user=args.user,
-        password_env=args.password_env, prefix=args.prefix.rstrip("/"),
+        host=args.host, port=args.port, tls=args.tls, ca=args.ca, cert=args.cert,
+        key=args.key, user=args.user, password_env=args.password_env,
+        prefix=args.prefix.rstrip("/"),
         duration=args.duration, snapshot=Path(args.snapshot) if args.snapshot else None,
         refresh=args.refresh)
     return monitor.run(opts)
@@ -110,6 +112,20 @@ def build_parser() -> argparse.ArgumentParser:
         "simulate a fleet, watch the cloud topics, run the demo.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # The cloud broker, the same way for every command that reads the cloud topics.
+    cloud = argparse.ArgumentParser(add_help=False)
+    cloud.add_argument("--host", default="127.0.0.1", help="cloud broker (default 127.0.0.1)")
+    cloud.add_argument("--port", type=int, default=1883, help="broker port (default 1883)")
+    cloud.add_argument("--tls", action="store_true", help="TLS, verifying the broker")
+    cloud.add_argument("--ca", help="CA file for --tls (default: the system's CAs)")
+    cloud.add_argument("--cert", help="client certificate (mutual TLS)")
+    cloud.add_argument("--key", help="client key (mutual TLS)")
+    cloud.add_argument("--user", help="MQTT user name")
+    cloud.add_argument("--password-env", metavar="VAR",
+                       help="environment variable holding the MQTT password (never the "
+                       "command line)")
+    cloud.add_argument("--prefix", default="gridedge/v1/gw",
+                       help="topic prefix of the gateways (default gridedge/v1/gw)")
 
     p = sub.add_parser(
         "fetch-mpy-deps",
@@ -184,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gateway-config", default="/etc/gridedge/gateway.toml",
                    help="the gateway's config; the device goes into its registry "
                    "(default /etc/gridedge/gateway.toml)")
-    p.add_argument("--role", choices=["meter", "line_sensor"], default="meter")
+    p.add_argument("--role", choices=["meter", "line_sensor"], default="meter",
+                   help="line_sensor: a feeder-head sensor (energy balance); default meter")
     p.add_argument("--site", default="", help="site name for the registry")
     p.add_argument("--feeder", default="", help="feeder name for the registry")
     p.add_argument("--channel", action="append", metavar="NAME",
@@ -210,19 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_frame_size)
 
     p = sub.add_parser(
-        "monitor",
+        "monitor", parents=[cloud],
         help="live terminal dashboard of the cloud topics: devices with sparklines, open "
         "alarms, gateway store and uplink (Ctrl-C stops it)",
     )
-    p.add_argument("--host", default="127.0.0.1", help="cloud broker (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=1883, help="broker port (default 1883)")
-    p.add_argument("--tls", action="store_true", help="TLS, verifying the broker")
-    p.add_argument("--ca", help="CA file for --tls (default: the system's CAs)")
-    p.add_argument("--user", help="MQTT user name")
-    p.add_argument("--password-env", metavar="VAR",
-                   help="environment variable holding the MQTT password")
-    p.add_argument("--prefix", default="gridedge/v1/gw",
-                   help="topic prefix (default gridedge/v1/gw)")
     p.add_argument("--duration", type=float, metavar="S",
                    help="stop after S seconds (non-interactive, for CI and demos)")
     p.add_argument("--snapshot", metavar="FILE",
@@ -232,24 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_monitor)
 
     p = sub.add_parser(
-        "tail",
+        "tail", parents=[cloud],
         help="consume the gateways' cloud readings and alarms (MQTT v5, QoS 1, optionally "
         "a shared subscription) and print one JSON record per line; see docs/cloud.md",
     )
-    p.add_argument("--host", required=True, help="the cloud broker")
-    p.add_argument("--port", type=int, default=1883, help="default 1883")
-    p.add_argument("--tls", action="store_true", help="TLS, verifying the broker")
-    p.add_argument("--ca", help="CA file for --tls (default: the system's CAs)")
-    p.add_argument("--cert", help="client certificate (mutual TLS)")
-    p.add_argument("--key", help="client key (mutual TLS)")
-    p.add_argument("--user", help="user name")
-    p.add_argument("--password-env", metavar="VAR",
-                   help="name of the environment variable holding the password")
     p.add_argument("--share", metavar="GROUP",
                    help="subscribe as a member of the shared subscription group GROUP "
                    "($share/GROUP/...): the group's members split the stream")
-    p.add_argument("--topic", default="gridedge/v1/gw/+/", metavar="PREFIX",
-                   help="topic prefix before readings|alarms (default gridedge/v1/gw/+/)")
+    p.add_argument("--gateway", default="+", metavar="ID",
+                   help="one gateway's records (default +: every gateway)")
     p.add_argument("--format", choices=["ndjson", "json"], default="ndjson",
                    help="ndjson: one compact record per line (default); json: indented")
     p.add_argument("--count", type=int, default=0, metavar="N",

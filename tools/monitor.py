@@ -45,6 +45,8 @@ class Options:
     port: int = 1883
     tls: bool = False
     ca: str | None = None
+    cert: str | None = None  # client certificate and key (mutual TLS)
+    key: str | None = None
     user: str | None = None
     password_env: str | None = None
     prefix: str = "gridedge/v1/gw"
@@ -60,8 +62,12 @@ def _client(opts: Options, inbox: queue.SimpleQueue[Message], state: MonitorStat
             connack: queue.SimpleQueue[str]) -> mqtt.Client:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
                          client_id=f"gridedge-monitor-{uuid.uuid4().hex[:8]}")
-    if opts.tls or opts.ca:
-        client.tls_set(ca_certs=opts.ca, cert_reqs=ssl.CERT_REQUIRED)
+    if opts.tls or opts.ca or opts.cert:
+        try:
+            client.tls_set(ca_certs=opts.ca, certfile=opts.cert, keyfile=opts.key,
+                           cert_reqs=ssl.CERT_REQUIRED)
+        except (OSError, ssl.SSLError, ValueError) as e:
+            raise MonitorError(f"TLS set-up: {e}") from e
     if opts.user:
         password = None
         if opts.password_env:

@@ -27,6 +27,7 @@ mqtt_tls on without a CA on the board is refused too (the link could never come 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import importlib.util
 import os
@@ -38,7 +39,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import serial
 
@@ -62,14 +63,27 @@ class ProvisionError(ToolError):
     """Provisioning failed; the message is one line for the installer."""
 
 
-def secret_keys() -> set[str]:
-    """The settings the firmware's schema marks secret (wifi_password, mqtt_password)."""
+def firmware_config() -> Any:
+    """The firmware's own config module (gemeter/config.py): its schema and value parser,
+    so settings are checked here exactly as the board's console checks them."""
     spec = importlib.util.spec_from_file_location("_gridedge_fw_config", FIRMWARE_CONFIG)
     if spec is None or spec.loader is None:
         raise ProvisionError(f"cannot load the firmware's settings schema {FIRMWARE_CONFIG}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return {key for key, entry in module.SCHEMA.items() if entry[4]}
+    return module
+
+
+def check_setting(schema: Any, key: str, value: str, option: str) -> None:
+    """A --set before the port is opened: an unknown key (with the nearest known one) or a
+    value the console would refuse."""
+    if key not in schema.SCHEMA:
+        near = difflib.get_close_matches(key, list(schema.SCHEMA), n=1)
+        hint = f" (did you mean {near[0]}?)" if near else " (gridedge provision --help)"
+        raise ProvisionError(f"{option} {key}: no such setting{hint}")
+    problem = schema.parse_value(key, value)[1]
+    if problem:
+        raise ProvisionError(f"{option} {key}: {problem}")
 
 
 @dataclass
@@ -118,7 +132,8 @@ def read_settings(device_id: str, link: str | None, sets: Sequence[str],
                   env: Mapping[str, str]) -> tuple[list[tuple[str, str]], dict[str, str]]:
     """The settings and the secrets from the command line's options. Secrets come from the
     environment or from files, never from --set (ps and the shell history show it)."""
-    hidden = secret_keys()
+    schema = firmware_config()
+    hidden = {key for key, entry in schema.SCHEMA.items() if entry[4]}
     settings = [("device_id", device_id)] + ([("link", link)] if link else [])
     for text in sets:
         key, value = _pair(text, "--set")
@@ -127,7 +142,10 @@ def read_settings(device_id: str, link: str | None, sets: Sequence[str],
                                  f"the shell history; use --secret-env {key}=VARIABLE or "
                                  f"--secret-file {key}=FILE")
         _check_text(key, value, repr(value))
+        check_setting(schema, key, value, "--set")
         settings.append((key, value))
+    for key, value in settings[:2]:
+        check_setting(schema, key, value, f"--{key.replace('_', '-')}")
     found: dict[str, str] = {}
     for option, texts in (("--secret-env", secret_env), ("--secret-file", secret_file)):
         for text in texts:

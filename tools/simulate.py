@@ -77,9 +77,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenario", default=str(DEFAULT_SCENARIO), help="scenario TOML")
     p.add_argument("--meters", type=int, help="override the scenario's meter count")
     p.add_argument("--line-sensors", type=int, help="override the line sensor count")
-    p.add_argument("--link", choices=["mqtt", "serial"], default="mqtt")
+    p.add_argument("--link", choices=["mqtt", "serial"], default="mqtt",
+                   help="how the devices reach the gateway: its local broker (default) or a "
+                   "pty per device, for [[serial]] ports")
     p.add_argument("--mqtt-host", default="127.0.0.1", help="the gateway's local broker")
-    p.add_argument("--mqtt-port", type=int, default=1883)
+    p.add_argument("--mqtt-port", type=int, default=1883,
+                   help="the gateway's local broker's port (default 1883)")
     p.add_argument("--gateway-config", help="register the devices in this gateway's registry")
     p.add_argument("--duration", type=float, default=0, help="seconds (0: until Ctrl-C)")
     p.add_argument("--every", type=float, default=10, help="report interval, seconds")

@@ -1,8 +1,8 @@
 """``gridedge tail``: read the gateway's cloud topics as a backend does, one record per line.
 
-An MQTT v5 client subscribes with QoS 1 to ``<prefix>readings`` and ``<prefix>alarms``
-(prefix ``gridedge/v1/gw/+/``: every gateway), or with ``--share GROUP`` to
-``$share/GROUP/<prefix>readings`` and ``…/alarms``, so that several consumers, on one
+An MQTT v5 client subscribes with QoS 1 to ``<prefix>/<gateway>/readings`` and ``…/alarms``
+(prefix ``gridedge/v1/gw``, gateway ``+``: every gateway), or with ``--share GROUP`` to
+``$share/GROUP/<prefix>/<gateway>/readings`` and ``…/alarms``, so that several consumers, on one
 machine or many, split one stream between them. Each message is a batch of records: a
 JSON array, or a CBOR array (recognised by the MQTT v5 ContentType ``application/cbor``,
 or by its first byte when a gateway on MQTT 3.1.1 sends no properties). Every record is
@@ -47,7 +47,7 @@ from paho.mqtt.properties import Properties
 
 from tools.errors import ToolError
 
-DEFAULT_PREFIX = "gridedge/v1/gw/+/"
+DEFAULT_PREFIX = "gridedge/v1/gw"  # as monitor's; then <gateway>/<stream>
 STREAMS = ("readings", "alarms")
 FORMATS = ("ndjson", "json")
 _JSON_START = frozenset(b"[{ \t\r\n")  # a CBOR array never starts with one of these bytes
@@ -68,7 +68,8 @@ class TailOptions:
     user: str | None = None
     password_env: str | None = None
     share: str | None = None
-    topic: str = DEFAULT_PREFIX
+    prefix: str = DEFAULT_PREFIX
+    gateway: str = "+"  # one gateway's id, or every gateway
     format: str = "ndjson"
     count: int = 0  # stop after at least this many records (0: no limit)
     duration: float = 0.0  # stop after this many seconds (0: no limit)
@@ -141,11 +142,12 @@ def split_topic(topic: str) -> tuple[str, str]:
     return (parts[-2] if len(parts) >= 2 else ""), parts[-1]
 
 
-def subscriptions(prefix: str, share: str | None) -> list[str]:
-    if not prefix.endswith("/"):
-        prefix += "/"
+def subscriptions(prefix: str, gateway: str, share: str | None) -> list[str]:
     if "#" in prefix:
-        raise TailError(f"--topic {prefix!r}: a prefix cannot contain '#' (use '+')")
+        raise TailError(f"--prefix {prefix!r}: a prefix cannot contain '#' (use '+')")
+    if not gateway or "#" in gateway or "/" in gateway:
+        raise TailError(f"--gateway {gateway!r}: one gateway id, or + for every gateway")
+    prefix = f"{prefix.rstrip('/')}/{gateway}/"
     if share is not None and (not share or any(c in share for c in "/+#")):
         raise TailError(f"--share {share!r}: a group name is not empty and has no / + #")
     base = f"$share/{share}/{prefix}" if share is not None else prefix
@@ -169,7 +171,7 @@ class Tail:
         self.opts = opts
         self.out = out
         self.err = err
-        self.topics = subscriptions(opts.topic, opts.share)
+        self.topics = subscriptions(opts.prefix, opts.gateway, opts.share)
         self.window = Window(opts.dedup_window) if opts.dedup else None
         self.records = 0  # lines written
         self.messages = 0  # messages acknowledged
