@@ -31,7 +31,7 @@ Two ways out of a lock-out, so a device is never shut out silently for good:
   is no such proof; the verify stage then raises an alarm and the operator resyncs.
 
 With clocks, no frame is ever accepted twice, whatever happens to its counters
-(tests/test_gateway_dedup.py holds that as a property).
+(tests/gateway/test_dedup.py holds that as a property).
 
 ``check`` updates the in-memory marks at once, so frames of one batch see each other; if
 the batch then fails to commit, ``reload`` the marks from the store. Pure logic; the

@@ -1,4 +1,7 @@
-"""The one place the gateway reaches into paho-mqtt's internals (pinned in pyproject.toml).
+"""The one place the gateway reaches into paho-mqtt's internals (paho-mqtt >=2.1,<2.3).
+
+pyproject.toml pins paho to those versions for this module: a new minor version is checked
+against the internals used here before the pin moves.
 
 Ingest needs three things paho does not offer publicly, all for MQTT 3.1.1 reads:
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from brokers import Mosquitto
-from fwrunner import INTERPRETERS, FirmwareRunner, micropython_version
+from tests.support.brokers import Mosquitto
+from tests.support.fwrunner import INTERPRETERS, FirmwareRunner, micropython_version
 from tools.vboard import VirtualBoard
 from tools.virtual_meter import find_micropython
 
@@ -41,9 +41,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 _RESULTS: dict[str, Counter[str]] = {"cpython": Counter(), "micropython": Counter()}
 
 
+SYSTEM = Path(__file__).parent / "system"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each firmware test with the interpreter it runs under."""
+    """Mark each firmware test with the interpreter it runs under, and every test under
+    tests/system (whole processes: daemon, brokers, fleets, a fresh venv) ``system``."""
     for item in items:
+        if SYSTEM in item.path.parents:
+            item.add_marker(pytest.mark.system)
         param = getattr(item, "callspec", None)
         interp = param.params.get("fw") if param is not None else None
         if interp == "micropython" or "fw_micropython" in getattr(item, "fixturenames", ()):

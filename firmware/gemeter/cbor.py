@@ -7,7 +7,7 @@ that keeps the value. It therefore produces byte-identical output on both interp
 (MicroPython's dict order is not insertion order, so sorting is what makes that true).
 
 A meter only ever encodes, so the decoder is not here: it lives with the tests
-(tests/fw_lib/cbor_decoder.py, on the firmware tests' module path) and is never flashed.
+(tests/firmware/lib/cbor_decoder.py, on the firmware tests' module path) and is never flashed.
 ``Tag``, ``Simple`` and ``UNDEFINED`` stay here because the encoder writes them.
 """
 

@@ -10,7 +10,7 @@ Every quantity is a scaled integer in the units listed below, because ESP32 and 
 floats are single precision. Pure logic: no I/O, runs under MicroPython and CPython.
 
 A meter only builds frames; the firmware-side parser that the interop tests use
-(tests/fw_lib/frame_parser.py) is kept off the board, as is the CBOR decoder it needs.
+(tests/firmware/lib/frame_parser.py) is kept off the board, as is the CBOR decoder it needs.
 """
 
 from micropython import const

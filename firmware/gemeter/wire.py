@@ -7,7 +7,7 @@ The CRC is the IEEE 802.3 CRC-32 of binascii/zlib. The message limit matches fra
 Pure logic, no I/O: runs under MicroPython and CPython (docs/protocol.md has the format).
 
 A meter only sends on this link, so the receiving half (COBS decoding, CRC check and the
-deframer) lives with the tests in tests/fw_lib/wire_decoder.py and is never flashed.
+deframer) lives with the tests in tests/firmware/lib/wire_decoder.py and is never flashed.
 """
 
 import struct

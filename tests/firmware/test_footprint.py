@@ -1,0 +1,175 @@
+"""What a board carries and what it runs in: the tree ``gridedge flash`` stages, compiled.
+
+The tree is built by tools/flash.py's own ``build`` (mpy-cross, as for a board, for this
+unix port's architecture) and run from there under the real MicroPython unix port.
+A meter never decodes what it sends: the CBOR decoder, frame parsing and the COBS decoder
+live in tests/firmware/lib and must not be staged.
+
+Heap: the main loop never switches garbage collection off (it did for one cycle after
+each report, to measure allocation: that cycle alone needed 33 KB more). The loop runs in
+LOOP_HEAP from the staged tree, 2,000 cycles here and 10,000 under ``make soak``, with the
+live heap after each report's collection flat. The start reads the board file, settings
+and key with modules it then unloads, and imports a driver only for an IC the board
+carries, so the loop's live heap is what the meter uses (71 KB here, 83 KB before).
+
+main.py with its console runs in CONSOLE_HEAP: the console's session interns some 150
+names of its own, and the meter's modules, imported after it, then need a new qstr pool
+(640 entries, one block of 7 KB on this port) in a heap the session left in pieces. That,
+not the loop, is the largest heap the firmware needs today.
+
+The unix port is 64-bit: pointers, objects and GC blocks (32 bytes) are twice a board's;
+bytecode is not (about 18 KB of the loop's modules, from their .mpy sizes). By that
+estimate the loop's 84 KB here is about 51 KB on an ESP32 or RP2040, some 47 KB without
+the virtual board's machine.py, which a board has built in: within a 64 KB heap there.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.firmware_fixtures import VirtualMeter
+from tests.support.fwrunner import FirmwareRunner
+from tools import flash
+from tools.vboard import VirtualBoard
+
+BOARD = "esp32-devkitc"  # both metering ICs: every driver is loaded
+# The smallest heap the loop runs in from the staged tree on the unix port is 84 KB (live
+# 71 KB; ~7 KB of it the virtual board's machine.py, which a board has built in); 8 KB of
+# margin. It was 101-102 KB before the start unloaded what only it needs.
+LOOP_HEAP = "92K"
+# main.py, its console (show, read, exit), then the meter: 108 KB, as before; 4 KB margin.
+CONSOLE_HEAP = "112K"
+# Receiving-side names, per module: none may be defined in the staged modules...
+DECODERS = {
+    "gemeter.cbor": ("loads", "decode_prefix", "_Decoder"),
+    "gemeter.frame": ("parse",),
+    "gemeter.wire": ("cobs_decode", "decode", "Deframer"),
+}
+# ...nor appear anywhere in the staged files (names are kept as qstrs in .mpy files).
+DECODER_QSTRS = (b"decode_prefix", b"_Decoder", b"cobs_decode", b"Deframer")
+
+
+@pytest.fixture(scope="module")
+def staged(fw_micropython: FirmwareRunner, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The board's files as ``gridedge flash`` stages them, for this unix port."""
+    mpy = subprocess.run(
+        [fw_micropython.exe, "-c", "import sys; print(sys.implementation._mpy)"],
+        capture_output=True, text=True, timeout=30, check=True).stdout
+    arch = flash.Device(int(mpy), "linux", None).arch
+    stage = tmp_path_factory.mktemp("stage")
+    flash.build(stage, arch, flash.BOARDS / f"{BOARD}.json", None)
+    return stage
+
+
+def staged_runner(fw_micropython: FirmwareRunner, stage: Path) -> FirmwareRunner:
+    """MicroPython with only the staged tree (and the virtual board's machine) on its path."""
+    return FirmwareRunner("micropython", fw_micropython.exe, code=[stage, stage / "lib"])
+
+
+def test_no_decoder_is_staged_for_a_board(fw_micropython: FirmwareRunner, staged: Path) -> None:
+    files = sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file())
+    assert "gemeter/cbor.mpy" in files and "gemeter/frame.mpy" in files
+    assert not [f for f in files if "decod" in f or "pars" in f], files
+    for name in files:
+        data = (staged / name).read_bytes()
+        assert not [q for q in DECODER_QSTRS if q in data], name
+    modules = [f[:-4].replace("/", ".").removesuffix(".__init__") for f in files
+               if f.startswith("gemeter/") and f.endswith(".mpy")]
+    out = staged_runner(fw_micropython, staged).run(
+        "import json\n"
+        f"names = {{}}\nfor m in {modules!r}:\n"
+        "    mod = __import__(m, None, None, ['x'])\n"
+        "    names[m] = dir(mod)\n"
+        "print(json.dumps(names))\n")
+    defined = json.loads(out.strip().split("\n")[-1])
+    assert set(defined) == set(modules)
+    for module, names in DECODERS.items():
+        assert not set(names) & set(defined[module]), module
+    assert "FrameBuilder" in defined["gemeter.frame"] and "encode" in defined["gemeter.wire"]
+
+
+@pytest.mark.parametrize("cycles", [2_000, pytest.param(10_000, marks=pytest.mark.soak)])
+def test_main_loop_in_a_small_heap_from_the_staged_tree(
+    fw_micropython: FirmwareRunner, staged: Path, vboard: VirtualBoard, tmp_path: Path,
+    cycles: int
+) -> None:
+    """The real main loop from the compiled tree under ``-X heapsize=LOOP_HEAP`` against both
+    emulators: every frame accepted by the gateway, the live heap flat after warm-up."""
+    meter = VirtualMeter(vboard, tmp_path, sample_interval_ms=2, report_interval_s=1)
+    stats = staged_runner(fw_micropython, staged).run_json(
+        "app_run.py", meter.request(cycles), heapsize=LOOP_HEAP, env=vboard.env())
+    frames, errors = meter.frames()
+    reports = cycles // 500  # 1 s of 2 ms samples
+    assert errors == [] and stats["cycles"] == cycles
+    assert stats["frames"] == len(frames) == reports and stats["dropped"] == 0
+    assert [f.seq for f in frames] == list(range(reports))
+    assert all(c.valid and c.values["samples"] == 500 for f in frames for c in f.channels)
+    assert stats["state_writes"] == 2  # boot counter + final checkpoint: flash wear bounded
+    # After two warm-up reports the live heap (after each report's collection) is flat.
+    assert stats["heap_live_max"] - stats["heap_live_min"] <= 64, stats
+    assert stats["heap_free_min"] > 0
+    print(f"\nmain loop, {cycles} cycles from the staged .mpy tree in -X heapsize={LOOP_HEAP}: "
+          f"live heap {stats['heap_live_min']}..{stats['heap_live_max']} B, "
+          f"free at least {stats['heap_free_min']} B")
+
+
+def test_staged_main_with_its_console_in_the_same_heap(
+    fw_micropython: FirmwareRunner, staged: Path, vboard: VirtualBoard, tmp_path: Path
+) -> None:
+    """main.py as flashed, in CONSOLE_HEAP: its console answers (show reports the heap),
+    and once left, what the console loaded is unloaded and the meter runs in what it
+    freed."""
+    meter = VirtualMeter(vboard, tmp_path, sample_interval_ms=10, report_interval_s=1)
+    (meter.root / "main.py").write_bytes((staged / "main.py").read_bytes())
+    runner = staged_runner(fw_micropython, staged)
+    cmd, env = runner.command(meter.root / "main.py", CONSOLE_HEAP, vboard.env())
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=meter.root)
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write("\nshow\nread\nexit\n")
+        proc.stdin.flush()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(meter.frames()[0]) < 3:
+            time.sleep(0.2)
+        alive = proc.poll() is None
+    finally:
+        proc.kill()
+        out, err = proc.communicate()
+    assert alive, (out, err)
+    frames, errors = meter.frames()
+    assert errors == [] and [f.seq for f in frames[:3]] == [0, 1, 2], (out, err)
+    heap = [line for line in out.split("\n") if line.startswith("heap: ")]
+    assert len(heap) == 1 and heap[0].endswith(" free (after a collection)"), out
+    assert "ch0 pzem004t: 230.4 V" in out
+
+
+def test_the_start_leaves_only_the_meter_in_the_heap(
+    fw_micropython: FirmwareRunner, staged: Path, vboard: VirtualBoard, tmp_path: Path
+) -> None:
+    """What only the start needs (board file, settings, key) is unloaded once the meter is
+    built; a board without an ADE7953 never imports its driver."""
+    snippet = (
+        "import gc, json, sys\n"
+        "from gemeter.app import App, Paths\n"
+        "app = App(Paths(json.loads(sys.stdin.read())['root']))\n"
+        "gc.collect()\n"
+        "print()\n"  # the rpi-pico's link is the USB port: stdout, opened with a 0x00
+        "print(json.dumps([sorted(m for m in sys.modules if m.startswith('gemeter')),"
+        " gc.mem_alloc()]))\n")
+    loaded = {}
+    for board in (BOARD, "rpi-pico"):
+        root = tmp_path / board
+        root.mkdir()
+        meter = VirtualMeter(vboard, root, board_name=board)
+        loaded[board], _live = staged_runner(fw_micropython, staged).run_json(
+            snippet, meter.request(0), heapsize=LOOP_HEAP, env=vboard.env())
+        assert not {"gemeter.board", "gemeter.config", "gemeter.keystore",
+                    "gemeter.console"} & set(loaded[board]), loaded
+    assert "gemeter.drivers.ade7953" in loaded[BOARD]
+    assert "gemeter.drivers.ade7953" not in loaded["rpi-pico"], loaded
