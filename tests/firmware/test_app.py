@@ -6,11 +6,11 @@ from pathlib import Path
 
 import serial
 
-from tests.support.firmware_fixtures import DEVICE, KEY, VirtualMeter
-from tests.support.fwrunner import FirmwareRunner
 from gateway import framing
 from gateway.errors import ProtocolError
 from gateway.protocol import ST_INVALID, ST_TIMEOUT, FrameDecoder, Stat
+from tests.support.firmware_fixtures import DEVICE, KEY, VirtualMeter
+from tests.support.fwrunner import FirmwareRunner
 from tools.vboard import VirtualBoard
 
 

@@ -17,7 +17,6 @@ import json
 import math
 import struct
 import sys
-from pathlib import Path
 from typing import Any
 
 import cbor2

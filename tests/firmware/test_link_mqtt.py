@@ -11,11 +11,11 @@ import subprocess
 import time
 from pathlib import Path
 
+from gateway.protocol import Frame, FrameDecoder
 from tests.support.brokers import Mosquitto
 from tests.support.certs import make_pki
 from tests.support.firmware_fixtures import DEVICE, KEY, VirtualMeter
 from tests.support.fwrunner import SCRIPTS, FirmwareRunner
-from gateway.protocol import Frame, FrameDecoder
 from tests.support.mqtt_capture import Capture
 from tools.vboard import VirtualBoard
 

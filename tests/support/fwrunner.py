@@ -118,6 +118,11 @@ class FirmwareRunner:
             )
         return proc.stdout
 
+    def run_code(self, code: str, data: Any = None) -> Any:
+        """Run firmware code text (json and sys imported) with ``data`` as JSON on stdin;
+        the last line it prints, parsed as JSON."""
+        return self.run_json("import json, sys\n" + code, data if data is not None else {})
+
     def run_json(
         self,
         script: str | Path,

@@ -1,0 +1,46 @@
+"""firmware/gemeter/aggregate.py: a period's statistics per channel, its status bits, and a
+clean start after each period. Under CPython and MicroPython (``fw``), with stand-ins for
+drivers and the frame builder.
+"""
+
+from __future__ import annotations
+
+from tests.support.fwrunner import FirmwareRunner
+
+
+def test_aggregate_statistics_status_and_reset(fw: FirmwareRunner) -> None:
+    out = fw.run_code("""
+from gemeter import frame
+from gemeter.aggregate import ChannelAggregate
+from gemeter.drivers import KIND_CRC, KIND_TIMEOUT
+a = ChannelAggregate(3)
+a.add((230000, -1500, -345000, None, None), pf=980, freq=50010, energy_wh=7, delta_mwh=5)
+a.add((231000, -1501, -345001, None, None), pf=970, freq=50020, energy_wh=8, delta_mwh=6)
+a.fail(KIND_CRC)
+full = a.to_map()
+empty = a.to_map()             # nothing since: invalid, no measurement keys at all
+a.fail(KIND_TIMEOUT)
+failed = a.to_map()
+a.add((1, 2, 3, 4, 5), alarm=True)
+alarm = a.to_map()
+print(json.dumps({"full": full, "empty": empty, "failed": failed, "alarm": alarm,
+                  "ST": [frame.ST_INVALID, frame.ST_PARTIAL, frame.ST_CRC, frame.ST_TIMEOUT,
+                         frame.ST_IC_ALARM],
+                  "keys": [frame.C_INDEX, frame.C_SAMPLES, frame.C_ERRORS, frame.C_STATUS,
+                           frame.C_VOLTAGE, frame.C_CURRENT, frame.C_POWER, frame.C_PF,
+                           frame.C_FREQ, frame.C_ENERGY, frame.C_ENERGY_DELTA]}))
+""")
+    invalid, partial, crc, timeout, ic_alarm = out["ST"]
+    k_index, k_samples, k_errors, k_status, k_v, k_i, k_p, k_pf, k_f, k_e, k_de = (
+        str(k) for k in out["keys"])
+    full = out["full"]
+    assert full[k_index] == 3 and full[k_samples] == 2 and full[k_errors] == 1
+    assert full[k_status] == partial | crc  # some samples failed: partial, with the kind
+    assert full[k_v] == [230500, 230000, 231000]
+    # Means round half away from zero, also for negative (exporting) values.
+    assert full[k_i] == [-1501, -1501, -1500] and full[k_p] == [-345001, -345001, -345000]
+    assert (full[k_pf], full[k_f], full[k_e], full[k_de]) == (970, 50020, 8, 11)  # last; sum
+    assert out["empty"] == {k_index: 3, k_samples: 0, k_errors: 0, k_status: invalid}
+    assert out["failed"][k_status] == invalid | timeout and out["failed"][k_errors] == 1
+    assert k_v not in out["failed"]  # never a stale value
+    assert out["alarm"][k_status] == ic_alarm and out["alarm"][k_de] == 0

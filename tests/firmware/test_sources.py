@@ -1,0 +1,64 @@
+"""firmware/gemeter/sources.py: each driver's readings and failures handed to the channel
+aggregates. Under CPython and MicroPython (``fw``), with stand-ins for drivers and the frame
+builder.
+"""
+
+from __future__ import annotations
+
+from tests.support.fwrunner import FirmwareRunner
+
+
+def test_sources_hand_driver_readings_and_failures_to_the_aggregates(
+    fw: FirmwareRunner
+) -> None:
+    """PZEM: the energy delta between samples, a register that runs backwards flagged as a
+    chip reset (never negative energy), a driver error as a failed sample. ADE7953: the
+    board's input order ("ba") and the settings' invert."""
+    out = fw.run_code("""
+from gemeter import frame
+from gemeter.aggregate import ChannelAggregate
+from gemeter.drivers import DriverError, KIND_TIMEOUT
+from gemeter.sources import ADESource, PZEMSource, ade_settings
+class R:
+    def __init__(self, **kw):
+        for k, v in kw.items():  # (MicroPython's __dict__ is read-only)
+            setattr(self, k, v)
+class Pzem:
+    def __init__(self):
+        self.energy = [10, 12, 3, None]
+    def read(self):
+        e = self.energy.pop(0)
+        if e is None:
+            raise DriverError("no answer", KIND_TIMEOUT)
+        return R(voltage_mv=230000, current_ma=1000, power_mw=230000, pf_milli=1000,
+                 frequency_mhz=50000, energy_wh=e, alarm=False)
+aggs = [ChannelAggregate(0)]
+src = PZEMSource(Pzem(), 0)
+src.sample(aggs)
+src.sample(aggs)
+first = aggs[0].to_map()
+src.sample(aggs)   # 12 -> 3 Wh: the register went back
+src.sample(aggs)   # the module is silent
+second = aggs[0].to_map()
+orders = [ade_settings({"map": m}, {"ade_map": s})[0] for m, s in
+          (("ab", ""), ("ba", ""), ("ab", "ba"))]
+inverts = [ade_settings({"invert": w}, {"ade_invert_a": a, "ade_invert_b": False})[1]
+           for w, a in ((["a"], False), (["a"], True), ([], True))]
+try:
+    ade_settings({"map": "ac"}, {})
+    bad = "accepted"
+except ValueError:
+    bad = "refused"
+print(json.dumps({"first": first, "second": second, "orders": orders, "inverts": inverts,
+                  "bad": bad, "ST": [frame.ST_CHIP_RESET, frame.ST_TIMEOUT, frame.ST_PARTIAL],
+                  "de": frame.C_ENERGY_DELTA, "status": frame.C_STATUS}))
+""")
+    reset, timeout, partial = out["ST"]
+    de = str(out["de"])
+    assert out["first"][de] == 2000  # 10 -> 12 Wh, in mWh; the first sample has no delta
+    assert out["second"][str(out["status"])] == reset | timeout | partial
+    assert out["second"][de] == 3000  # counted from zero after the register went back
+    assert out["orders"] == [[0, 1], [1, 0], [1, 0]]  # the setting wins unless empty
+    # The board's wiring and the installer's setting each reverse an input: both cancel.
+    assert out["inverts"] == [[True, False], [False, False], [True, False]]
+    assert out["bad"] == "refused"
