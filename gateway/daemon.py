@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from http.server import ThreadingHTTPServer
 from types import FrameType
 
 from gateway import sdnotify
@@ -22,6 +23,7 @@ from gateway.ingest_mqtt import MQTTIngest
 from gateway.ingest_serial import SerialIngest
 from gateway.pipeline import DeviceInfo, Pipeline
 from gateway.registry import fingerprint
+from gateway.stats import Stats, StoreFigures, storage_bytes_written
 from gateway.store import Store
 from gateway.uplink import Uplink
 
@@ -70,6 +72,7 @@ class Daemon:
             pipeline.hold = self.uplink.hold = hold
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self._http: ThreadingHTTPServer | None = None  # /metrics and /status
         probes = {"committer": lambda: self.pipeline.progress,
                   "ingest-mqtt": self.ingest.progress}
         if self.uplink is not None:
@@ -79,18 +82,33 @@ class Daemon:
             probes[reader.source] = (lambda r: lambda: r.progress)(reader)
         self.watchdog = sdnotify.Watchdog(probes)
 
+    def stats(self) -> Stats:
+        """The one snapshot of the daemon's figures (gateway/stats.py)."""
+        p, store = self.pipeline, self.store
+        depth = store.depth()
+        counters = store.counters()
+        hold, up = p.hold, self.uplink
+        return Stats(
+            accepted=p.accepted, rejected=dict(p.rejected), missing=p.missing,
+            store=StoreFigures(
+                alarms=int(depth["alarms"]), telemetry=int(depth["telemetry"]),
+                bytes=int(depth["bytes"]), oldest_age_s=depth["oldest_age_s"],
+                dropped={k.removeprefix("dropped_"): n for k, n in counters.items()
+                         if k.startswith("dropped_")},
+                failures=p.store_failures, blocked=p.store_blocked),
+            held=hold.held if hold is not None else 0,
+            spilled=hold.spilled if hold is not None else 0,
+            ingest=self.ingest.link.snapshot(), subscribed=self.ingest.subscribed,
+            uplink=up.link.snapshot() if up is not None else None,
+            delivered=up.delivered if up is not None else 0,
+            connects=up.connects if up is not None else 0,
+            open_alarms=p.checks.open_alarms() if p.checks is not None else [],
+            alarm_events=p.alarms,
+            serial={r.cfg.port: r.is_open for r in self.serial},
+            bytes_written=storage_bytes_written())
+
     def health(self) -> dict[str, object]:
-        """Store depth, ingest counts and link, open alarms for the uplink's health message."""
-        depth = self.store.depth()
-        p = self.pipeline
-        return {
-            "store": {"alarms": depth["alarms"], "telemetry": depth["telemetry"],
-                      "bytes": depth["bytes"], "oldest_age_s": depth["oldest_age_s"],
-                      "writable": p.store_blocked is None},
-            "ingest": {"accepted": p.accepted, "rejected": dict(p.rejected),
-                       "missing": p.missing, "link": self.ingest.link.snapshot().as_dict()},
-            "open_alarms": len(p.checks.open_alarms()) if p.checks is not None else 0,
-        }
+        return self.stats().health()
 
     def _signal(self, signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
@@ -123,16 +141,16 @@ class Daemon:
         log.info("reloaded %s: %d devices", self.config_path, len(new.devices))
 
     def start(self) -> None:
+        if self.cfg.metrics.enabled:  # first: a port that is taken stops nothing half-started
+            from gateway.metrics import serve
+
+            self._http = serve(self, self.cfg.metrics.host, self.cfg.metrics.port)
         self.pipeline.start()
         self.ingest.start()
         for reader in self.serial:
             reader.start()
         if self.uplink is not None:
             self.uplink.start()
-        if self.cfg.metrics.enabled:
-            from gateway.metrics import serve
-
-            serve(self, self.cfg.metrics.host, self.cfg.metrics.port)
         log.info("gateway %s running: store %s, %d devices", self.cfg.gateway.id,
                  self.cfg.store_path, len(self.cfg.devices))
         sdnotify.notify("READY=1")
@@ -145,6 +163,8 @@ class Daemon:
         self.pipeline.stop()
         if self.uplink is not None:
             self.uplink.stop()
+        if self._http is not None:
+            self._http.shutdown()
         self.store.close()
         log.info("gateway stopped cleanly")
 

@@ -1,23 +1,21 @@
 """``gridedge-gateway status``: what the store holds, plus the running daemon's live state.
 
-The store part (queue depth, oldest record age, drop counters, each device's last
-(boot, seq)) is read from the SQLite file, so it works with the daemon stopped. The live
-part (the local broker link: state, since when, last error, accepted and rejected frames;
-whether the store can be written, and if not why and since when; uplink connected,
-reconnects, delivered records; open alarms; serial ports) lives only
-in the daemon's memory; it is read from the daemon's own metrics endpoint on
-localhost, so the daemon never writes status files to the SD card. A daemon that does not
-answer is reported as such, not as an error.
+The store part (queue depth, oldest record age, drop counters, each device's last (boot,
+seq)) is read from the SQLite file, so it works with the daemon stopped. The live part (the
+local broker link: state, since when, last error, accepted and rejected frames; whether the
+store can be written, and if not why and since when; uplink connected, reconnects, delivered
+records; open alarms; serial ports) lives only in the daemon's memory; it is read as JSON
+from the daemon's /status endpoint (beside /metrics, the same snapshot), so the daemon never
+writes status files to the SD card. A daemon that does not answer is reported as such, not
+as an error.
 """
 
 from __future__ import annotations
 
-import time
+import json
 import urllib.error
 import urllib.request
 from typing import Any
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import Config
 from gateway.payloads import iso_ms
@@ -25,55 +23,14 @@ from gateway.store import Store, now_ms
 
 
 def live(host: str, port: int, timeout: float = 2.0) -> dict[str, Any]:
-    url = f"http://{host}:{port}/metrics"
+    """The running daemon's snapshot (gateway/stats.py), from its /status endpoint."""
+    url = f"http://{host}:{port}/status"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
-            text = r.read().decode()
-    except (OSError, urllib.error.URLError) as e:
+            answer: dict[str, Any] = json.loads(r.read().decode())
+    except (OSError, urllib.error.URLError, ValueError) as e:
         return {"running": False, "detail": f"no answer from {url}: {e}"}
-    ingest: dict[str, Any] = {"state": None, "since": None, "for_s": None, "error": "",
-                              "subscribed": False, "connect_failures": 0, "accepted": 0,
-                              "rejected": {}}
-    store: dict[str, Any] = {"writable": True}
-    out: dict[str, Any] = {"running": True, "ingest": ingest, "store": store, "uplink": {},
-                           "open_alarms": [], "serial": {}}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            name, labels, value = s.name, s.labels, s.value
-            if name == "gridedge_ingest_link_info":
-                ingest["state"], ingest["error"] = labels["state"], labels["error"]
-            elif name == "gridedge_ingest_state_since_seconds":
-                ingest["since"] = iso_ms(int(value * 1000))
-                ingest["for_s"] = round(max(0.0, time.time() - value), 1)
-            elif name == "gridedge_ingest_subscribed":
-                ingest["subscribed"] = bool(value)
-            elif name == "gridedge_ingest_connect_failures_total":
-                ingest["connect_failures"] = int(value)
-            elif name == "gridedge_store_writable":
-                store["writable"] = bool(value)
-            elif name == "gridedge_store_blocked_info":
-                since = float(labels["since"])
-                store.update(error=labels["error"], since=iso_ms(int(since * 1000)),
-                             for_s=round(max(0.0, time.time() - since), 1))
-            elif name == "gridedge_uplink_connected":
-                out["uplink"].setdefault("state", "connected" if value else "disconnected")
-            elif name == "gridedge_uplink_link_info":
-                out["uplink"]["state"], out["uplink"]["error"] = labels["state"], labels["error"]
-            elif name == "gridedge_uplink_state_since_seconds":
-                out["uplink"]["since"] = iso_ms(int(value * 1000))
-            elif name == "gridedge_uplink_reconnects_total":
-                out["uplink"]["connects"] = int(value)
-            elif name == "gridedge_uplink_delivered_total":
-                out["uplink"]["delivered"] = int(value)
-            elif name == "gridedge_alarm_open":
-                out["open_alarms"].append(dict(labels))
-            elif name == "gridedge_serial_open":
-                out["serial"][labels["port"]] = "open" if value else "closed"
-            elif name == "gridedge_frames_accepted_total":
-                ingest["accepted"] = int(value)
-            elif name == "gridedge_frames_rejected_total":
-                ingest["rejected"][labels["reason"]] = int(value)
-    return out
+    return answer
 
 
 def collect(cfg: Config) -> dict[str, Any]:
