@@ -22,12 +22,12 @@ Memory is bounded by the number of series: a few numbers per (device, channel, q
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.anomaly import AnomalyConfig, SeriesDetector
 from gateway.config import ChecksSection, Limits
+from gateway.devices import Device, Devices
 from gateway.payloads import iso_ms
 from gateway.protocol import Frame, Stat
 
@@ -67,17 +67,20 @@ class Condition:
     since_ms: int | None = None  # when the pending change (raise or clear) started
 
 
+NOWHERE = Device(b"")  # a device the registry does not (yet) know: no place, a meter
+
+
 @dataclass
 class DeviceState:
     period_ms: int = 10_000
     last_seen: float = 0.0
     offline: bool = False
     offline_since: float = 0.0  # gateway time of the raise
-    info: Mapping[str, str] = field(default_factory=dict)
+    info: Device = NOWHERE  # site, feeder, role (the key is not used here)
 
 
 class EdgeChecks:
-    def __init__(self, cfg: ChecksSection, devices: Mapping[str, Mapping[str, str]]) -> None:
+    def __init__(self, cfg: ChecksSection, devices: Devices) -> None:
         self.cfg = cfg
         self.devices = {d: DeviceState(info=info) for d, info in devices.items()}
         self.conditions: dict[tuple[str, int, str], Condition] = {}
@@ -97,7 +100,7 @@ class EdgeChecks:
         self.findings_open: set[tuple[str, str, int, str]] = set()  # anomalies, stuck
         self._rules: dict[tuple[str, int], tuple[Limits, list[Any]]] = {}
 
-    def set_devices(self, devices: Mapping[str, Mapping[str, str]]) -> None:
+    def set_devices(self, devices: Devices) -> None:
         for d, info in devices.items():
             self.devices.setdefault(d, DeviceState()).info = info
         self._rules.clear()  # a device may have moved to another site
@@ -112,7 +115,7 @@ class EdgeChecks:
         return cached
 
     def limits_for(self, device: str, channel: int) -> Limits:
-        site = self.devices.get(device, DeviceState()).info.get("site", "")
+        site = self.devices.get(device, DeviceState()).info.site
         best, rank = self.cfg.limits, 0
         for o in self.cfg.override:
             if (o.channel is not None and o.channel != channel) or \
@@ -129,8 +132,8 @@ class EdgeChecks:
         info = self.devices.get(device, DeviceState()).info
         self.raised += state == "raised"
         ev: Event = {"type": "alarm", "state": state, "kind": kind, "device": device,
-                     "time": iso_ms(t_ms), "site": info.get("site", ""),
-                     "feeder": info.get("feeder", "")}
+                     "time": iso_ms(t_ms), "site": info.site,
+                     "feeder": info.feeder}
         if channel is not None:
             ev["channel"] = channel
         ev.update(evidence)
@@ -220,10 +223,10 @@ class EdgeChecks:
 
     def _add_energy(self, device: str, delta_mwh: int) -> None:
         info = self.devices.get(device, DeviceState()).info
-        feeder = info.get("feeder")
+        feeder = info.feeder
         if not feeder:
             return
-        side = "line" if info.get("role") == "line_sensor" else "meters"
+        side = "line" if info.role == "line_sensor" else "meters"
         acc = self.balance.setdefault(feeder, {"line": 0.0, "meters": 0.0})
         acc[side] += delta_mwh / 1000
 

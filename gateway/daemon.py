@@ -14,15 +14,14 @@ import threading
 from http.server import ThreadingHTTPServer
 from types import FrameType
 
-from gateway import sdnotify
+from gateway import devices, sdnotify
 from gateway.checks import EdgeChecks
 from gateway.config import Config, ConfigError, load
 from gateway.hold import Hold
 from gateway.homeassistant import Discovery
 from gateway.ingest_mqtt import MQTTIngest
 from gateway.ingest_serial import SerialIngest
-from gateway.pipeline import DeviceInfo, Pipeline
-from gateway.registry import fingerprint
+from gateway.pipeline import Pipeline
 from gateway.stats import Stats, StoreFigures, storage_bytes_written
 from gateway.store import Store
 from gateway.uplink import Uplink
@@ -30,27 +29,13 @@ from gateway.uplink import Uplink
 log = logging.getLogger(__name__)
 
 
-def device_registry(cfg: Config) -> dict[str, DeviceInfo]:
-    out = {}
-    for d in cfg.devices:
-        key = bytes.fromhex(d.key)
-        generation = fingerprint(key) + (f"+{d.resync}" if d.resync else "")
-        out[d.id] = DeviceInfo(key, d.site, d.feeder, d.role, tuple(d.channels), generation)
-    return out
-
-
-def check_info(registry: dict[str, DeviceInfo]) -> dict[str, dict[str, str]]:
-    """What the edge checks need to know of each device (no keys)."""
-    return {d: {"site": i.site, "feeder": i.feeder, "role": i.role} for d, i in registry.items()}
-
-
 class Daemon:
     def __init__(self, cfg: Config, config_path: str | None = None) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.store = Store(cfg.store_path, cfg.store.max_bytes, cfg.store.max_age_s)
-        registry = device_registry(cfg)
-        checks = EdgeChecks(cfg.checks, check_info(registry)) if cfg.checks.enabled else None
+        registry = devices.from_config(cfg)
+        checks = EdgeChecks(cfg.checks, registry) if cfg.checks.enabled else None
         self.pipeline = Pipeline(self.store, registry,
                                  cfg.store.commit_interval_ms, checks=checks)
         self.ingest = MQTTIngest(cfg.local, self.pipeline)
@@ -127,10 +112,10 @@ class Daemon:
         except ConfigError as e:
             log.error("reload refused, keeping the running configuration: %s", e)
             return
-        registry = device_registry(new)
+        registry = devices.from_config(new)
         self.pipeline.set_devices(registry)
         if self.pipeline.checks is not None:
-            self.pipeline.checks.set_devices(check_info(registry))
+            self.pipeline.checks.set_devices(registry)
         logging.getLogger().setLevel(new.gateway.log_level.upper())
         for section in ("local", "uplink", "store", "serial", "metrics", "homeassistant"):
             if getattr(new, section) != getattr(self.cfg, section):

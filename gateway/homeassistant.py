@@ -19,8 +19,8 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from gateway.devices import Device
 from gateway.payloads import JSON_UNITS
-from gateway.pipeline import DeviceInfo
 from gateway.protocol import Frame, Stat
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def state(frame: Frame) -> dict[str, Any]:
     return out
 
 
-def discovery(frame: Frame, meta: DeviceInfo, state_topic: str, prefix: str
+def discovery(frame: Frame, meta: Device, state_topic: str, prefix: str
               ) -> list[tuple[str, dict[str, Any]]]:
     """(topic, config) of every sensor this frame's channels carry."""
     dev = frame.device_id
@@ -107,7 +107,7 @@ class Discovery:
         """Announce everything again (after the local broker lost its retained messages)."""
         self._announced.clear()
 
-    def frames(self, frames: Iterable[Frame], meta: Mapping[str, DeviceInfo]) -> None:
+    def frames(self, frames: Iterable[Frame], meta: Mapping[str, Device]) -> None:
         latest: dict[str, Frame] = {}
         for f in frames:
             latest[f.device_id] = f

@@ -31,21 +31,21 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TypeGuard
 
 from gateway import events, records
 from gateway.checks import EdgeChecks, Event
 from gateway.dedup import Deduplicator, DurableMarks, Ident
+from gateway.devices import Device, Devices
 from gateway.errors import ProtocolError
 from gateway.hold import Ack as HeldAck
 from gateway.hold import Hold
 from gateway.protocol import Frame
-from gateway.records import DeviceInfo
 from gateway.store import TELEMETRY, Mark, Record, Store, StoreError
 from gateway.verify import INTERNAL_ERROR, Accepted, Verifier
 
-__all__ = ["DeviceInfo", "Item", "Pipeline"]
+__all__ = ["Item", "Pipeline"]
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def _holdable(ack: Ack | None) -> TypeGuard[HeldAck]:
 
 
 class Pipeline:
-    def __init__(self, store: Store, devices: Mapping[str, DeviceInfo],
+    def __init__(self, store: Store, devices: Devices,
                  commit_interval_ms: int = 50, max_batch: int = 2000,
                  checks: EdgeChecks | None = None) -> None:
         self.store = store
@@ -77,12 +77,11 @@ class Pipeline:
         self.after_acks: list[Callable[[], None]] = []
         self.alarms = 0
         self.devices = dict(devices)
-        self._new_devices: dict[str, DeviceInfo] | None = None
+        self._new_devices: dict[str, Device] | None = None
         marks = store.marks()
         self.dedup = Deduplicator(marks)  # live: every frame verified so far
         self.durable = DurableMarks(marks)  # what may be written: frames safe elsewhere
-        self.verifier = Verifier({d: info.key for d, info in self.devices.items()}, self.dedup,
-                                 {d: info.generation for d, info in self.devices.items()})
+        self.verifier = Verifier(self.devices, self.dedup)
         self.rejected = self.verifier.rejected  # counted per reason, where they happen
         self.commit_interval_s = commit_interval_ms / 1000
         self.max_batch = max_batch
@@ -101,7 +100,7 @@ class Pipeline:
         self._abandoned = False  # a batch could not be stored at shutdown
         self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
 
-    def set_devices(self, devices: Mapping[str, DeviceInfo]) -> None:
+    def set_devices(self, devices: Devices) -> None:
         """New registry (SIGHUP): keys and metadata; de-dup state is kept. The committer
         swaps it in between batches, so keys and metadata always change together."""
         self._new_devices = dict(devices)
@@ -110,8 +109,7 @@ class Pipeline:
         new, self._new_devices = self._new_devices, None
         if new is not None:
             self.devices = new
-            self.verifier.set_devices({d: info.key for d, info in new.items()},
-                                      {d: info.generation for d, info in new.items()})
+            self.verifier.set_devices(new)
 
     def submit(self, raw: bytes | ProtocolError, source: str, ack: Ack | None = None,
                claimed: str | None = None) -> None:
@@ -271,7 +269,7 @@ class Pipeline:
             frames.append(ok.frame)
             f = ok.frame
             ident = (f.device_id, f.boot, f.seq, f.unix_ms,
-                     self.verifier.generations.get(f.device_id, ""))
+                     self.verifier.generation(f.device_id))
             if room and _holdable(ack):
                 held.append((recs[0], ack, ident))  # the reading; its alarms are stored now
                 recs = recs[1:]

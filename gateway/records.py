@@ -9,11 +9,10 @@ a resend is recognisable. Pure functions; the committer stores what they return.
 
 from __future__ import annotations
 
-import functools
 import json
-from dataclasses import dataclass
 
 from gateway.checks import Event
+from gateway.devices import Device
 from gateway.payloads import reading_json
 from gateway.protocol import Frame
 from gateway.store import ALARM, TELEMETRY, Record
@@ -22,23 +21,7 @@ _JSON = json.JSONEncoder(separators=(",", ":"))  # alarm records (readings: read
 ID_FIELDS = ("kind", "state", "device", "feeder", "channel", "quantity", "time")
 
 
-@dataclass(frozen=True)
-class DeviceInfo:
-    """A registered device as the committer sees it."""
-
-    key: bytes
-    site: str = ""
-    feeder: str = ""
-    role: str = "meter"
-    channels: tuple[str, ...] = ()
-    generation: str = ""  # what its replay marks are bound to (dedup.py): key, resyncs
-
-    @functools.cached_property
-    def channel_names(self) -> dict[int, str]:
-        return dict(enumerate(self.channels))
-
-
-def reading(frame: Frame, info: DeviceInfo) -> Record:
+def reading(frame: Frame, info: Device) -> Record:
     body = reading_json(frame, info.site or None, info.feeder or None,
                         info.channel_names or None)
     return Record(TELEMETRY, frame.device_id, frame.boot, frame.seq, body.encode())

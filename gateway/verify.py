@@ -16,12 +16,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway import events
 from gateway.checks import Event
 from gateway.dedup import Deduplicator
+from gateway.devices import Devices
 from gateway.errors import ProtocolError
 from gateway.protocol import Frame, FrameDecoder
 
@@ -72,21 +72,24 @@ class RateLimitedLog:
 
 
 class Verifier:
-    def __init__(self, keys: Mapping[str, bytes], dedup: Deduplicator,
-                 generations: Mapping[str, str] | None = None) -> None:
-        """``generations``: per device, what its replay marks are bound to (dedup.py)."""
-        self.decoder = FrameDecoder(keys)
+    def __init__(self, devices: Devices, dedup: Deduplicator) -> None:
+        """``devices``: keys, and the generation each device's marks are bound to."""
+        self.decoder = FrameDecoder({d: dev.key for d, dev in devices.items()})
         self.dedup = dedup
-        self.generations: Mapping[str, str] = generations or {}
+        self.devices = devices
         self.rejected: Counter[str] = Counter()  # keys: Reason values and dedup verdicts
         self.log = RateLimitedLog()
         self.events: list[Event] = []  # replay_rejected, counter_reset: for the batch
         self._refused: set[str] = set()  # devices with a raised replay_rejected alarm
 
-    def set_devices(self, keys: Mapping[str, bytes], generations: Mapping[str, str]) -> None:
-        self.decoder.keys = keys
-        self.generations = generations
-        self._refused &= set(keys)
+    def set_devices(self, devices: Devices) -> None:
+        self.decoder.keys = {d: dev.key for d, dev in devices.items()}
+        self.devices = devices
+        self._refused &= set(devices)
+
+    def generation(self, device: str) -> str:
+        dev = self.devices.get(device)
+        return dev.generation if dev is not None else ""
 
     def reject(self, reason: str, source: str, detail: str, device: str = "") -> None:
         """Count and log one rejected frame (also for readers: a serial CRC error)."""
@@ -105,7 +108,7 @@ class Verifier:
             device = frame.device_id
             mark = self.dedup.marks.get(device)
             verdict = self.dedup.check(device, frame.boot, frame.seq, frame.unix_ms,
-                                       self.generations.get(device, ""))
+                                       self.generation(device))
         except ProtocolError as e:
             self.reject(e.reason.value, source, e.detail, e.device_id or "")
             return None

@@ -10,13 +10,14 @@ import pytest
 from gateway.anomaly import AnomalyConfig, SeriesDetector
 from gateway.checks import EdgeChecks
 from gateway.config import ConfigError, parse
+from gateway.devices import Device
 from gateway.payloads import iso_ms
 from gateway.protocol import ST_INVALID, Channel, Frame, Stat
 
 T0 = 1_763_776_800_000
-DEVICES = {"m1": {"site": "s1", "feeder": "F1", "role": "meter"},
-           "m2": {"site": "s2", "feeder": "F1", "role": "meter"},
-           "line": {"site": "s1", "feeder": "F1", "role": "line_sensor"}}
+DEVICES = {"m1": Device(b"", site="s1", feeder="F1"),
+           "m2": Device(b"", site="s2", feeder="F1"),
+           "line": Device(b"", site="s1", feeder="F1", role="line_sensor")}
 
 
 def checks(extra: str = "") -> EdgeChecks:

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.dedup import WINDOW, Deduplicator
+from gateway.devices import Device
 from gateway.protocol import Channel, Frame, Stat, build_frame
 from gateway.store import Mark, Store
 from gateway.verify import Verifier
@@ -118,7 +119,7 @@ def frame_of(device: str, boot: int, seq: int, unix_ms: int | None = None) -> by
 
 
 def test_a_refused_device_raises_one_alarm_and_a_resync_clears_it() -> None:
-    v = Verifier({"m": device_key("m")}, Deduplicator(), {"m": "fp"})
+    v = Verifier({"m": Device(device_key("m"), generation="fp")}, Deduplicator())
     assert v.verify(frame_of("m", 5, 0), "t") is not None
     assert v.take_events() == []
     for s in range(3):  # the meter was reset and has no clock: boot 1 again
@@ -129,14 +130,14 @@ def test_a_refused_device_raises_one_alarm_and_a_resync_clears_it() -> None:
     assert (raised["accepted_boot"], raised["boot"]) == (5, 1)
     assert "gridedge-gateway devices resync m" in raised["hint"]
     assert v.rejected["replayed"] == 3
-    v.set_devices({"m": device_key("m")}, {"m": "fp+1"})  # `devices resync m`, reloaded
+    v.set_devices({"m": Device(device_key("m"), generation="fp+1")})  # `devices resync m`, reloaded
     assert v.verify(frame_of("m", 1, 3), "t") is not None
     (cleared,) = v.take_events()
     assert (cleared["kind"], cleared["state"]) == ("replay_rejected", "cleared")
 
 
 def test_a_reset_proven_by_the_clock_is_reported_not_refused() -> None:
-    v = Verifier({"m": device_key("m")}, Deduplicator(), {"m": "fp"})
+    v = Verifier({"m": Device(device_key("m"), generation="fp")}, Deduplicator())
     assert v.verify(frame_of("m", 40, 9, T0), "t") is not None
     assert v.verify(frame_of("m", 1, 0, T0 + 60_000), "t") is not None
     (ev,) = v.take_events()

@@ -22,8 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.devices import Device
 from gateway.errors import ProtocolError
-from gateway.pipeline import DeviceInfo, Pipeline
+from gateway.pipeline import Pipeline
 from gateway.protocol import FrameDecoder
 from gateway.store import TELEMETRY, Store
 from tests.support.brokers import Mosquitto, free_port
@@ -221,7 +222,7 @@ class Collector:
 
     def __init__(self, folder: Path) -> None:
         self.store = Store(folder / "s.db", 10**8, 3600)
-        self.pipe = Pipeline(self.store, {"mtr-1": DeviceInfo(device_key("mtr-1"))},
+        self.pipe = Pipeline(self.store, {"mtr-1": Device(device_key("mtr-1"))},
                              commit_interval_ms=1)
         self.pipe.start()
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from gateway.devices import Device
 from gateway.homeassistant import Discovery, discovery, state
-from gateway.pipeline import DeviceInfo
 from gateway.protocol import ST_INVALID, ST_TIMEOUT, Channel, Frame, Stat, build_frame
 from tests.support.brokers import Mosquitto
 from tests.support.gateway_fixtures import (
@@ -19,7 +19,7 @@ from tests.support.gateway_fixtures import (
 )
 from tests.support.mqtt_capture import Capture, wait_for
 
-INFO = DeviceInfo(bytes(32), site="sub-1", channels=("main", "pv"))
+INFO = Device(bytes(32), site="sub-1", channels=("main", "pv"))
 
 
 def two_channels(seq: int, pv_ok: bool = True) -> Frame:
@@ -70,7 +70,7 @@ def test_announces_once_and_again_only_for_new_quantities() -> None:
     sent.clear()
     d.frames([two_channels(4)], {"mtr-1": INFO})
     assert [t for t, *_ in sent] == ["st/mtr-1/state"]
-    d.frames([two_channels(5)], {"mtr-1": DeviceInfo(bytes(32), role="line_sensor")})
+    d.frames([two_channels(5)], {"mtr-1": Device(bytes(32), role="line_sensor")})
     assert len(sent) == 1  # only meters are announced
 
 

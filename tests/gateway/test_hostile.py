@@ -22,8 +22,9 @@ import pytest
 from gateway import framing
 from gateway.config import SerialPort
 from gateway.dedup import Deduplicator
+from gateway.devices import Device
 from gateway.ingest_serial import SerialIngest
-from gateway.pipeline import DeviceInfo, Pipeline
+from gateway.pipeline import Pipeline
 from gateway.store import Store
 from gateway.verify import RateLimitedLog, Verifier
 from tests.support.brokers import Mosquitto
@@ -73,7 +74,7 @@ def test_a_poison_message_costs_only_itself_on_mqtt(tmp_path: Path) -> None:
 
 def test_a_poison_frame_costs_only_itself_on_serial(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.db", 10**8, 3600)
-    pipe = Pipeline(store, {"mtr-1": DeviceInfo(device_key("mtr-1"))}, commit_interval_ms=50)
+    pipe = Pipeline(store, {"mtr-1": Device(device_key("mtr-1"))}, commit_interval_ms=50)
     pipe.start()
     line = Line(tmp_path / "ttyMETER")
     reader = SerialIngest(SerialPort(port=str(line.link)), pipe)
@@ -94,7 +95,7 @@ def test_a_poison_frame_costs_only_itself_on_serial(tmp_path: Path) -> None:
 
 def test_a_serial_port_bound_to_a_device_rejects_other_key_ids(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.db", 10**8, 3600)
-    pipe = Pipeline(store, {d: DeviceInfo(device_key(d)) for d in DEVICES},
+    pipe = Pipeline(store, {d: Device(device_key(d)) for d in DEVICES},
                     commit_interval_ms=10)
     pipe.start()
     line = Line(tmp_path / "ttyMETER")
@@ -264,7 +265,7 @@ def test_the_log_limiter_is_bounded_and_says_what_it_held_back(
 
 def test_an_unforeseen_exception_costs_one_frame(monkeypatch: pytest.MonkeyPatch) -> None:
     """A decoder bug (any exception type) is counted internal_error for that frame only."""
-    verifier = Verifier({"mtr-1": device_key("mtr-1")}, Deduplicator())
+    verifier = Verifier({"mtr-1": Device(device_key("mtr-1"))}, Deduplicator())
     real = verifier.decoder.decode
 
     def buggy(raw: bytes, claimed: str | None = None):  # type: ignore[no-untyped-def]
@@ -284,10 +285,10 @@ def test_a_failing_edge_check_costs_only_its_alarms(tmp_path: Path,
     from gateway.checks import EdgeChecks
     from gateway.config import ChecksSection
 
-    checks = EdgeChecks(ChecksSection(), {"mtr-1": {"site": "", "feeder": "", "role": "meter"}})
+    checks = EdgeChecks(ChecksSection(), {"mtr-1": Device(b"")})
     monkeypatch.setattr(checks, "observe", lambda *_: 1 / 0)
     store = Store(tmp_path / "s.db", 10**8, 3600)
-    pipe = Pipeline(store, {"mtr-1": DeviceInfo(device_key("mtr-1"))}, commit_interval_ms=10,
+    pipe = Pipeline(store, {"mtr-1": Device(device_key("mtr-1"))}, commit_interval_ms=10,
                     checks=checks)
     acked: list[int] = []
     for s in range(5):
@@ -305,7 +306,7 @@ def test_cbor2_is_not_used_on_received_bytes(monkeypatch: pytest.MonkeyPatch) ->
         raise AssertionError("cbor2.loads called on received bytes")
 
     monkeypatch.setattr(cbor2, "loads", refuse)
-    verifier = Verifier({"mtr-1": device_key("mtr-1")}, Deduplicator())
+    verifier = Verifier({"mtr-1": Device(device_key("mtr-1"))}, Deduplicator())
     for raw in (frame("mtr-1", 0), POISON, b"\x00", frame("mtr-1", 1)[:-3]):
         verifier.verify(raw, "test")
     assert verifier.rejected.total() == 3

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from gateway import framing
 from gateway.config import SerialPort
+from gateway.devices import Device
 from gateway.ingest_serial import SerialIngest
-from gateway.pipeline import DeviceInfo, Pipeline
+from gateway.pipeline import Pipeline
 from gateway.store import TELEMETRY, Store
 from tests.support.gateway_fixtures import Line, device_key, frame
 from tests.support.mqtt_capture import wait_for
@@ -15,7 +16,7 @@ from tests.support.mqtt_capture import wait_for
 
 def make_pipeline(tmp_path: Path) -> tuple[Store, Pipeline]:
     store = Store(tmp_path / "s.db", max_bytes=10**8, max_age_s=3600)
-    pipe = Pipeline(store, {"mtr-1": DeviceInfo(device_key("mtr-1"))}, commit_interval_ms=10)
+    pipe = Pipeline(store, {"mtr-1": Device(device_key("mtr-1"))}, commit_interval_ms=10)
     pipe.start()
     return store, pipe
 

@@ -16,8 +16,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config import LocalBroker
+from gateway.devices import Device
 from gateway.ingest_mqtt import MQTTIngest
-from gateway.pipeline import DeviceInfo, Pipeline
+from gateway.pipeline import Pipeline
 from gateway.protocol import Channel, Frame, Stat, build_frame
 from gateway.store import TELEMETRY, Store
 from tests.support.brokers import Mosquitto, free_port
@@ -149,7 +150,7 @@ def start_ingest(store: Store, port: int, devices: list[str],
                  local: LocalBroker | None = None) -> tuple[Pipeline, MQTTIngest]:
     """An in-process pipeline and MQTT ingest on ``store``, subscribed to the broker
     (``local``: the [local] settings, e.g. with a user name and password)."""
-    pipe = Pipeline(store, {d: DeviceInfo(device_key(d)) for d in devices},
+    pipe = Pipeline(store, {d: Device(device_key(d)) for d in devices},
                     commit_interval_ms=10)
     ingest = MQTTIngest(local or LocalBroker(port=port, client_id="ingest-test"), pipe)
     pipe.start()

@@ -49,7 +49,8 @@ from gateway import events as gw_events
 from gateway import records as gw_records
 from gateway.checks import EdgeChecks
 from gateway.config import ChecksSection, Limits
-from gateway.pipeline import DeviceInfo, Pipeline
+from gateway.devices import Device
+from gateway.pipeline import Pipeline
 from gateway.protocol import (
     ST_INVALID,
     ST_PARTIAL,
@@ -416,8 +417,8 @@ def checks_events() -> list[dict[str, Any]]:
     cfg = ChecksSection(limits=Limits(min_duration_s=0, max_current=10, max_power=2000),
                         stuck_periods=3, anomaly_warmup=5, balance_window_s=10,
                         max_rate_v_per_s=20)
-    devices = {"m1": {"site": "s1", "feeder": "F1", "role": "meter"},
-               "l1": {"site": "s1", "feeder": "F1", "role": "line_sensor"}}
+    devices = {"m1": Device(b"", site="s1", feeder="F1"),
+               "l1": Device(b"", site="s1", feeder="F1", role="line_sensor")}
     checks = EdgeChecks(cfg, devices)
     t0 = 1_700_000_000.0
     # (event, boot, seq) as the pipeline commits them: the frame's, 0, 0 from the tick
@@ -519,7 +520,7 @@ def test_every_alarm_kind_matches_schema_and_cddl(tmp_path: Path) -> None:
 
 def stuck_records() -> list[dict[str, Any]]:
     """A dead sensor repeating one reading: three stuck_value alarms from one frame."""
-    checks = EdgeChecks(ChecksSection(stuck_periods=3), {"m1": {"site": "s", "feeder": "F"}})
+    checks = EdgeChecks(ChecksSection(stuck_periods=3), {"m1": Device(b"", site="s", feeder="F")})
     events = []
     for seq in range(3):
         ch = Channel(0, 0, {"voltage": 230_000, "current": 5_000, "power": 1_000_000})
@@ -536,8 +537,8 @@ def test_alarm_ids_are_unique(tmp_path: Path) -> None:
     still): every record gets its own id. `gridedge tail --dedup` keeps them all, drops a
     resend, and keeps the same id from another gateway."""
     store = Store(tmp_path / "s.db", max_bytes=10**8, max_age_s=3600)
-    checks = EdgeChecks(ChecksSection(stuck_periods=3), {"m1": {"site": "s", "feeder": "F"}})
-    pipe = Pipeline(store, {"m1": DeviceInfo(device_key("m1"), site="s", feeder="F")},
+    checks = EdgeChecks(ChecksSection(stuck_periods=3), {"m1": Device(b"", site="s", feeder="F")})
+    pipe = Pipeline(store, {"m1": Device(device_key("m1"), site="s", feeder="F")},
                     commit_interval_ms=200, checks=checks)
     ch = Channel(0, 0, {"voltage": 230_000, "current": 5_000, "power": 1_000_000})
     for seq in (0, 1, 2, 5, 9):  # stuck from seq 2 on; gaps before seq 5 and seq 9
