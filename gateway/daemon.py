@@ -17,11 +17,13 @@ from types import FrameType
 from gateway import devices, sdnotify
 from gateway.checks import EdgeChecks
 from gateway.config import Config, ConfigError, load
+from gateway.dedup import DurableMarks
 from gateway.hold import Hold
 from gateway.homeassistant import Discovery
+from gateway.inbox import Inbox
 from gateway.ingest_mqtt import MQTTIngest
 from gateway.ingest_serial import SerialIngest
-from gateway.pipeline import Pipeline
+from gateway.pipeline import Listener, Pipeline
 from gateway.stats import Stats, StoreFigures, storage_bytes_written
 from gateway.store import Store
 from gateway.uplink import Uplink
@@ -34,27 +36,30 @@ class Daemon:
         self.cfg = cfg
         self.config_path = config_path
         self.store = Store(cfg.store_path, cfg.store.max_bytes, cfg.store.max_age_s)
-        registry = devices.from_config(cfg)
-        checks = EdgeChecks(cfg.checks, registry) if cfg.checks.enabled else None
-        self.pipeline = Pipeline(self.store, registry,
-                                 cfg.store.commit_interval_ms, checks=checks)
-        self.ingest = MQTTIngest(cfg.local, self.pipeline)
-        self.serial = [SerialIngest(p, self.pipeline) for p in cfg.serial]
-        if cfg.homeassistant.enabled:
-            ha = Discovery(self.ingest.publish, cfg.homeassistant.discovery_prefix,
-                           cfg.homeassistant.state_prefix)
-            self.pipeline.on_frames = lambda frames: ha.frames(frames, self.pipeline.devices)
-            self.ingest.on_connected = ha.forget
-        self.uplink = Uplink(cfg.uplink, cfg.gateway.id, self.store) \
+        # Built in the order a frame travels; each part gets its collaborators here.
+        inbox = Inbox()
+        self.ingest = MQTTIngest(cfg.local, inbox)
+        self.serial = [SerialIngest(p, inbox) for p in cfg.serial]
+        listeners: list[Listener] = [self.ingest]  # the PUBACKs first
+        hold = durable = None
+        if cfg.uplink.enabled and cfg.store.hold_s > 0:
+            durable = DurableMarks(self.store.marks())
+            hold = Hold(self.store, durable, self.ingest.send_acks, max_age_s=cfg.store.hold_s)
+        self.uplink = Uplink(cfg.uplink, cfg.gateway.id, self.store, hold, self.health) \
             if cfg.uplink.enabled else None
         if self.uplink is not None:
-            self.pipeline.on_commit = self.uplink.wake.set
-            self.uplink.health = self.health
-        if self.uplink is not None and cfg.store.hold_s > 0:
-            pipeline = self.pipeline
-            hold = Hold(self.store, pipeline.durable, pipeline.flush_acks,
-                        max_age_s=cfg.store.hold_s)
-            pipeline.hold = self.uplink.hold = hold
+            listeners.append(self.uplink)
+        if cfg.homeassistant.enabled:
+            ingest = self.ingest
+            listeners.append(Discovery(ingest.publish, cfg.homeassistant.discovery_prefix,
+                                       cfg.homeassistant.state_prefix,
+                                       lambda: ingest.connects))
+        registry = devices.from_config(cfg)
+        checks = EdgeChecks(cfg.checks, registry) if cfg.checks.enabled else None
+        self.pipeline = Pipeline(self.store, registry, inbox,
+                                 commit_interval_ms=cfg.store.commit_interval_ms,
+                                 checks=checks, hold=hold, durable=durable,
+                                 listeners=listeners)
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._http: ThreadingHTTPServer | None = None  # /metrics and /status

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from gateway.devices import Device
+from gateway.devices import Device, Devices
 from gateway.payloads import JSON_UNITS
 from gateway.protocol import Frame, Stat
 
@@ -97,17 +97,28 @@ def discovery(frame: Frame, meta: Device, state_topic: str, prefix: str
 class Discovery:
     """Announces meters and publishes their latest state through ``publish``."""
 
-    def __init__(self, publish: Publish, discovery_prefix: str, state_prefix: str) -> None:
+    def __init__(self, publish: Publish, discovery_prefix: str, state_prefix: str,
+                 connections: Callable[[], int] = lambda: 0) -> None:
+        """``connections``: how many times the local broker connection was made; at a
+        new one everything is announced again (the broker may have lost its retained
+        messages)."""
         self.publish = publish
         self.discovery_prefix = discovery_prefix
         self.state_prefix = state_prefix
+        self.connections = connections
         self._announced: dict[str, set[tuple[int, str]]] = {}
+        self._connection = 0
 
-    def forget(self) -> None:
-        """Announce everything again (after the local broker lost its retained messages)."""
-        self._announced.clear()
+    def committed(self, frames: list[Frame], devices: Devices) -> None:
+        """A batch is safe (pipeline.Listener): its meters' latest states."""
+        if frames:
+            self.frames(frames, devices)
 
     def frames(self, frames: Iterable[Frame], meta: Mapping[str, Device]) -> None:
+        connection = self.connections()
+        if connection != self._connection:  # a new connection: announce everything again
+            self._connection = connection
+            self._announced.clear()
         latest: dict[str, Frame] = {}
         for f in frames:
             latest[f.device_id] = f

@@ -3,7 +3,7 @@
 A paho-mqtt 2.x client subscribes to the devices' frame topic with QoS 1 on a persistent
 session (clean_session off), with ``manual_ack``: paho does not PUBACK on delivery; a
 frame's PUBACK goes out after its batch is committed, or after the cloud acknowledged
-its reading (hold.py), all of one batch in a single write (see ``_send_acks``). A packet
+its reading (hold.py), all of one batch in a single write (see ``send_acks``). A packet
 id means something only on the connection it came by: a ``PubAck`` from before a
 reconnect is dropped, never sent (the broker delivers that frame again). While the
 gateway is down (or killed), the broker keeps the unacknowledged frames and every frame
@@ -34,10 +34,12 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config import LocalBroker
+from gateway.devices import Devices
 from gateway.errors import ProtocolError, Reason
+from gateway.inbox import Inbox
 from gateway.link import DISCONNECTED, REFUSED, Link
 from gateway.paho_adapter import Client
-from gateway.pipeline import Pipeline
+from gateway.protocol import Frame
 
 log = logging.getLogger(__name__)
 
@@ -65,23 +67,21 @@ def topic_device(pattern: str) -> Callable[[str], str | None]:
 
 
 class MQTTIngest:
-    def __init__(self, cfg: LocalBroker, pipeline: Pipeline) -> None:
+    def __init__(self, cfg: LocalBroker, inbox: Inbox) -> None:
         self.cfg = cfg
-        self.pipeline = pipeline
+        self.inbox = inbox
         self.connects = 0
         self.subscribed = False  # the broker granted the subscription on this connection
         self._qos0_logged = False
         self.link = Link("ingest", f"the local broker {cfg.host}:{cfg.port}", log)
         self._answered = False  # a CONNACK arrived on the current connection attempt
-        self.on_connected: Callable[[], None] | None = None  # e.g. re-announce to HA
-        self._acks: list[int] = []  # mids to acknowledge, sent together (_send_acks)
+        self._acks: list[int] = []  # mids to acknowledge, sent together (send_acks)
         self._acks_lock = threading.Lock()  # the committer and the uplink (hold.py) add
         self.generation = 0  # +1 at every connect and disconnect: whose mids are valid
         self._device_of = topic_device(cfg.topic)
         if "+" not in cfg.topic.split("/"):
             log.warning("local.topic %r has no + level for the device id: frames cannot be "
                         "checked against the device their topic names", cfg.topic)
-        pipeline.after_acks.append(self._send_acks)
         self.client = Client(
             CallbackAPIVersion.VERSION2, client_id=cfg.client_id, clean_session=False,
             protocol=mqtt.MQTTv311, manual_ack=True, max_publish=MAX_PUBLISH,
@@ -131,8 +131,6 @@ class MQTTIngest:
         self.connects += 1
         self.generation += 1
         client.subscribe(self.cfg.topic, qos=1)
-        if self.on_connected is not None:
-            self.on_connected()
         self.link.up()
 
     def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
@@ -182,16 +180,20 @@ class MQTTIngest:
         if not payload and (size := self.client.oversized(mid)) is not None:
             payload = ProtocolError(Reason.TOO_LARGE, f"MQTT message of {size} bytes (not "
                                     f"read past {MAX_PUBLISH})")
-        self.pipeline.submit(payload, msg.topic, ack, self._device_of(msg.topic))
+        self.inbox.submit(payload, msg.topic, ack, self._device_of(msg.topic))
 
     def _queue_ack(self, mid: int, generation: int) -> None:
         with self._acks_lock:
             if generation == self.generation:
                 self._acks.append(mid)
 
-    def _send_acks(self) -> None:
-        """After a batch's commit, or a held batch's cloud PUBACK: the PUBACKs collected
-        so far, in one buffer."""
+    def committed(self, frames: list[Frame], devices: Devices) -> None:
+        """A batch is safe (pipeline.Listener): its PUBACKs go out."""
+        self.send_acks()
+
+    def send_acks(self) -> None:
+        """After a batch's commit, or a held batch's cloud PUBACK (hold.py): the PUBACKs
+        collected so far, in one buffer."""
         with self._acks_lock:
             mids, self._acks = self._acks, []
         if mids:

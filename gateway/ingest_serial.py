@@ -24,16 +24,16 @@ import serial
 from gateway.config import SerialPort
 from gateway.errors import ProtocolError
 from gateway.framing import Deframer
-from gateway.pipeline import Pipeline
+from gateway.inbox import Inbox
 
 log = logging.getLogger(__name__)
 BACKOFF_MAX_S = 30.0
 
 
 class SerialIngest:
-    def __init__(self, cfg: SerialPort, pipeline: Pipeline) -> None:
+    def __init__(self, cfg: SerialPort, inbox: Inbox) -> None:
         self.cfg = cfg
-        self.pipeline = pipeline
+        self.inbox = inbox
         self.source = f"serial:{cfg.port}"
         self.opens = 0
         self.frames = 0
@@ -92,7 +92,7 @@ class SerialIngest:
             for item in deframer.feed(data):
                 if isinstance(item, ProtocolError):
                     self.errors += 1
-                    self.pipeline.reject(item.reason.value, self.source, item.detail)
+                    self.inbox.submit(item, self.source)  # counted by the verifier
                 else:
                     self.frames += 1
-                    self.pipeline.submit(item, self.source, claimed=self.cfg.device or None)
+                    self.inbox.submit(item, self.source, claimed=self.cfg.device or None)

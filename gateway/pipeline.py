@@ -1,8 +1,9 @@
 """Commit: the stage between the ingest readers and the store (or the hold).
 
-Readers (local MQTT, serial ports) ``submit`` raw frames with an acknowledgement callback
-and the device their source stands for. One committer thread takes what arrived in the
-last ``commit_interval_ms`` (at most ``max_batch`` frames), passes each through the one
+Readers (local MQTT, serial ports) put raw frames into the inbox (inbox.py) with an
+acknowledgement and the device their source stands for. One committer thread takes what
+arrived in the last ``commit_interval_ms`` (at most ``max_batch`` frames), passes each
+through the one
 verification boundary (verify.py: decode, authenticate, bind to its source, de-duplicate;
 any failure is a counted rejection of that frame alone) and turns the accepted ones into
 uplink records (records.py). Where a reading goes:
@@ -20,7 +21,9 @@ frames are acknowledged at once (they must never come back). If the commit fails
 full), nothing is acknowledged and the batch is retried every second, a reported state
 that keeps the watchdog fed; the broker keeps the unacknowledged frames meanwhile. Edge
 checks (checks.py) run on each accepted frame and their alarms are committed with the
-batch; a failing check costs only its alarms.
+batch; a failing check costs only its alarms. After each batch the listeners given at
+construction hear of it, in order (``Listener.committed``): the MQTT reader sends the
+PUBACKs its acknowledgements collected, the uplink wakes, Home Assistant gets the states.
 """
 
 from __future__ import annotations
@@ -31,28 +34,24 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-from typing import TypeGuard
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeGuard
 
 from gateway import events, records
 from gateway.checks import EdgeChecks, Event
 from gateway.dedup import Deduplicator, DurableMarks, Ident
 from gateway.devices import Device, Devices
-from gateway.errors import ProtocolError
 from gateway.hold import Ack as HeldAck
 from gateway.hold import Hold
+from gateway.inbox import Ack, Inbox, Item
 from gateway.protocol import Frame
 from gateway.store import TELEMETRY, Mark, Record, Store, StoreError
 from gateway.verify import INTERNAL_ERROR, Accepted, Verifier
 
-__all__ = ["Item", "Pipeline"]
+__all__ = ["Listener", "Pipeline"]
 
 log = logging.getLogger(__name__)
 
-Ack = Callable[[], None]
-# A frame as a reader hands it over: its bytes (or the reader's own verdict on them, e.g.
-# too large to read), its source, the device the source stands for, its acknowledgement.
-Item = tuple[bytes | ProtocolError, str, str | None, Ack | None]
 MARKS_INTERVAL_S = 5.0  # held readings' marks reach the store at least this often
 HOLD_MAX_RATE = 500.0  # frames/s; above it readings are committed (they share commits)
 
@@ -63,29 +62,37 @@ def _holdable(ack: Ack | None) -> TypeGuard[HeldAck]:
     return current is not None and bool(current())
 
 
+class Listener(Protocol):
+    def committed(self, frames: list[Frame], devices: Devices) -> None:
+        """A batch is stored (or held) and its acknowledgements called: ``frames`` are
+        its accepted frames (maybe none). Errors are logged; they never stop the
+        committer."""
+
+
 class Pipeline:
-    def __init__(self, store: Store, devices: Devices,
+    def __init__(self, store: Store, devices: Devices, inbox: Inbox, *,
                  commit_interval_ms: int = 50, max_batch: int = 2000,
-                 checks: EdgeChecks | None = None) -> None:
+                 checks: EdgeChecks | None = None, hold: Hold | None = None,
+                 durable: DurableMarks | None = None,
+                 listeners: Sequence[Listener] = ()) -> None:
+        """``hold``: readings wait there for the cloud (its ``durable`` marks are the
+        committer's); ``listeners`` hear of each batch, in this order."""
         self.store = store
+        self.inbox = inbox
         self.checks = checks
-        self.on_commit: Callable[[], None] | None = None  # e.g. wake the uplink
-        # Sees each committed batch's accepted frames (Home Assistant states); its errors
-        # are logged, never allowed to stop the committer.
-        self.on_frames: Callable[[list[Frame]], None] | None = None
-        # Called after each batch's acknowledgements (a reader that sends them together).
-        self.after_acks: list[Callable[[], None]] = []
+        self.hold = hold
+        self.listeners = tuple(listeners)
         self.alarms = 0
         self.devices = dict(devices)
         self._new_devices: dict[str, Device] | None = None
         marks = store.marks()
         self.dedup = Deduplicator(marks)  # live: every frame verified so far
-        self.durable = DurableMarks(marks)  # what may be written: frames safe elsewhere
+        # What may be written: frames safe elsewhere (shared with the hold).
+        self.durable = durable if durable is not None else DurableMarks(marks)
         self.verifier = Verifier(self.devices, self.dedup)
         self.rejected = self.verifier.rejected  # counted per reason, where they happen
         self.commit_interval_s = commit_interval_ms / 1000
         self.max_batch = max_batch
-        self.inbox: queue.Queue[Item] = queue.Queue(maxsize=100_000)
         self.accepted = 0
         self.missing = 0
         self.late = 0
@@ -93,7 +100,6 @@ class Pipeline:
         self.store_failures = 0  # commits that failed (disk full, I/O error)
         self.store_blocked: tuple[float, str] | None = None  # (since, why) commits fail
         self.progress = time.monotonic()  # the watchdog looks at this
-        self.hold: Hold | None = None  # set by the daemon when there is an uplink
         self._marks_saved = time.monotonic()
         self._rate, self._rate_at = 0.0, time.monotonic()  # frames/s arriving, smoothed
         self._stop = threading.Event()
@@ -110,21 +116,6 @@ class Pipeline:
         if new is not None:
             self.devices = new
             self.verifier.set_devices(new)
-
-    def submit(self, raw: bytes | ProtocolError, source: str, ack: Ack | None = None,
-               claimed: str | None = None) -> None:
-        """Called by readers; blocks when the committer is far behind (back-pressure).
-        ``claimed``: the device the source stands for (topic level, serial port)."""
-        self.inbox.put((raw, source, claimed, ack))
-
-    def flush_acks(self) -> None:
-        """Send what the acknowledgements collected (hold.py calls it after a release)."""
-        for flush in self.after_acks:
-            flush()
-
-    def reject(self, reason: str, source: str, detail: str, device: str = "") -> None:
-        """Count and log a frame a reader could not even hand over (e.g. serial CRC)."""
-        self.verifier.reject(reason, source, detail, device)
 
     def start(self) -> None:
         self._thread.start()
@@ -175,8 +166,9 @@ class Pipeline:
             self.progress = time.monotonic()
 
     def _collect(self) -> list[Item]:
+        inbox = self.inbox.queue
         try:
-            first = self.inbox.get(timeout=0.2)
+            first = inbox.get(timeout=0.2)
         except queue.Empty:
             return []
         batch = [first]
@@ -184,8 +176,8 @@ class Pipeline:
         while len(batch) < self.max_batch:
             remaining = deadline - time.monotonic()
             try:
-                batch.append(self.inbox.get(timeout=max(0.0, remaining))
-                             if remaining > 0 else self.inbox.get_nowait())
+                batch.append(inbox.get(timeout=max(0.0, remaining))
+                             if remaining > 0 else inbox.get_nowait())
             except queue.Empty:
                 break
         return batch
@@ -349,12 +341,10 @@ class Pipeline:
     def _acknowledge(self, acks: list[Ack], frames: list[Frame]) -> None:
         """After the commit, each step on its own: none may fail the batch (it is stored)."""
         steps: list[Callable[[], object]] = [
-            *([self.on_commit] if self.on_commit is not None else []),  # wake the uplink
             *acks,
-            *self.after_acks,  # e.g. send the PUBACKs the acks collected
+            *(functools.partial(listener.committed, frames, self.devices)
+              for listener in self.listeners),
         ]
-        if self.on_frames is not None and frames:
-            steps.append(functools.partial(self.on_frames, frames))
         for step in steps:
             try:
                 step()

@@ -35,9 +35,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.config import UplinkSection
+from gateway.devices import Devices
 from gateway.hold import Held, Hold
 from gateway.link import DISCONNECTED, REFUSED, Link
 from gateway.payloads import iso_ms
+from gateway.protocol import Frame
 from gateway.store import ALARM, TELEMETRY, Store, Stored, StoreError
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,11 @@ CONTENT_TYPES = {"json": "application/json", "cbor": "application/cbor"}
 
 
 class Uplink:
-    def __init__(self, cfg: UplinkSection, gateway_id: str, store: Store) -> None:
+    def __init__(self, cfg: UplinkSection, gateway_id: str, store: Store,
+                 hold: Hold | None = None,
+                 health: Callable[[], dict[str, Any]] | None = None) -> None:
+        """``hold``: readings sent from memory (hold.py), if any; ``health``: the
+        daemon's figures for the retained <base>/health message (None: not sent)."""
         self.cfg = cfg
         self.store = store
         self.base = f"{cfg.topic_prefix}/{gateway_id}"
@@ -62,7 +68,7 @@ class Uplink:
         self.progress = time.monotonic()
         # message id -> (sent at, store ids); held readings' messages are in the hold
         self._inflight: dict[int, tuple[float, list[int]]] = {}
-        self.hold: Hold | None = None  # readings sent from memory (hold.py), if any
+        self.hold = hold
         self._acked: set[int] = set()  # delivered, not yet deleted (see _flush_acked)
         self._flushed = time.monotonic()
         self._flush_error_logged = -1e9
@@ -74,9 +80,8 @@ class Uplink:
         self._held_due: float | None = None  # the same for held readings
         self._last_refill = time.monotonic()
         self._stop = threading.Event()
-        self.wake = threading.Event()  # set by the committer after each commit
-        # The daemon's figures for the retained <base>/health message (None: not sent).
-        self.health: Callable[[], dict[str, Any]] | None = None
+        self.wake = threading.Event()  # set after each commit (``committed``)
+        self.health = health
         self._health_due = 0.0
         self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
         self.client = self._make_client()
@@ -122,6 +127,10 @@ class Uplink:
         self._thread.join(timeout=drain_s + 5)
         if self.hold is not None:
             self.hold.spill("the gateway is stopping")
+
+    def committed(self, frames: list[Frame], devices: Devices) -> None:
+        """A batch is in the store or the hold (pipeline.Listener): time to send."""
+        self.wake.set()
 
     # -- paho callbacks (run in our thread, inside client.loop) ------------------
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:

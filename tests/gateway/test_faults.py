@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from gateway.devices import Device
 from gateway.errors import ProtocolError
+from gateway.inbox import Inbox
 from gateway.pipeline import Pipeline
 from gateway.protocol import FrameDecoder
 from gateway.store import TELEMETRY, Store
@@ -222,13 +223,13 @@ class Collector:
 
     def __init__(self, folder: Path) -> None:
         self.store = Store(folder / "s.db", 10**8, 3600)
-        self.pipe = Pipeline(self.store, {"mtr-1": Device(device_key("mtr-1"))},
+        self.pipe = Pipeline(self.store, {"mtr-1": Device(device_key("mtr-1"))}, Inbox(),
                              commit_interval_ms=1)
         self.pipe.start()
 
     def feed(self, raw: bytes) -> None:
         done = threading.Event()
-        self.pipe.submit(raw, "test", done.set)
+        self.pipe.inbox.submit(raw, "test", done.set)
         assert done.wait(5), "never acknowledged"
 
 

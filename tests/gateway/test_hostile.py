@@ -23,6 +23,7 @@ from gateway import framing
 from gateway.config import SerialPort
 from gateway.dedup import Deduplicator
 from gateway.devices import Device
+from gateway.inbox import Inbox
 from gateway.ingest_serial import SerialIngest
 from gateway.pipeline import Pipeline
 from gateway.store import Store
@@ -74,10 +75,10 @@ def test_a_poison_message_costs_only_itself_on_mqtt(tmp_path: Path) -> None:
 
 def test_a_poison_frame_costs_only_itself_on_serial(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.db", 10**8, 3600)
-    pipe = Pipeline(store, {"mtr-1": Device(device_key("mtr-1"))}, commit_interval_ms=50)
+    pipe = Pipeline(store, {"mtr-1": Device(device_key("mtr-1"))}, Inbox(), commit_interval_ms=50)
     pipe.start()
     line = Line(tmp_path / "ttyMETER")
-    reader = SerialIngest(SerialPort(port=str(line.link)), pipe)
+    reader = SerialIngest(SerialPort(port=str(line.link)), pipe.inbox)
     reader.start()
     try:
         assert wait_for(lambda: reader.is_open, 10)
@@ -95,11 +96,11 @@ def test_a_poison_frame_costs_only_itself_on_serial(tmp_path: Path) -> None:
 
 def test_a_serial_port_bound_to_a_device_rejects_other_key_ids(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.db", 10**8, 3600)
-    pipe = Pipeline(store, {d: Device(device_key(d)) for d in DEVICES},
+    pipe = Pipeline(store, {d: Device(device_key(d)) for d in DEVICES}, Inbox(),
                     commit_interval_ms=10)
     pipe.start()
     line = Line(tmp_path / "ttyMETER")
-    reader = SerialIngest(SerialPort(port=str(line.link), device="mtr-1"), pipe)
+    reader = SerialIngest(SerialPort(port=str(line.link), device="mtr-1"), pipe.inbox)
     reader.start()
     try:
         assert wait_for(lambda: reader.is_open, 10)
@@ -288,11 +289,11 @@ def test_a_failing_edge_check_costs_only_its_alarms(tmp_path: Path,
     checks = EdgeChecks(ChecksSection(), {"mtr-1": Device(b"")})
     monkeypatch.setattr(checks, "observe", lambda *_: 1 / 0)
     store = Store(tmp_path / "s.db", 10**8, 3600)
-    pipe = Pipeline(store, {"mtr-1": Device(device_key("mtr-1"))}, commit_interval_ms=10,
-                    checks=checks)
+    pipe = Pipeline(store, {"mtr-1": Device(device_key("mtr-1"))}, Inbox(),
+                    commit_interval_ms=10, checks=checks)
     acked: list[int] = []
     for s in range(5):
-        pipe.submit(frame("mtr-1", s), "test", lambda s=s: acked.append(s))
+        pipe.inbox.submit(frame("mtr-1", s), "test", lambda s=s: acked.append(s))
     pipe.start()
     assert wait_for(lambda: len(acked) == 5, 10)
     pipe.stop()

@@ -78,8 +78,8 @@ def test_nothing_is_acknowledged_before_its_commit(tmp_path: Path) -> None:
     store.commit = blocked_commit  # type: ignore[method-assign]
     pipe, ingest = start_ingest(store, local.port, DEVICES)
     submitted: list[bytes] = []
-    real_submit = pipe.submit
-    pipe.submit = lambda raw, source, ack=None, claimed=None: (  # type: ignore[method-assign]
+    real_submit = pipe.inbox.submit
+    pipe.inbox.submit = lambda raw, source, ack=None, claimed=None: (  # type: ignore[method-assign]
         submitted.append(raw), real_submit(raw, source, ack, claimed))[-1]
     pub = DevicePublisher(local.port)
     for s in range(20):

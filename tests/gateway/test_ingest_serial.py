@@ -7,6 +7,7 @@ from pathlib import Path
 from gateway import framing
 from gateway.config import SerialPort
 from gateway.devices import Device
+from gateway.inbox import Inbox
 from gateway.ingest_serial import SerialIngest
 from gateway.pipeline import Pipeline
 from gateway.store import TELEMETRY, Store
@@ -16,7 +17,7 @@ from tests.support.mqtt_capture import wait_for
 
 def make_pipeline(tmp_path: Path) -> tuple[Store, Pipeline]:
     store = Store(tmp_path / "s.db", max_bytes=10**8, max_age_s=3600)
-    pipe = Pipeline(store, {"mtr-1": Device(device_key("mtr-1"))}, commit_interval_ms=10)
+    pipe = Pipeline(store, {"mtr-1": Device(device_key("mtr-1"))}, Inbox(), commit_interval_ms=10)
     pipe.start()
     return store, pipe
 
@@ -25,7 +26,7 @@ def open_line(tmp_path: Path) -> tuple[Store, Pipeline, Line, SerialIngest]:
     """A pipeline, a pty line and a serial reader that has opened it."""
     store, pipe = make_pipeline(tmp_path)
     line = Line(tmp_path / "ttyMETER")
-    reader = SerialIngest(SerialPort(port=str(line.link)), pipe)
+    reader = SerialIngest(SerialPort(port=str(line.link)), pipe.inbox)
     reader.start()
     assert wait_for(lambda: reader.is_open, 10)
     return store, pipe, line, reader

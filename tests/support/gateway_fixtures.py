@@ -17,6 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config import LocalBroker
 from gateway.devices import Device
+from gateway.inbox import Inbox
 from gateway.ingest_mqtt import MQTTIngest
 from gateway.pipeline import Pipeline
 from gateway.protocol import Channel, Frame, Stat, build_frame
@@ -150,9 +151,10 @@ def start_ingest(store: Store, port: int, devices: list[str],
                  local: LocalBroker | None = None) -> tuple[Pipeline, MQTTIngest]:
     """An in-process pipeline and MQTT ingest on ``store``, subscribed to the broker
     (``local``: the [local] settings, e.g. with a user name and password)."""
-    pipe = Pipeline(store, {d: Device(device_key(d)) for d in devices},
-                    commit_interval_ms=10)
-    ingest = MQTTIngest(local or LocalBroker(port=port, client_id="ingest-test"), pipe)
+    inbox = Inbox()
+    ingest = MQTTIngest(local or LocalBroker(port=port, client_id="ingest-test"), inbox)
+    pipe = Pipeline(store, {d: Device(device_key(d)) for d in devices}, inbox,
+                    commit_interval_ms=10, listeners=[ingest])
     pipe.start()
     ingest.start()
     assert wait_for(lambda: ingest.subscribed, 10), "no SUBACK"

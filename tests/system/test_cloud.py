@@ -50,6 +50,7 @@ from gateway import records as gw_records
 from gateway.checks import EdgeChecks
 from gateway.config import ChecksSection, Limits
 from gateway.devices import Device
+from gateway.inbox import Inbox
 from gateway.pipeline import Pipeline
 from gateway.protocol import (
     ST_INVALID,
@@ -538,12 +539,12 @@ def test_alarm_ids_are_unique(tmp_path: Path) -> None:
     resend, and keeps the same id from another gateway."""
     store = Store(tmp_path / "s.db", max_bytes=10**8, max_age_s=3600)
     checks = EdgeChecks(ChecksSection(stuck_periods=3), {"m1": Device(b"", site="s", feeder="F")})
-    pipe = Pipeline(store, {"m1": Device(device_key("m1"), site="s", feeder="F")},
+    pipe = Pipeline(store, {"m1": Device(device_key("m1"), site="s", feeder="F")}, Inbox(),
                     commit_interval_ms=200, checks=checks)
     ch = Channel(0, 0, {"voltage": 230_000, "current": 5_000, "power": 1_000_000})
     for seq in (0, 1, 2, 5, 9):  # stuck from seq 2 on; gaps before seq 5 and seq 9
         f = Frame("m1", 1, seq, seq * 1000, 1000, (ch,), unix_ms=1_700_000_000_000)
-        pipe.submit(build_frame(f, device_key("m1")), "test")
+        pipe.inbox.submit(build_frame(f, device_key("m1")), "test")
     pipe.start()  # everything is queued already: one batch, one commit
     pipe.stop()
     try:
