@@ -85,7 +85,7 @@ class Daemon:
                 bytes=int(depth["bytes"]), oldest_age_s=depth["oldest_age_s"],
                 dropped={k.removeprefix("dropped_"): n for k, n in counters.items()
                          if k.startswith("dropped_")},
-                failures=p.store_failures, blocked=p.store_blocked),
+                failures=p.writer.failures, blocked=p.writer.blocked),
             held=hold.held if hold is not None else 0,
             spilled=hold.spilled if hold is not None else 0,
             ingest=self.ingest.link.snapshot(), subscribed=self.ingest.subscribed,

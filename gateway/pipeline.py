@@ -11,15 +11,17 @@ uplink records (records.py). Where a reading goes:
 - while the cloud keeps up, into the **hold** (hold.py): the uplink sends it from memory
   and only the cloud's PUBACK releases its local PUBACK, so the SD card is not written
   for it at all; the marks it moves are saved once the cloud has it, at most every
-  ``MARKS_INTERVAL_S`` (dedup.DurableMarks: a persisted mark never covers a frame that
-  exists only in memory, or the broker's redelivery of it would be dropped);
+  ``MARKS_INTERVAL_S`` (store_writer.py; dedup.DurableMarks: a persisted mark never
+  covers a frame that exists only in memory, or the broker's redelivery of it would be
+  dropped);
 - otherwise into the store, with the devices' marks, in one transaction; only after the
   commit returns are the acknowledgements called (for MQTT: the PUBACK).
 
 Either way a gateway killed at any instant has lost nothing it acknowledged. Rejected
 frames are acknowledged at once (they must never come back). If the commit fails (disk
-full), nothing is acknowledged and the batch is retried every second, a reported state
-that keeps the watchdog fed; the broker keeps the unacknowledged frames meanwhile. Edge
+full), nothing is acknowledged and the batch is retried every second (store_writer.py), a
+reported state that keeps the watchdog fed; the broker keeps the unacknowledged frames
+meanwhile. Edge
 checks (checks.py) run on each accepted frame and their alarms are committed with the
 batch; a failing check costs only its alarms. After each batch the listeners given at
 construction hear of it, in order (``Listener.committed``): the MQTT reader sends the
@@ -45,14 +47,14 @@ from gateway.hold import Ack as HeldAck
 from gateway.hold import Hold
 from gateway.inbox import Ack, Inbox, Item
 from gateway.protocol import Frame
-from gateway.store import TELEMETRY, Mark, Record, Store, StoreError
+from gateway.store import TELEMETRY, Mark, Record, Store
+from gateway.store_writer import StoreWriter
 from gateway.verify import INTERNAL_ERROR, Accepted, Verifier
 
 __all__ = ["Listener", "Pipeline"]
 
 log = logging.getLogger(__name__)
 
-MARKS_INTERVAL_S = 5.0  # held readings' marks reach the store at least this often
 HOLD_MAX_RATE = 500.0  # frames/s; above it readings are committed (they share commits)
 
 
@@ -97,14 +99,14 @@ class Pipeline:
         self.missing = 0
         self.late = 0
         self.commits = 0
-        self.store_failures = 0  # commits that failed (disk full, I/O error)
-        self.store_blocked: tuple[float, str] | None = None  # (since, why) commits fail
         self.progress = time.monotonic()  # the watchdog looks at this
-        self._marks_saved = time.monotonic()
         self._rate, self._rate_at = 0.0, time.monotonic()  # frames/s arriving, smoothed
         self._stop = threading.Event()
-        self._abandoned = False  # a batch could not be stored at shutdown
+        self.writer = StoreWriter(store, self.durable, self.dedup, self._stop, self._beat)
         self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
+
+    def _beat(self) -> None:
+        self.progress = time.monotonic()
 
     def set_devices(self, devices: Devices) -> None:
         """New registry (SIGHUP): keys and metadata; de-dup state is kept. The committer
@@ -153,15 +155,15 @@ class Pipeline:
                                       "every second (nothing acknowledged)", len(batch))
                     failures += 1
                     with contextlib.suppress(Exception):
-                        self._reload_marks()
+                        self.writer.reload_marks()
                     if self._stop.wait(1.0):
-                        self._abandoned = True
+                        self.writer.abandoned = True
                         return
-            self._save_marks()
+            self.writer.save_marks()
             if not batch and self._stop.is_set():
-                self._save_marks(force=True)
+                self.writer.save_marks(force=True)
                 return
-            if self._abandoned:
+            if self.writer.abandoned:
                 return
             self.progress = time.monotonic()
 
@@ -182,18 +184,10 @@ class Pipeline:
                 break
         return batch
 
-    def _reload_marks(self) -> None:
-        """After a batch could not be stored: the marks as the store has them."""
-        marks = self.store.marks()
-        self.dedup.reload(marks)
-        self.durable.reload(marks)
-
     def _commit_events(self, evs: list[Event], marks: dict[str, Mark] | None = None) -> None:
-        try:
-            self.store.commit([records.alarm(e) for e in evs], marks)
+        if self.writer.alarms([records.alarm(e) for e in evs], marks):
             self.alarms += len(evs)
-        except StoreError as e:
-            log.error("store: %s; %d alarm events lost", e, len(evs))
+        else:
             self.rejected["alarm_not_stored"] += len(evs)
 
     def _store_events(self) -> None:
@@ -277,9 +271,8 @@ class Pipeline:
             stored.append(records.alarm(ev, ev["boot"], ev["seq"]))
             self.alarms += 1
         if stored:
-            if not self._commit_until_stored(stored, stored_idents, len(batch)):
+            if not self.writer.write(stored, stored_idents, len(batch)):
                 return
-            self._marks_saved = time.monotonic()
             self.commits += 1
         if held and self.hold is not None:
             self.hold.put(held)
@@ -287,56 +280,6 @@ class Pipeline:
         waiting = {id(a) for _, a, _ in held}
         self._acknowledge([a for *_, a in batch if a is not None and id(a) not in waiting],
                           frames)
-
-    def _save_marks(self, force: bool = False) -> None:
-        """The marks that readings moved once the cloud had them (hold.py), at least every
-        MARKS_INTERVAL_S: a crash may forget the last few seconds of them, which lets a
-        replay of those readings through once (the cloud de-duplicates by identity) but
-        loses nothing."""
-        if not self.durable.dirty() or (
-                not force and time.monotonic() - self._marks_saved < MARKS_INTERVAL_S):
-            return
-        try:
-            self.durable.commit(self.store, [], [])
-        except StoreError as e:
-            log.warning("store: cannot save replay marks (%s); trying again later", e)
-            return
-        self._marks_saved = time.monotonic()
-
-    def _commit_until_stored(self, records: list[Record], idents: list[Ident],
-                             frames: int) -> bool:
-        """Commit the records with the marks that take in their frames, retrying every
-        second while the store cannot be written (disk full): a known state, reported once
-        a minute and in ``store_blocked`` (status, metrics), with the watchdog still fed.
-        False if the daemon stopped meanwhile."""
-        failures = 0
-        while True:
-            try:
-                self.durable.commit(self.store, records, idents)
-                break
-            except StoreError as e:
-                # The same records and marks are retried until they fit. Nothing is
-                # acknowledged meanwhile.
-                if failures == 0:
-                    self.store_blocked = (time.time(), str(e))
-                if failures % 60 == 0:  # at once, then once a minute
-                    log.error("store: %s; %d frames wait, unacknowledged (retrying every "
-                              "second)", e, frames)
-                failures += 1
-                self.store_failures += 1
-                self.progress = time.monotonic()  # waiting for space is not a hang
-                if self._stop.wait(1.0):
-                    # Giving up at shutdown: forget the batch and take nothing after it
-                    # (committing later frames first would make these look stale when
-                    # the broker redelivers them, unacknowledged, after the restart).
-                    self._reload_marks()
-                    self._abandoned = True
-                    return False
-        if failures:
-            log.warning("store: writable again after %d failed attempts (%.0f s)", failures,
-                        time.time() - self.store_blocked[0] if self.store_blocked else 0)
-            self.store_blocked = None
-        return True
 
     def _acknowledge(self, acks: list[Ack], frames: list[Frame]) -> None:
         """After the commit, each step on its own: none may fail the batch (it is stored)."""

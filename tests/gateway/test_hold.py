@@ -15,7 +15,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from gateway.pipeline import MARKS_INTERVAL_S
+from gateway.store_writer import MARKS_INTERVAL_S
 from tests.support.brokers import Mosquitto
 from tests.support.gateway_fixtures import (
     LOCAL_BROKER_EXTRA,
