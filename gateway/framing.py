@@ -1,6 +1,6 @@
 """Serial link framing on the gateway: COBS with 0x00 delimiters and a CRC-32 trailer.
 
-The inverse of firmware/gemeter/wire.py, written independently on the ``cobs`` library and
+The inverse of firmware/gemeter/framing.py, written independently on the ``cobs`` library and
 ``zlib.crc32``. ``Deframer.feed`` takes bytes as they arrive from a UART and yields one
 result per delimiter: the message, or a ``ProtocolError`` (BAD_CRC, MALFORMED, TOO_LARGE).
 The buffer is bounded: bytes past the largest legal frame are discarded until the next

@@ -16,7 +16,7 @@ def run_pytest(ci: bool) -> subprocess.CompletedProcess[str]:
         env["CI"] = "true"
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         str(REPO / "tests" / "firmware" / "test_wire.py") + "::test_software_crc32_matches_zlib"],
+         f"{REPO / 'tests' / 'firmware' / 'test_framing.py'}::test_software_crc32_matches_zlib"],
         capture_output=True, text=True, env=env, cwd=REPO, timeout=120,
     )
 

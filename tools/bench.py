@@ -42,7 +42,7 @@ REPEATS = 5
 
 FIRMWARE_BENCH = """
 import time
-from gemeter import frame, wire
+from gemeter import frame, framing
 n = %d
 ch = {0: 0, 1: 0, 2: [230140, 228910, 231380], 3: [5012, 4120, 6310],
       4: [1152340, 941200, 1452870], 7: 987, 8: 50012, 9: 1234567, 10: 3201, 11: 10, 12: 0}
@@ -53,7 +53,7 @@ best = None
 for rep in range(5):
     t0 = time.perf_counter() if not hasattr(time, "ticks_us") else time.ticks_us()
     for seq in range(n):
-        wire.encode(b.build(42, seq, 1234567890, 10000, [ch, ch1], 1763776800000))
+        framing.encode(b.build(42, seq, 1234567890, 10000, [ch, ch1], 1763776800000))
     if hasattr(time, "ticks_us"):
         dt = time.ticks_diff(time.ticks_us(), t0) / 1e6
     else:

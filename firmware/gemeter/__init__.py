@@ -1,1 +1,9 @@
-"""gridedge meter firmware package (MicroPython): protocol, drivers, sampler, transports."""
+"""gemeter: the gridedge meter firmware (MicroPython): protocol, drivers, sampler, links.
+
+Why the name: it is the package's folder on every board (/gemeter), a prefix of every
+module's qualified name, and a string kept in RAM (a qstr) and in each compiled .mpy, so
+it is short; "ge" for gridedge, "meter" for what runs it, and distinct from anything a
+MicroPython port or micropython-lib ships (a generic "meter" or "firmware" could shadow
+or be shadowed). Its modules are named for their layer, as on the gateway: framing.py
+here and gateway/framing.py there are the two ends of the serial link's framing.
+"""

@@ -5,7 +5,7 @@ counts as sent once written. It opens with one 0x00 so that a gateway which saw 
 frame before (a reboot mid-write) is in step for the first real one.
 """
 
-from gemeter import wire
+from gemeter import framing
 
 
 class SerialLink:
@@ -18,7 +18,7 @@ class SerialLink:
     def service(self, ring):
         """Send everything waiting in the ring."""
         while len(ring):
-            self.port.write(wire.encode_into(self._out, ring.peek()))
+            self.port.write(framing.encode_into(self._out, ring.peek()))
             ring.pop()
             self.sent += 1
         return True

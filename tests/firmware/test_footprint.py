@@ -48,7 +48,7 @@ CONSOLE_HEAP = "112K"
 DECODERS = {
     "gemeter.cbor": ("loads", "decode_prefix", "_Decoder"),
     "gemeter.frame": ("parse",),
-    "gemeter.wire": ("cobs_decode", "decode", "Deframer"),
+    "gemeter.framing": ("cobs_decode", "decode", "Deframer"),
 }
 # ...nor appear anywhere in the staged files (names are kept as qstrs in .mpy files).
 DECODER_QSTRS = (b"decode_prefix", b"_Decoder", b"cobs_decode", b"Deframer")
@@ -90,7 +90,7 @@ def test_no_decoder_is_staged_for_a_board(fw_micropython: FirmwareRunner, staged
     assert set(defined) == set(modules)
     for module, names in DECODERS.items():
         assert not set(names) & set(defined[module]), module
-    assert "FrameBuilder" in defined["gemeter.frame"] and "encode" in defined["gemeter.wire"]
+    assert "FrameBuilder" in defined["gemeter.frame"] and "encode" in defined["gemeter.framing"]
 
 
 @pytest.mark.parametrize("cycles", [2_000, pytest.param(10_000, marks=pytest.mark.soak)])

@@ -5,7 +5,7 @@ import binascii
 import json
 import sys
 
-from gemeter import frame, wire
+from gemeter import frame, framing
 
 
 def intkeys(m):
@@ -28,5 +28,5 @@ for r in req["frames"]:
         dropped=r.get(frame.F_DROPPED, 0),
     )
     messages.append(str(binascii.hexlify(msg), "ascii"))
-    wired.append(str(binascii.hexlify(wire.encode(msg)), "ascii"))
+    wired.append(str(binascii.hexlify(framing.encode(msg)), "ascii"))
 print(json.dumps({"messages": messages, "wire": wired}))

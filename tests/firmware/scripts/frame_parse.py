@@ -8,7 +8,7 @@ import json
 import sys
 
 import frame_parser
-import wire_decoder
+import framing_decoder
 
 req = json.loads(sys.stdin.read())
 keys = {d: binascii.unhexlify(k) for d, k in req["keys"].items()}
@@ -27,9 +27,9 @@ out = []
 for h in req.get("messages", []):
     try:
         out.append({"reading": pairs(frame_parser.parse(binascii.unhexlify(h), keys.get))})
-    except ValueError as e:  # FrameError, WireError and CBORError are ValueErrors
+    except ValueError as e:  # FrameError, FramingError and CBORError are ValueErrors
         out.append({"err": str(e)})
 stream = []
-for msg, err in wire_decoder.Deframer().feed(binascii.unhexlify(req.get("stream", ""))):
+for msg, err in framing_decoder.Deframer().feed(binascii.unhexlify(req.get("stream", ""))):
     stream.append({"err": str(err)} if err else {"message": str(binascii.hexlify(msg), "ascii")})
 print(json.dumps({"messages": out, "stream": stream}))

@@ -7,7 +7,7 @@ The CRC is the IEEE 802.3 CRC-32 of binascii/zlib. The message limit matches fra
 Pure logic, no I/O: runs under MicroPython and CPython (docs/protocol.md has the format).
 
 A meter only sends on this link, so the receiving half (COBS decoding, CRC check and the
-deframer) lives with the tests in tests/firmware/lib/wire_decoder.py and is never flashed.
+deframer) lives with the tests in tests/firmware/lib/framing_decoder.py and is never flashed.
 """
 
 import struct
@@ -43,7 +43,7 @@ except ImportError:
     crc32 = crc32_soft
 
 
-class WireError(ValueError):
+class FramingError(ValueError):
     """A message over the size limit (and, in the tests' decoder, a bad received frame)."""
 
 
@@ -88,7 +88,7 @@ def encode_into(out, message):
     """Frame a message for the serial link, delimiter included, into the bytearray out
     (emptied first: a buffer made once keeps its size)."""
     if len(message) > MAX_MESSAGE:
-        raise WireError("message of %d bytes exceeds %d" % (len(message), MAX_MESSAGE))
+        raise FramingError("message of %d bytes exceeds %d" % (len(message), MAX_MESSAGE))
     out[:] = b""
     _cobs_into(out, (message, struct.pack("<I", crc32(message))))
     out.append(0)

@@ -9,7 +9,7 @@ MicroPython unix port against the gateway's framing and the firmware's encoder
 import struct
 
 from gemeter.frame import MAX_MESSAGE
-from gemeter.wire import WireError, crc32
+from gemeter.framing import FramingError, crc32
 
 # COBS adds one byte per 254 body bytes plus one; the body is message + 4 CRC bytes.
 # (Not a const(): MicroPython folds only constants defined in the same module.)
@@ -23,10 +23,10 @@ def cobs_decode(data):
     while i < n:
         code = data[i]
         if code == 0:
-            raise WireError("zero byte inside a COBS frame")
+            raise FramingError("zero byte inside a COBS frame")
         end = i + code
         if end > n:
-            raise WireError("COBS block runs past the end of the frame")
+            raise FramingError("COBS block runs past the end of the frame")
         out.extend(data[i + 1 : end])
         i = end
         if code != 0xFF and i < n:
@@ -37,13 +37,13 @@ def cobs_decode(data):
 def decode(body):
     """Decode one frame body (the bytes between delimiters); returns the message."""
     if len(body) > MAX_ENCODED:
-        raise WireError("frame of %d bytes exceeds %d" % (len(body), MAX_ENCODED))
+        raise FramingError("frame of %d bytes exceeds %d" % (len(body), MAX_ENCODED))
     raw = cobs_decode(body)
     if len(raw) < 5:
-        raise WireError("frame too short for a message and its CRC")
+        raise FramingError("frame too short for a message and its CRC")
     msg = raw[:-4]
     if struct.unpack("<I", raw[-4:])[0] != crc32(msg):
-        raise WireError("CRC mismatch")
+        raise FramingError("CRC mismatch")
     return msg
 
 
@@ -68,12 +68,12 @@ class Deframer:
                     self._overflow = True
                 continue
             if self._overflow:
-                out.append((None, WireError("frame exceeds %d bytes" % MAX_ENCODED)))
+                out.append((None, FramingError("frame exceeds %d bytes" % MAX_ENCODED)))
                 self.errors += 1
             elif self._buf:
                 try:
                     out.append((decode(self._buf), None))
-                except WireError as e:
+                except FramingError as e:
                     self.errors += 1
                     out.append((None, e))
             self._buf = bytearray()
