@@ -42,34 +42,40 @@ class ChannelAggregate:
         for i in range(5):
             self.present[i] = False
 
-    def add(self, values, pf=None, freq=None, energy_wh=None, delta_mwh=0, alarm=False):
-        """One good sample. values: (mV, mA, mW, mvar, mVA), None where not measured."""
+    def add(self, r, energy_wh=None, delta_mwh=0, alarm=False):
+        """One good sample: a driver's reading ``r`` (drivers/__init__.py), read in place:
+        no tuple is built per sample."""
         first = self.count == 0
-        for i in range(5):
-            v = values[i]
-            if v is None:
-                continue
-            if first or not self.present[i]:
-                self.sums[i] = v
-                self.mins[i] = v
-                self.maxs[i] = v
-                self.present[i] = True
-            else:
-                self.sums[i] += v
-                if v < self.mins[i]:
-                    self.mins[i] = v
-                if v > self.maxs[i]:
-                    self.maxs[i] = v
+        self._put(0, r.voltage_mv, first)
+        self._put(1, r.current_ma, first)
+        self._put(2, r.power_mw, first)
+        self._put(3, r.reactive_mvar, first)
+        self._put(4, r.apparent_mva, first)
         self.count += 1
-        if pf is not None:
-            self.pf = pf
-        if freq is not None:
-            self.freq = freq
+        if r.pf_milli is not None:
+            self.pf = r.pf_milli
+        if r.frequency_mhz is not None:
+            self.freq = r.frequency_mhz
         if energy_wh is not None:
             self.energy = energy_wh
         self.delta += delta_mwh
         if alarm:
             self.status |= frame.ST_IC_ALARM
+
+    def _put(self, i, v, first):
+        if v is None:
+            return
+        if first or not self.present[i]:
+            self.sums[i] = v
+            self.mins[i] = v
+            self.maxs[i] = v
+            self.present[i] = True
+        else:
+            self.sums[i] += v
+            if v < self.mins[i]:
+                self.mins[i] = v
+            if v > self.maxs[i]:
+                self.maxs[i] = v
 
     def fail(self, kind):
         """One failed sample (a DriverError kind)."""

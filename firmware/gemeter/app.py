@@ -187,7 +187,7 @@ class App:
         per_report = settings["report_interval_s"] * 1000 // self.interval_ms
         self.sampler = Sampler(self.sources, self.channels, per_report, self.builder)
         for ch in uncal:
-            self.sampler.aggs[ch].flags |= frame.ST_UNCALIBRATED
+            self.sampler.flag(ch, frame.ST_UNCALIBRATED)
         self.ring = FrameRing(settings["ring_size"])
         self.clock = Clock()
         self.link = open_link(desc, settings, self.paths, self.clock)

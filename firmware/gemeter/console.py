@@ -186,9 +186,9 @@ class Console:
                 continue
             for ch, r in zip(src.channels, readings):
                 out.append("ch%d %s: %s %s %s pf %s %s" % (
-                    ch, src.kind, _fmt_milli(r[0], "V", 1), _fmt_milli(r[1], "A"),
-                    _fmt_milli(r[2], "W", 1), _fmt_milli(r[5], "", 3).strip(),
-                    _fmt_milli(r[6], "Hz", 2)))
+                    ch, src.kind, _fmt_milli(r.voltage_mv, "V", 1),
+                    _fmt_milli(r.current_ma, "A"), _fmt_milli(r.power_mw, "W", 1),
+                    _fmt_milli(r.pf_milli, "", 3).strip(), _fmt_milli(r.frequency_mhz, "Hz", 2)))
         return out or ["no channels on this board"]
 
     def cmd_scan(self, args):

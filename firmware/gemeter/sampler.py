@@ -21,6 +21,10 @@ class Sampler:
         self.cycles = 0
         self._period_start = time.ticks_ms()
 
+    def flag(self, channel, bits):
+        """Status bits that hold for a channel in every period (e.g. uncalibrated)."""
+        self.aggs[channel].flags |= bits
+
     def sample(self):
         for src in self.sources:
             src.sample(self.aggs)

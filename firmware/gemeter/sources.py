@@ -72,20 +72,14 @@ class PZEMSource:
                 agg.mark_kind(KIND_RESET)  # status bits are the aggregate's business
                 delta = r.energy_wh * 1000
         self._last_energy = r.energy_wh
-        agg.add(
-            (r.voltage_mv, r.current_ma, r.power_mw, None, None),
-            pf=r.pf_milli, freq=r.frequency_mhz, energy_wh=r.energy_wh, delta_mwh=delta,
-            alarm=r.alarm,
-        )
+        agg.add(r, energy_wh=r.energy_wh, delta_mwh=delta, alarm=r.alarm)
 
     def energy_mwh(self):
         return {}  # the module keeps its own register
 
     def read_now(self):
-        """One reading per channel as (mV, mA, mW, mvar, mVA, pf, mHz) (console)."""
-        r = self.driver.read()
-        return [(r.voltage_mv, r.current_ma, r.power_mw, None, None, r.pf_milli,
-                 r.frequency_mhz)]
+        """One reading per channel, in channel order (the console)."""
+        return [self.driver.read()]
 
     def reset_energy(self, _index):
         self.driver.reset_energy()
@@ -125,21 +119,18 @@ class ADESource:
         for i in (0, 1):
             k = self.order[i]
             r = readings[k]
-            aggs[self.channels[i]].add(
-                (r.voltage_mv, r.current_ma, r.power_mw, r.reactive_mvar, r.apparent_mva),
-                pf=r.pf_milli, freq=r.frequency_mhz,
-                energy_wh=_wh(self.driver.energy_mwh[k]),
-                delta_mwh=r.energy_delta_mwh,
-            )
+            aggs[self.channels[i]].add(r, energy_wh=_wh(self.driver.energy_mwh[k]),
+                                       delta_mwh=r.energy_delta_mwh)
 
     def energy_mwh(self):
         return {str(ch): self.driver.energy_mwh[self.order[i]]
                 for i, ch in enumerate(self.channels)}
 
     def read_now(self):
+        """One reading per channel, in channel order (the console; valid until the next
+        read: the driver reuses them)."""
         readings = self.driver.read()
-        return [(r.voltage_mv, r.current_ma, r.power_mw, r.reactive_mvar, r.apparent_mva,
-                 r.pf_milli, r.frequency_mhz) for r in (readings[k] for k in self.order)]
+        return [readings[k] for k in self.order]
 
     def raw_counts(self, index):
         return self.driver.raw_counts(self.order[index])

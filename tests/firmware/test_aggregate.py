@@ -13,15 +13,19 @@ def test_aggregate_statistics_status_and_reset(fw: FirmwareRunner) -> None:
 from gemeter import frame
 from gemeter.aggregate import ChannelAggregate
 from gemeter.drivers import KIND_CRC, KIND_TIMEOUT
+class R:  # a driver's reading (drivers/__init__.py): mV, mA, mW, mvar, mVA, pf, mHz
+    def __init__(self, *v):
+        (self.voltage_mv, self.current_ma, self.power_mw, self.reactive_mvar,
+         self.apparent_mva, self.pf_milli, self.frequency_mhz) = v
 a = ChannelAggregate(3)
-a.add((230000, -1500, -345000, None, None), pf=980, freq=50010, energy_wh=7, delta_mwh=5)
-a.add((231000, -1501, -345001, None, None), pf=970, freq=50020, energy_wh=8, delta_mwh=6)
+a.add(R(230000, -1500, -345000, None, None, 980, 50010), energy_wh=7, delta_mwh=5)
+a.add(R(231000, -1501, -345001, None, None, 970, 50020), energy_wh=8, delta_mwh=6)
 a.fail(KIND_CRC)
 full = a.to_map()
 empty = a.to_map()             # nothing since: invalid, no measurement keys at all
 a.fail(KIND_TIMEOUT)
 failed = a.to_map()
-a.add((1, 2, 3, 4, 5), alarm=True)
+a.add(R(1, 2, 3, 4, 5, None, None), alarm=True)
 alarm = a.to_map()
 print(json.dumps({"full": full, "empty": empty, "failed": failed, "alarm": alarm,
                   "ST": [frame.ST_INVALID, frame.ST_PARTIAL, frame.ST_CRC, frame.ST_TIMEOUT,

@@ -13,9 +13,13 @@ def test_sampler_closes_a_period_after_its_samples(fw: FirmwareRunner) -> None:
 import time
 from gemeter import frame
 from gemeter.sampler import Sampler
+class R:
+    voltage_mv, current_ma, power_mw = 230000, 1000, 230000
+    reactive_mvar = apparent_mva = pf_milli = frequency_mhz = None
+READING = R()
 class Source:  # a driver's adapter: one good sample per call on channel 0, a CRC on 1
     def sample(self, aggs):
-        aggs[0].add((230000, 1000, 230000, None, None))
+        aggs[0].add(READING)
         aggs[1].fail(1)
 class Builder:
     def build(self, *args):

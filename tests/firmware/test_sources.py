@@ -30,8 +30,9 @@ class Pzem:
         e = self.energy.pop(0)
         if e is None:
             raise DriverError("no answer", KIND_TIMEOUT)
-        return R(voltage_mv=230000, current_ma=1000, power_mw=230000, pf_milli=1000,
-                 frequency_mhz=50000, energy_wh=e, alarm=False)
+        return R(voltage_mv=230000, current_ma=1000, power_mw=230000, reactive_mvar=None,
+                 apparent_mva=None, pf_milli=1000, frequency_mhz=50000, energy_wh=e,
+                 alarm=False)
 aggs = [ChannelAggregate(0)]
 src = PZEMSource(Pzem(), 0)
 src.sample(aggs)

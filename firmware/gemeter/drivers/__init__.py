@@ -3,6 +3,12 @@
 Every driver raises ``DriverError`` for anything that went wrong on the bus, with ``kind``
 one of the KIND_* names below, so the sampler can turn it into the frame's status bits
 without knowing the IC. Drivers count their own errors per kind.
+
+A reading has one shape, whatever the IC: scaled integers in the attributes
+``voltage_mv``, ``current_ma``, ``power_mw``, ``reactive_mvar``, ``apparent_mva`` (None
+where the IC does not measure it), ``pf_milli`` and ``frequency_mhz``. The sources hand a
+driver's readings to the aggregates and the console prints them as they are: nothing
+re-packs them into tuples.
 """
 
 KIND_TIMEOUT = "timeout"  # no (complete) reply in time

@@ -86,6 +86,9 @@ def u32_low_word_first(regs, i):
 class Reading:
     """One measurement, as scaled integers (exact) with SI-unit properties for people."""
 
+    reactive_mvar = None  # not measured by this IC (see drivers/__init__.py)
+    apparent_mva = None
+
     def __init__(self, regs):
         self.voltage_mv = regs[0] * 100  # 0.1 V
         self.current_ma = u32_low_word_first(regs, 1)  # 0.001 A

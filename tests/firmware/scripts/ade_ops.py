@@ -57,7 +57,8 @@ for op in req["ops"]:
             ade.set_phase_calibration(op[1], op[2])
             out.append(list(ade.phcal))
         elif op[0] == "source_read":
-            out.append([list(r) for r in src.read_now()])
+            out.append([[r.voltage_mv, r.current_ma, r.power_mw, r.reactive_mvar,
+                         r.apparent_mva, r.pf_milli, r.frequency_mhz] for r in src.read_now()])
         elif op[0] == "source_sample":  # one sample through the aggregates, as the sampler
             from gemeter import frame
             from gemeter.aggregate import ChannelAggregate
