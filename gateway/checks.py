@@ -25,13 +25,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.alarm import Alarm
 from gateway.anomaly import AnomalyConfig, SeriesDetector
 from gateway.config import ChecksSection, Limits
 from gateway.devices import Device, Devices
-from gateway.payloads import iso_ms
 from gateway.protocol import Frame, Stat
-
-Event = dict[str, Any]
 
 
 def _mean(v: Stat | int | None) -> float | None:
@@ -128,16 +126,11 @@ class EdgeChecks:
         return best
 
     def _event(self, state: str, kind: str, device: str, channel: int | None, t_ms: int,
-               **evidence: Any) -> Event:
+               feeder: str | None = None, **evidence: Any) -> Alarm:
         info = self.devices.get(device, DeviceState()).info
         self.raised += state == "raised"
-        ev: Event = {"type": "alarm", "state": state, "kind": kind, "device": device,
-                     "time": iso_ms(t_ms), "site": info.site,
-                     "feeder": info.feeder}
-        if channel is not None:
-            ev["channel"] = channel
-        ev.update(evidence)
-        return ev
+        return Alarm(kind, state, device, t_ms, info.site,
+                     info.feeder if feeder is None else feeder, channel, evidence)
 
     def open_alarms(self) -> list[tuple[str, str, str]]:
         """(kind, device or feeder, channel) of every alarm raised and not yet cleared."""
@@ -152,13 +145,13 @@ class EdgeChecks:
                 if on]
         return sorted(out)
 
-    def observe(self, frame: Frame, now: float | None = None) -> list[Event]:
+    def observe(self, frame: Frame, now: float | None = None) -> list[Alarm]:
         now = time.time() if now is None else now
         t_ms = frame.unix_ms if frame.unix_ms is not None else int(now * 1000)
         st = self.devices.setdefault(frame.device_id, DeviceState())
         st.period_ms = frame.period_ms or st.period_ms
         st.last_seen = now
-        events: list[Event] = []
+        events: list[Alarm] = []
         if st.offline:
             # Both ends of an outage are the gateway's observations, in its own time: a
             # frame the meter buffered meanwhile carries its (earlier) sampling time.
@@ -200,7 +193,7 @@ class EdgeChecks:
         return events
 
     def _threshold(self, device: str, channel: int, kind: str, direction: str, value: float,
-                   limit: float, hyst: float, t_ms: int, min_s: float) -> list[Event]:
+                   limit: float, hyst: float, t_ms: int, min_s: float) -> list[Alarm]:
         key = (device, channel, kind)
         cond = self.conditions.get(key)
         if cond is None:
@@ -230,9 +223,9 @@ class EdgeChecks:
         acc = self.balance.setdefault(feeder, {"line": 0.0, "meters": 0.0})
         acc[side] += delta_mwh / 1000
 
-    def tick(self, now: float | None = None) -> list[Event]:
+    def tick(self, now: float | None = None) -> list[Alarm]:
         now = time.time() if now is None else now
-        events: list[Event] = []
+        events: list[Alarm] = []
         for device, st in self.devices.items():
             if st.last_seen and not st.offline and \
                     now - st.last_seen > self.cfg.offline_after_periods * st.period_ms / 1000:
@@ -245,7 +238,7 @@ class EdgeChecks:
             events += self._close_balance(now)
         return events
 
-    def _close_balance(self, now: float) -> list[Event]:
+    def _close_balance(self, now: float) -> list[Alarm]:
         events = []
         for feeder, acc in self.balance.items():
             line, meters = acc["line"], acc["meters"]
@@ -255,12 +248,10 @@ class EdgeChecks:
             alarm = loss > self.cfg.balance_threshold
             if alarm != self.balance_alarm.get(feeder, False):
                 self.balance_alarm[feeder] = alarm
-                ev = self._event("raised" if alarm else "cleared", "non_technical_loss", "",
-                                 None, int(now * 1000), line_wh=round(line, 1),
-                                 meters_wh=round(meters, 1), loss=round(loss, 4),
-                                 window_s=self.cfg.balance_window_s)
-                ev["feeder"] = feeder
-                events.append(ev)
+                events.append(self._event(
+                    "raised" if alarm else "cleared", "non_technical_loss", "", None,
+                    int(now * 1000), feeder, line_wh=round(line, 1), meters_wh=round(meters, 1),
+                    loss=round(loss, 4), window_s=self.cfg.balance_window_s))
         self.balance = {}
         self.balance_start = now
         return events

@@ -14,53 +14,50 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.checks import Event
-from gateway.payloads import iso_ms
+from gateway.alarm import Alarm
 from gateway.protocol import Frame
 from gateway.store import Mark, Recovery, Stored
 
 MAX_LISTED = 20  # identities named in one record_corrupt event; all are counted
 
 
-def _event(kind: str, device: str, now_ms: int, **fields: object) -> Event:
-    return {"type": "event", "state": "event", "kind": kind, "device": device,
-            "time": iso_ms(now_ms), **fields}
+def _event(kind: str, device: str, now_ms: int, feeder: str | None = None,
+           **fields: object) -> Alarm:
+    return Alarm(kind, "event", device, now_ms, feeder=feeder, evidence=fields)
 
 
-def gap(frame: Frame, missing: int, now_ms: int) -> Event:
+def gap(frame: Frame, missing: int, now_ms: int) -> Alarm:
     """Frames lost upstream (a late one may still fill the gap; the cloud sees it then)."""
     return _event("gap", frame.device_id, now_ms, boot=frame.boot, seq=frame.seq,
                   missing=missing)
 
 
 def replay_rejected(device: str, state: str, cause: str, frame: Frame, mark: Mark,
-                    now_ms: int) -> Event:
+                    now_ms: int) -> Alarm:
     """Raised at the first authentic frame of a device refused as replayed or stale (its
     counters are below what was accepted); cleared at its next accepted frame."""
-    ev: Event = {"type": "alarm", "state": state, "kind": "replay_rejected",
-                 "device": device, "time": iso_ms(now_ms), "cause": cause,
-                 "boot": frame.boot, "seq": frame.seq, "accepted_boot": mark.boot,
-                 "accepted_seq": mark.seq}
+    evidence: dict[str, object] = {"cause": cause, "boot": frame.boot, "seq": frame.seq,
+                                   "accepted_boot": mark.boot, "accepted_seq": mark.seq}
     if state == "raised":
-        ev["hint"] = (f"if {device} was reset or re-flashed, resume it with: "
-                      f"gridedge-gateway devices resync {device}")
-    return ev
+        evidence["hint"] = (f"if {device} was reset or re-flashed, resume it with: "
+                            f"gridedge-gateway devices resync {device}")
+    return Alarm("replay_rejected", state, device, now_ms, evidence=evidence)
 
 
-def counter_reset(frame: Frame, before: Mark, now_ms: int) -> Event:
+def counter_reset(frame: Frame, before: Mark, now_ms: int) -> Alarm:
     """A device's (boot, seq) went back, and its clock proved the frame new."""
     return _event("counter_reset", frame.device_id, now_ms, boot=frame.boot, seq=frame.seq,
                   previous_boot=before.boot, previous_seq=before.seq)
 
 
-def store_corrupt(r: Recovery) -> Event:
+def store_corrupt(r: Recovery) -> Alarm:
     """The store was found damaged and replaced (store_file.Recovery)."""
     return _event("store_corrupt", "", r.time_ms, feeder="", cause=r.cause, detail=r.detail,
                   moved_to=r.moved_to, lost_commits=r.lost_commits, salvaged=r.salvaged,
                   dropped=r.dropped)
 
 
-def record_corrupt(bad: Sequence[Stored], now_ms: int) -> Event:
+def record_corrupt(bad: Sequence[Stored], now_ms: int) -> Alarm:
     """Stored records that failed their checksum: quarantined, not sent."""
     def plain(v: object) -> str | int:  # a damaged row may hold anything in any column
         return v if type(v) is int or type(v) is str else repr(v)[:64]

@@ -31,16 +31,18 @@ PUBACKs its acknowledgements collected, the uplink wakes, Home Assistant gets th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol, TypeGuard
+from typing import Protocol, TypeGuard, cast
 
 from gateway import events, records
-from gateway.checks import EdgeChecks, Event
+from gateway.alarm import Alarm
+from gateway.checks import EdgeChecks
 from gateway.dedup import Deduplicator, DurableMarks, Ident
 from gateway.devices import Device, Devices
 from gateway.hold import Ack as HeldAck
@@ -184,7 +186,7 @@ class Pipeline:
                 break
         return batch
 
-    def _commit_events(self, evs: list[Event], marks: dict[str, Mark] | None = None) -> None:
+    def _commit_events(self, evs: list[Alarm], marks: dict[str, Mark] | None = None) -> None:
         if self.writer.alarms([records.alarm(e) for e in evs], marks):
             self.alarms += len(evs)
         else:
@@ -264,11 +266,12 @@ class Pipeline:
                 stored_idents.append(ident)
             stored.extend(recs)
         for ev in self.verifier.take_events():  # replay_rejected, counter_reset
-            if ev["type"] == "alarm":  # alarms name the device's place, as the checks' do
-                info = self.devices.get(ev["device"])
-                ev = {**ev, "site": info.site if info else "", "feeder": info.feeder if info
-                      else ""}
-            stored.append(records.alarm(ev, ev["boot"], ev["seq"]))
+            if ev.type == "alarm":  # alarms name the device's place, as the checks' do
+                info = self.devices.get(ev.device)
+                ev = dataclasses.replace(ev, site=info.site if info else "",
+                                         feeder=info.feeder if info else "")
+            # Both kinds name the frame that made them (evidence boot, seq: integers).
+            stored.append(records.alarm(ev, cast(int, ev["boot"]), cast(int, ev["seq"])))
             self.alarms += 1
         if stored:
             if not self.writer.write(stored, stored_idents, len(batch)):

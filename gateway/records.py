@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from gateway.checks import Event
+from gateway.alarm import Alarm
 from gateway.devices import Device
 from gateway.payloads import reading_json
 from gateway.protocol import Frame
@@ -27,10 +27,9 @@ def reading(frame: Frame, info: Device) -> Record:
     return Record(TELEMETRY, frame.device_id, frame.boot, frame.seq, body.encode())
 
 
-def alarm(ev: Event, boot: int = 0, seq: int = 0) -> Record:
+def alarm(ev: Alarm, boot: int = 0, seq: int = 0) -> Record:
     """Unique per event: one frame can raise the same kind on several quantities, and a
     device's (boot, seq) tells two events of one millisecond apart."""
     ident = ":".join(str(ev.get(k, "")) for k in ID_FIELDS)
-    body = {"id": f"{ident}:{boot}:{seq}", **ev}
-    return Record(ALARM, ev.get("device") or ev.get("feeder", ""), boot, seq,
-                  _JSON.encode(body).encode())
+    body = {"id": f"{ident}:{boot}:{seq}", **ev.body}
+    return Record(ALARM, ev.device or ev.feeder or "", boot, seq, _JSON.encode(body).encode())

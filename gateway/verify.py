@@ -19,7 +19,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 from gateway import events
-from gateway.checks import Event
+from gateway.alarm import Alarm
 from gateway.dedup import Deduplicator
 from gateway.devices import Devices
 from gateway.errors import ProtocolError
@@ -79,7 +79,7 @@ class Verifier:
         self.devices = devices
         self.rejected: Counter[str] = Counter()  # keys: Reason values and dedup verdicts
         self.log = RateLimitedLog()
-        self.events: list[Event] = []  # replay_rejected, counter_reset: for the batch
+        self.events: list[Alarm] = []  # replay_rejected, counter_reset: for the batch
         self._refused: set[str] = set()  # devices with a raised replay_rejected alarm
 
     def set_devices(self, devices: Devices) -> None:
@@ -144,6 +144,6 @@ class Verifier:
                      f"boot {frame.boot} seq {frame.seq}")
         return Accepted(frame, verdict.missing, verdict.late)
 
-    def take_events(self) -> list[Event]:
+    def take_events(self) -> list[Alarm]:
         evs, self.events = self.events, []
         return evs

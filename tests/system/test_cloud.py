@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -462,7 +463,7 @@ def checks_events() -> list[dict[str, Any]]:
     for state, cause in (("raised", "replayed"), ("cleared", "accepted")):
         ev = gw_events.replay_rejected("m1", state, cause, refused, Mark(4, 12, 1),
                                        int((t0 + 23.5) * 1000))
-        events.append(({**ev, "site": "", "feeder": "F1"}, 1, 3))  # as the pipeline adds
+        events.append((dataclasses.replace(ev, site="", feeder="F1"), 1, 3))  # as the pipeline
     events.append((gw_events.counter_reset(refused, Mark(4, 12, 1), int((t0 + 23.6) * 1000)),
                    1, 3))
     events.append((gw_events.store_corrupt(Recovery(
