@@ -21,6 +21,7 @@ import pytest
 
 from tests.support.brokers import Mosquitto
 from tests.support.fwrunner import INTERPRETERS, FirmwareRunner, micropython_version
+from tests.support.gateway_fixtures import LOCAL_BROKER_EXTRA
 from tools.vboard import VirtualBoard
 from tools.virtual_meter import find_micropython
 
@@ -131,5 +132,23 @@ def vboard() -> Iterator[VirtualBoard]:
 def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     """A private Mosquitto on a free loopback port, with persistence (restartable)."""
     broker = Mosquitto(tmp_path / "broker", persistence=True).start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Iterator[Mosquitto]:
+    """The gateway's local broker as docs/gateway.md configures it (persistent, queues a
+    whole outage, refuses oversized messages), on a free loopback port; a test may stop and
+    start it."""
+    broker = Mosquitto(tmp_path / "local", persistence=True, extra=LOCAL_BROKER_EXTRA).start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A cloud broker: a plain Mosquitto on a free loopback port."""
+    broker = Mosquitto(tmp_path / "cloud").start()
     yield broker
     broker.stop()

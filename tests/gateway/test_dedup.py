@@ -23,7 +23,6 @@ from gateway.store import Mark, Store
 from gateway.verify import Verifier
 from tests.support.brokers import Mosquitto
 from tests.support.gateway_fixtures import (
-    LOCAL_BROKER_EXTRA,
     DevicePublisher,
     GatewayProcess,
     config_text,
@@ -145,12 +144,12 @@ def test_a_reset_proven_by_the_clock_is_reported_not_refused() -> None:
     assert v.verify(frame_of("m", 40, 9, T0), "t") is None  # the old epoch, replayed
 
 
-def test_the_documented_command_brings_a_reset_meter_back(tmp_path: Path) -> None:
+def test_the_documented_command_brings_a_reset_meter_back(
+    tmp_path: Path, local: Mosquitto, cloud: Mosquitto
+) -> None:
     """The real daemon: a meter without a clock comes back at boot 1. Its frames are
     refused, the cloud gets one replay_rejected alarm; `gridedge-gateway devices resync`
     and a reload (SIGHUP) let its next frames through, and the alarm clears."""
-    local = Mosquitto(tmp_path / "local", persistence=True, extra=LOCAL_BROKER_EXTRA).start()
-    cloud = Mosquitto(tmp_path / "cloud").start()
     capture = Capture(cloud.port, topic="gridedge/v1/gw/#")
     cfg = tmp_path / "gw.toml"
     cfg.write_text(config_text(tmp_path / "state", local, cloud, []))
@@ -192,8 +191,6 @@ def test_the_documented_command_brings_a_reset_meter_back(tmp_path: Path) -> Non
         pub.close()
         assert gw.terminate() == 0
         capture.close()
-        local.stop()
-        cloud.stop()
 
 
 def keyfile(folder: Path) -> Path:

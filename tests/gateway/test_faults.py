@@ -30,7 +30,6 @@ from gateway.protocol import FrameDecoder
 from gateway.store import TELEMETRY, Store
 from tests.support.brokers import Mosquitto, free_port
 from tests.support.gateway_fixtures import (
-    LOCAL_BROKER_EXTRA,
     DevicePublisher,
     GatewayProcess,
     config_text,
@@ -66,9 +65,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_disk_full_is_reported_survived_and_loses_nothing(
-    tmp_path: Path, small_disk: Path
+    tmp_path: Path, local: Mosquitto, small_disk: Path
 ) -> None:
-    local = Mosquitto(tmp_path / "local", persistence=True, extra=LOCAL_BROKER_EXTRA).start()
     # The backend subscribes on a persistent session, then the cloud goes down while the
     # disk fills, so nothing leaves the store.
     cloud = Mosquitto(tmp_path / "cloud", persistence=True).start()
@@ -124,7 +122,6 @@ def test_disk_full_is_reported_survived_and_loses_nothing(
         pub.close()
         capture.close()
         code = gw.terminate()
-        local.stop()
         cloud.stop()
     assert code == 0
     assert log.read_text().count("Traceback") == 0
@@ -159,8 +156,9 @@ class NotifyListener:
         self.sock.close()
 
 
-def test_store_bound_drops_oldest_telemetry_counts_it_and_keeps_alarms(tmp_path: Path) -> None:
-    local = Mosquitto(tmp_path / "local", persistence=True, extra=LOCAL_BROKER_EXTRA).start()
+def test_store_bound_drops_oldest_telemetry_counts_it_and_keeps_alarms(
+    tmp_path: Path, local: Mosquitto
+) -> None:
     cloud = Mosquitto(tmp_path / "cloud", persistence=True).start()
     capture = Capture(cloud.port, topic="gridedge/v1/gw/#")  # a persistent session
     cloud.stop()  # down: the backlog outgrows the 1 MiB bound
@@ -203,7 +201,6 @@ def test_store_bound_drops_oldest_telemetry_counts_it_and_keeps_alarms(tmp_path:
         pub.close()
         capture.close()
         assert gw.terminate() == 0
-        local.stop()
         cloud.stop()
     store = Store(tmp_path / "state" / "store.db", 2**30, 86400)
     dropped = store.counters()["dropped_bytes"]
@@ -282,9 +279,9 @@ def test_mutated_frames_through_the_running_pipeline(collector: Collector,
     assert collector.store.fetch(TELEMETRY, 0, 10**6)[-1].seq == seq
 
 
-def test_corrupt_store_is_moved_aside_and_the_cloud_is_told(tmp_path: Path) -> None:
-    local = Mosquitto(tmp_path / "local", persistence=True, extra=LOCAL_BROKER_EXTRA).start()
-    cloud = Mosquitto(tmp_path / "cloud").start()
+def test_corrupt_store_is_moved_aside_and_the_cloud_is_told(
+    tmp_path: Path, local: Mosquitto, cloud: Mosquitto
+) -> None:
     capture = Capture(cloud.port, topic="gridedge/v1/gw/+/alarms")
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / "store.db").write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 20)
@@ -303,8 +300,6 @@ def test_corrupt_store_is_moved_aside_and_the_cloud_is_told(tmp_path: Path) -> N
         pub.close()
         assert gw.terminate() == 0
         capture.close()
-        local.stop()
-        cloud.stop()
     store = Store(tmp_path / "state" / "store.db", 2**30, 86400)
     assert store.marks()["mtr-1"].seq == 0  # the new store took the frame
     store.close()

@@ -10,7 +10,6 @@ from gateway.homeassistant import Discovery, discovery, state
 from gateway.protocol import ST_INVALID, ST_TIMEOUT, Channel, Frame, Stat, build_frame
 from tests.support.brokers import Mosquitto
 from tests.support.gateway_fixtures import (
-    LOCAL_BROKER_EXTRA,
     DevicePublisher,
     GatewayProcess,
     config_text,
@@ -74,8 +73,7 @@ def test_announces_once_and_again_only_for_new_quantities() -> None:
     assert len(sent) == 1  # only meters are announced
 
 
-def test_gateway_announces_meters_on_the_local_broker(tmp_path: Path) -> None:
-    local = Mosquitto(tmp_path / "local", persistence=True, extra=LOCAL_BROKER_EXTRA).start()
+def test_gateway_announces_meters_on_the_local_broker(tmp_path: Path, local: Mosquitto) -> None:
     cfg = tmp_path / "gw.toml"
     cfg.write_text(config_text(tmp_path / "state", local, None, ["mtr-1"],
                                extra="[homeassistant]\nenabled = true\n"))
@@ -103,4 +101,3 @@ def test_gateway_announces_meters_on_the_local_broker(tmp_path: Path) -> None:
         assert proc.terminate() == 0
         capture.close()
         states.close()
-        local.stop()

@@ -49,8 +49,7 @@ POISON = bytes.fromhex("d1c5821b7fffffffffffffff01")  # tag 17 around a huge big
 DEVICES = ["mtr-1", "mtr-2"]
 
 
-def test_a_poison_message_costs_only_itself_on_mqtt(tmp_path: Path) -> None:
-    local = Mosquitto(tmp_path / "local", persistence=True, extra=LOCAL_BROKER_EXTRA).start()
+def test_a_poison_message_costs_only_itself_on_mqtt(tmp_path: Path, local: Mosquitto) -> None:
     store = Store(tmp_path / "s.db", 10**8, 3600)
     pipe, ingest = start_ingest(store, local.port, DEVICES)
     pub = DevicePublisher(local.port)

@@ -37,8 +37,9 @@ from tests.support.mqtt_capture import wait_for
 DEVICES = ["mtr-1", "mtr-2", "mtr-3"]
 
 
-def test_every_frame_stored_once_and_acknowledged_in_batches(tmp_path: Path) -> None:
-    local = Mosquitto(tmp_path / "local", persistence=True, extra=LOCAL_BROKER_EXTRA).start()
+def test_every_frame_stored_once_and_acknowledged_in_batches(
+    tmp_path: Path, local: Mosquitto
+) -> None:
     store = Store(tmp_path / "s.db", 10**8, 3600)
     pipe, ingest = start_ingest(store, local.port, DEVICES)
     pub = DevicePublisher(local.port)
@@ -63,10 +64,9 @@ def test_every_frame_stored_once_and_acknowledged_in_batches(tmp_path: Path) -> 
     local.stop()
 
 
-def test_nothing_is_acknowledged_before_its_commit(tmp_path: Path) -> None:
+def test_nothing_is_acknowledged_before_its_commit(tmp_path: Path, local: Mosquitto) -> None:
     """A store that cannot commit: the frames stay unacknowledged at the broker and come
     back to the next session, where they are stored."""
-    local = Mosquitto(tmp_path / "local", persistence=True, extra=LOCAL_BROKER_EXTRA).start()
     store = Store(tmp_path / "s.db", 10**8, 3600)
     release = threading.Event()
     real_commit = store.commit

@@ -75,11 +75,9 @@ def test_broker_down_is_logged_once_shown_in_status_and_metrics(tmp_path: Path) 
     assert log.read_text().count("cannot reach") == 1
 
 
-def test_a_clean_stop_warns_of_nothing(tmp_path: Path) -> None:
+def test_a_clean_stop_warns_of_nothing(tmp_path: Path, local: Mosquitto, cloud: Mosquitto) -> None:
     """SIGTERM closes both links on purpose: "uplink lost (Normal disconnection)" at
     WARNING was a false alarm in every operator's log."""
-    local = Mosquitto(tmp_path / "local", persistence=True, extra=LOCAL_BROKER_EXTRA).start()
-    cloud = Mosquitto(tmp_path / "cloud").start()
     cfg = tmp_path / "gw.toml"
     cfg.write_text(config_text(tmp_path / "state", local, cloud, ["mtr-a"]))
     log = tmp_path / "gw.log"
@@ -88,8 +86,6 @@ def test_a_clean_stop_warns_of_nothing(tmp_path: Path) -> None:
         assert wait_for(lambda: "uplink connected to" in log.read_text(), 15), log.read_text()
     finally:
         assert gw.terminate() == 0
-        local.stop()
-        cloud.stop()
     text = log.read_text()
     assert "uplink closed the connection to" in text, text
     assert not [line for line in text.splitlines() if "WARNING" in line or "ERROR" in line], text

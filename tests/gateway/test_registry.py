@@ -16,7 +16,6 @@ from gateway.registry import fingerprint
 from tests.support.brokers import Mosquitto, free_port
 from tests.support.fwrunner import firmware_module
 from tests.support.gateway_fixtures import (
-    LOCAL_BROKER_EXTRA,
     DevicePublisher,
     GatewayProcess,
     config_text,
@@ -129,8 +128,9 @@ def test_broken_registry_file_is_reported_with_its_path(config: Path) -> None:
     assert "duplicate device 'by-hand'" in out.stderr
 
 
-def test_added_device_is_live_after_sighup_and_status_shows_it(tmp_path: Path) -> None:
-    local = Mosquitto(tmp_path / "local", persistence=True, extra=LOCAL_BROKER_EXTRA).start()
+def test_added_device_is_live_after_sighup_and_status_shows_it(
+    tmp_path: Path, local: Mosquitto
+) -> None:
     cfg = tmp_path / "gw.toml"
     metrics_port = free_port()
     cfg.write_text(config_text(tmp_path / "state", local, None, ["mtr-a"], metrics_port,
@@ -168,7 +168,6 @@ def test_added_device_is_live_after_sighup_and_status_shows_it(tmp_path: Path) -
     finally:
         pub.close()
         assert proc.terminate() == 0
-        local.stop()
     st = json.loads(gw("status", "--config", cfg).stdout)
     assert st["daemon"]["running"] is False and st["telemetry"] == 3
 

@@ -14,7 +14,6 @@ from gateway.store import TELEMETRY, Store
 from tests.support.brokers import Mosquitto
 from tests.support.fwrunner import REPO
 from tests.support.gateway_fixtures import (
-    LOCAL_BROKER_EXTRA,
     DevicePublisher,
     GatewayProcess,
     config_text,
@@ -51,8 +50,7 @@ def test_watchdog_pings_only_while_all_loops_progress(monkeypatch: object) -> No
     assert sdnotify.Watchdog({}).healthy()  # outside systemd: nothing to ping
 
 
-def test_notify_ready_watchdog_stopping_and_reload(tmp_path: Path) -> None:
-    local = Mosquitto(tmp_path / "local", persistence=True, extra=LOCAL_BROKER_EXTRA).start()
+def test_notify_ready_watchdog_stopping_and_reload(tmp_path: Path, local: Mosquitto) -> None:
     sock_path = tmp_path / "notify.sock"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(sock_path))
@@ -93,6 +91,5 @@ def test_notify_ready_watchdog_stopping_and_reload(tmp_path: Path) -> None:
     finally:
         pub.close()
         notify.close()
-        local.stop()
     store = Store(tmp_path / "state" / "store.db", max_bytes=10**8, max_age_s=3600)
     assert [(r.device, r.seq) for r in store.fetch(TELEMETRY, 0, 10)] == [("mtr-b", 1)]

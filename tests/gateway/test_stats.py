@@ -17,7 +17,6 @@ from typing import Any
 
 from tests.support.brokers import Mosquitto, free_port
 from tests.support.gateway_fixtures import (
-    LOCAL_BROKER_EXTRA,
     DevicePublisher,
     GatewayProcess,
     config_text,
@@ -27,9 +26,9 @@ from tests.support.gateway_fixtures import (
 from tests.support.mqtt_capture import Capture, wait_for
 
 
-def test_metrics_status_and_health_read_the_same_snapshot(tmp_path: Path) -> None:
-    local = Mosquitto(tmp_path / "local", persistence=True, extra=LOCAL_BROKER_EXTRA).start()
-    cloud = Mosquitto(tmp_path / "cloud").start()
+def test_metrics_status_and_health_read_the_same_snapshot(
+    tmp_path: Path, local: Mosquitto, cloud: Mosquitto
+) -> None:
     port = free_port()
     cfg = tmp_path / "gw.toml"
     cfg.write_text(config_text(tmp_path / "state", local, cloud, ["mtr-1"], port,
@@ -78,5 +77,3 @@ def test_metrics_status_and_health_read_the_same_snapshot(tmp_path: Path) -> Non
         pub.close()
         health.close()
         assert gw.terminate() == 0
-        local.stop()
-        cloud.stop()

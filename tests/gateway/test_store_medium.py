@@ -24,7 +24,6 @@ from gateway import wal
 from gateway.store import TELEMETRY, Mark, Record, Store, StoreError
 from tests.support.brokers import Mosquitto
 from tests.support.gateway_fixtures import (
-    LOCAL_BROKER_EXTRA,
     DevicePublisher,
     GatewayProcess,
     config_text,
@@ -209,10 +208,9 @@ def test_status_never_moves_a_damaged_store(tmp_path: Path) -> None:
 
 
 def test_a_damaged_record_reaches_the_cloud_as_an_alarm_not_as_a_reading(
-        tmp_path: Path) -> None:
+        tmp_path: Path, local: Mosquitto) -> None:
     """With CBOR on the uplink (where a damaged body used to kill the uplink thread): the
     other readings arrive, the damaged one is reported on the alarms topic."""
-    local = Mosquitto(tmp_path / "local", persistence=True, extra=LOCAL_BROKER_EXTRA).start()
     cloud = Mosquitto(tmp_path / "cloud")
     cfg = tmp_path / "gw.toml"
     cfg.write_text(config_text(tmp_path / "state", local, cloud, ["mtr-1"], format="cbor"))
@@ -247,7 +245,6 @@ def test_a_damaged_record_reaches_the_cloud_as_an_alarm_not_as_a_reading(
     finally:
         assert gw.terminate() == 0
         capture.close()
-        local.stop()
         cloud.stop()
 
 

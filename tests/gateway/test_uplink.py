@@ -17,7 +17,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 from tests.support.brokers import Mosquitto, free_port
 from tests.support.certs import make_pki
 from tests.support.gateway_fixtures import (
-    LOCAL_BROKER_EXTRA,
     DevicePublisher,
     GatewayProcess,
     config_text,
@@ -61,13 +60,14 @@ def publish_rounds(pub: DevicePublisher, seqs: range) -> set[tuple[str, int, int
     return {(d, 1, s) for d in DEVICES for s in seqs}
 
 
-def test_mutual_tls_refuses_a_wrong_ca_then_delivers_everything_as_cbor(tmp_path: Path) -> None:
+def test_mutual_tls_refuses_a_wrong_ca_then_delivers_everything_as_cbor(
+    tmp_path: Path, local: Mosquitto
+) -> None:
     """Verification is on: a gateway holding the wrong CA never connects (and keeps the
     readings); with the right CA and its client certificate, over MQTT 3.1.1 with CBOR
     payloads, every reading arrives."""
     pki, other = make_pki(tmp_path / "pki"), make_pki(tmp_path / "other-pki")
     tls_port = free_port()
-    local = Mosquitto(tmp_path / "local", persistence=True, extra=LOCAL_BROKER_EXTRA).start()
     cloud = Mosquitto(tmp_path / "cloud", extra="\n".join([  # plain listener for the capture
         f"listener {tls_port} 127.0.0.1", f"cafile {pki.ca_pem}",
         f"certfile {pki.server_cert}", f"keyfile {pki.server_key}",
@@ -105,18 +105,17 @@ def test_mutual_tls_refuses_a_wrong_ca_then_delivers_everything_as_cbor(tmp_path
         pub.close()
         gw.terminate()
         capture.close()
-        local.stop()
         cloud.stop()
     broker_log = (tmp_path / "cloud" / "mosquitto.log").read_text()
     assert "as gridedge-gw-test (p2," in broker_log  # MQTT 3.1.1, as configured
 
 
-def test_half_open_link_is_dropped_after_ack_timeout(tmp_path: Path) -> None:
+def test_half_open_link_is_dropped_after_ack_timeout(
+    tmp_path: Path, local: Mosquitto, cloud: Mosquitto
+) -> None:
     """The link to the cloud freezes without closing. PUBACKs stop; after ack_timeout_s
     the uplink drops the connection, reconnects, resends what was unacknowledged, and
     every reading arrives (MQTT 5, JSON with its content type)."""
-    local = Mosquitto(tmp_path / "local", persistence=True, extra=LOCAL_BROKER_EXTRA).start()
-    cloud = Mosquitto(tmp_path / "cloud").start()
     proxy = FreezableProxy(cloud.port)
     capture = V5Capture(cloud.port, "gridedge/v1/gw/+/readings")
     cfg = tmp_path / "gw.toml"
@@ -144,17 +143,16 @@ def test_half_open_link_is_dropped_after_ack_timeout(tmp_path: Path) -> None:
         gw.terminate()
         capture.close()
         proxy.close()
-        local.stop()
-        cloud.stop()
     assert "as gridedge-gw-test (p5," in (tmp_path / "cloud" / "mosquitto.log").read_text()
 
 
-def test_a_refused_puback_keeps_the_records_until_the_broker_takes_them(tmp_path: Path) -> None:
+def test_a_refused_puback_keeps_the_records_until_the_broker_takes_them(
+    tmp_path: Path, local: Mosquitto
+) -> None:
     """MQTT 5 brokers can answer a PUBLISH with an error PUBACK (here: not authorised by
     the ACL). That is not a delivery: the records stay and are resent once allowed."""
     acl = tmp_path / "acl"
     acl.write_text("topic write gridedge/v1/gw/+/status\ntopic read gridedge/#\n")
-    local = Mosquitto(tmp_path / "local", persistence=True, extra=LOCAL_BROKER_EXTRA).start()
     cloud = Mosquitto(tmp_path / "cloud", extra=f"acl_file {acl}\n").start()
     capture = Capture(cloud.port, topic="gridedge/v1/gw/+/readings")
     cfg = tmp_path / "gw.toml"
@@ -180,17 +178,17 @@ def test_a_refused_puback_keeps_the_records_until_the_broker_takes_them(tmp_path
         pub.close()
         gw.terminate()
         capture.close()
-        local.stop()
         cloud.stop()
 
 
-def test_a_cloud_link_that_cannot_work_is_said_once_and_shown_in_status(tmp_path: Path) -> None:
+def test_a_cloud_link_that_cannot_work_is_said_once_and_shown_in_status(
+    tmp_path: Path, local: Mosquitto
+) -> None:
     """TLS off against a TLS-only port (the broker waits for a handshake that never
     comes, then drops the connection) and a refused client certificate: each is one log
     line naming the cause while it lasts, not one per retry, and status shows it."""
     pki = make_pki(tmp_path / "pki")
     tls_port = free_port()
-    local = Mosquitto(tmp_path / "local", persistence=True, extra=LOCAL_BROKER_EXTRA).start()
     cloud = Mosquitto(tmp_path / "cloud", extra="\n".join([
         f"listener {tls_port} 127.0.0.1", f"cafile {pki.ca_pem}",
         f"certfile {pki.server_cert}", f"keyfile {pki.server_key}",
@@ -224,5 +222,4 @@ def test_a_cloud_link_that_cannot_work_is_said_once_and_shown_in_status(tmp_path
         assert log.read_text()[before:].count("uplink cannot reach the cloud broker") == 1
     finally:
         gw.terminate()
-        local.stop()
         cloud.stop()

@@ -173,12 +173,11 @@ def test_alarms_go_first_and_reach_the_cloud(
         capture.close()
 
 
-def test_cloud_and_local_broker_restarts_lose_nothing(tmp_path: Path) -> None:
+def test_cloud_and_local_broker_restarts_lose_nothing(tmp_path: Path, local: Mosquitto) -> None:
     """The cloud broker goes away for a while under load (the store holds the backlog and
     the uplink resends what was unacknowledged), then the local broker restarts (its
     persistent session keeps the gateway's queue): every reading still arrives. Both
     brokers persist sessions, so the backend's subscription survives the cloud restart."""
-    local = Mosquitto(tmp_path / "local", persistence=True, extra=LOCAL_BROKER_EXTRA).start()
     cloud = Mosquitto(tmp_path / "cloud", persistence=True).start()
     _cfg, capture, gw, pub = start_all(tmp_path, local, cloud)
     try:
@@ -206,15 +205,13 @@ def test_cloud_and_local_broker_restarts_lose_nothing(tmp_path: Path) -> None:
         pub.close()
         gw.terminate()
         capture.close()
-        local.stop()
         cloud.stop()
 
 
-def test_a_subscription_granted_at_qos0_is_reported(tmp_path: Path) -> None:
+def test_a_subscription_granted_at_qos0_is_reported(tmp_path: Path, cloud: Mosquitto) -> None:
     """A local broker limited to QoS 0 keeps no frames for a gateway that is down. The
     gateway says so (an error, once, naming the fix) and still takes what arrives."""
     local = Mosquitto(tmp_path / "local", extra="max_qos 0\n").start()
-    cloud = Mosquitto(tmp_path / "cloud").start()
     port = free_port()
     cfg = tmp_path / "gw.toml"
     cfg.write_text(config_text(tmp_path / "state", local, cloud, DEVICES, port))
@@ -238,6 +235,5 @@ def test_a_subscription_granted_at_qos0_is_reported(tmp_path: Path) -> None:
         code = gw.terminate()
         capture.close()
         local.stop()
-        cloud.stop()
     assert code == 0
     assert log.read_text().count("granted only QoS 0") == 1

@@ -20,7 +20,6 @@ import pytest
 
 from tests.support.brokers import Mosquitto
 from tests.support.gateway_fixtures import (
-    LOCAL_BROKER_EXTRA,
     DevicePublisher,
     GatewayProcess,
     config_text,
@@ -33,10 +32,9 @@ DEVICES = [f"soak-{i:03d}" for i in range(50)]
 
 
 @pytest.mark.soak
-def test_soak_with_faults(tmp_path: Path) -> None:
+def test_soak_with_faults(tmp_path: Path, local: Mosquitto) -> None:
     seconds = float(os.environ.get("SOAK_SECONDS", "600"))
     rng = random.Random(int(os.environ.get("SOAK_SEED", "1")))
-    local = Mosquitto(tmp_path / "local", persistence=True, extra=LOCAL_BROKER_EXTRA).start()
     cloud = Mosquitto(tmp_path / "cloud", persistence=True).start()
     capture = Capture(cloud.port, topic="gridedge/v1/gw/+/readings")
     cfg = tmp_path / "gw.toml"
@@ -104,7 +102,6 @@ def test_soak_with_faults(tmp_path: Path) -> None:
         stop.set()
         gw.terminate()
         capture.close()
-        local.stop()
         cloud.stop()
     print(f"\nsoak: {seconds:.0f} s, {len(acked)} readings acknowledged, all delivered; "
           f"faults {faults}; gateway RSS {min(rss) / 2**20:.1f}..{max(rss) / 2**20:.1f} MiB")

@@ -32,7 +32,6 @@ from gateway.payloads import iso_ms
 from tests.support.brokers import Mosquitto, free_port
 from tests.support.certs import make_pki
 from tests.support.gateway_fixtures import (
-    LOCAL_BROKER_EXTRA,
     DevicePublisher,
     GatewayProcess,
     config_text,
@@ -421,9 +420,9 @@ def test_monitor_verifies_the_broker_over_tls(tmp_path: Path) -> None:
     assert " connected" in (tmp_path / "b.txt").read_text().splitlines()[0]
 
 
-def test_monitor_through_the_real_gateway(tmp_path: Path) -> None:
-    local = Mosquitto(tmp_path / "local", persistence=True, extra=LOCAL_BROKER_EXTRA).start()
-    cloud = Mosquitto(tmp_path / "cloud").start()
+def test_monitor_through_the_real_gateway(
+    tmp_path: Path, local: Mosquitto, cloud: Mosquitto
+) -> None:
     devices = ["mtr-0000", "mtr-0001"]
     cfg = tmp_path / "gw.toml"
     cfg.write_text(config_text(tmp_path / "state", local, cloud, devices,
@@ -447,8 +446,6 @@ def test_monitor_through_the_real_gateway(tmp_path: Path) -> None:
     finally:
         pub.close()
         gw.terminate()
-        local.stop()
-        cloud.stop()
     assert proc.returncode == 0, stderr.decode()
     text = out.read_text()
     print(text)
