@@ -2,29 +2,26 @@
 
 The file is TOML (``/etc/gridedge/gateway.toml``, read with ``tomllib``). Loading runs in
 three steps - parse, substitute ``${ENV}`` references in strings (secrets stay out of the
-file), validate against the dataclasses below - and collects *every* problem with its key
-path (``uplink.port: must be an integer 1..65535, got 'abc'``) before raising one
-``ConfigError``. Unknown keys are errors too, with a suggestion when one is close, so a
+file), validate against the dataclasses below (schema.py) - and collects *every* problem
+with its key path (``uplink.port: must be an integer 1..65535, got 'abc'``) before raising
+one ``ConfigError``. Unknown keys are errors too, with a suggestion when one is close, so a
 typo cannot silently fall back to a default. Files and topics the config names are checked
 for what they must hold (``config_checks``), so ``run`` never meets a config problem that
-``check-config`` passed. ``gridedge-gateway check-config FILE`` prints
-the same report.
+``check-config`` passed. ``gridedge-gateway check-config FILE`` prints the same report.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import tomllib
-import types
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any
 
 from gateway.config_checks import tls_files, topic_filter, topic_name
+from gateway.schema import build, choice, rng, substitute_env
 
-ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,32}")
 
 
@@ -35,14 +32,6 @@ class ConfigError(Exception):
         super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(
             f"  {p}" for p in problems))
         self.problems = problems
-
-
-def rng(lo: int | float, hi: int | float) -> dict[str, Any]:
-    return {"range": (lo, hi)}
-
-
-def choice(*options: str) -> dict[str, Any]:
-    return {"choices": options}
 
 
 @dataclass
@@ -206,107 +195,6 @@ class Config:
 
 
 # ---------------------------------------------------------------- the loading pipeline
-
-
-def substitute_env(value: Any, path: str, env: dict[str, str], problems: list[str]) -> Any:
-    """Replace ${NAME} in every string with the environment variable NAME."""
-    if isinstance(value, str):
-        def repl(m: re.Match[str]) -> str:
-            name = m.group(1)
-            if name not in env:
-                problems.append(f"{path}: environment variable {name} is not set")
-                return ""
-            return env[name]
-
-        return ENV_REF.sub(repl, value)
-    if isinstance(value, dict):
-        return {k: substitute_env(v, f"{path}.{k}" if path else k, env, problems)
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [substitute_env(v, f"{path}[{i}]", env, problems) for i, v in enumerate(value)]
-    return value
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, str) and len(value) >= 40:
-        return repr(value[:37] + "...")
-    return repr(value)
-
-
-def _check_scalar(tp: Any, value: Any, meta: dict[str, Any], path: str,
-                  problems: list[str]) -> Any:
-    shown = "(secret)" if meta.get("secret") else _describe(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            problems.append(f"{path}: must be true or false, got {shown}")
-        return value
-    if tp is int or tp is float:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        ok = ok or (tp is float and isinstance(value, float))
-        kind = "an integer" if tp is int else "a number"
-        lo, hi = meta.get("range", (None, None))
-        if not ok:
-            where = f" {lo}..{hi}" if lo is not None else ""
-            problems.append(f"{path}: must be {kind}{where}, got {shown}")
-        elif lo is not None and not lo <= value <= hi:
-            problems.append(f"{path}: must be {kind} {lo}..{hi}, got {shown}")
-        return float(value) if tp is float and ok else value
-    if tp is str:
-        if not isinstance(value, str):
-            problems.append(f"{path}: must be a string, got {shown}")
-            return value
-        if "choices" in meta and value not in meta["choices"]:
-            problems.append(f"{path}: must be one of {', '.join(meta['choices'])}, got {shown}")
-        pattern = meta.get("pattern")
-        if pattern is not None and value and not pattern.fullmatch(value):
-            problems.append(f"{path}: {shown} does not match {pattern.pattern}")
-        return value
-    return value
-
-
-def build(cls: Any, data: Any, path: str, problems: list[str]) -> Any:
-    """An instance of dataclass cls from a TOML table, recording every problem."""
-    if not isinstance(data, dict):
-        problems.append(f"{path or '(top level)'}: must be a table")
-        return cls()
-    hints = get_type_hints(cls)
-    known = {f.name: f for f in fields(cls)}
-    for key in data:
-        if key not in known:
-            close = difflib.get_close_matches(key, list(known), n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            problems.append(f"{path + '.' if path else ''}{key}: unknown key{hint}")
-    kwargs: dict[str, Any] = {}
-    for name, f in known.items():
-        fpath = f"{path}.{name}" if path else name
-        tp = hints[name]
-        if name not in data:
-            if f.metadata.get("required"):
-                problems.append(f"{fpath}: required")
-            continue
-        value = data[name]
-        if isinstance(tp, types.UnionType):  # "X | None": TOML has no null, so it is an X
-            tp = next(a for a in get_args(tp) if a is not type(None))
-        if is_dataclass(tp):
-            kwargs[name] = build(tp, value, fpath, problems)
-        elif get_origin(tp) is list:
-            (item,) = get_args(tp)
-            if not isinstance(value, list):
-                problems.append(f"{fpath}: must be a list")
-                continue
-            if is_dataclass(item):
-                kwargs[name] = [build(item, v, f"{fpath}[{i}]", problems)
-                                for i, v in enumerate(value)]
-            else:
-                secret = {"secret": True} if f.metadata.get("secret") else {}
-                kwargs[name] = [_check_scalar(item, v, secret, f"{fpath}[{i}]", problems)
-                                for i, v in enumerate(value)]
-        else:
-            kwargs[name] = _check_scalar(tp, value, dict(f.metadata), fpath, problems)
-    try:
-        return cls(**kwargs)
-    except TypeError:  # a problem is already recorded; keep going with defaults
-        return cls()
 
 
 def cross_checks(cfg: Config, problems: list[str]) -> None:

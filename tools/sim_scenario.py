@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.config import ConfigError, build, choice, rng
+from gateway.config import ConfigError
+from gateway.schema import build, choice, rng
 
 # kind -> what ``value`` means
 KINDS = {
