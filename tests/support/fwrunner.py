@@ -65,12 +65,15 @@ def firmware_module(name: str) -> Any:
 class FirmwareRunner:
     """Runs a firmware script under one interpreter; see the module docstring."""
 
-    def __init__(self, name: str, exe: str, code: list[Path] | None = None) -> None:
+    def __init__(self, name: str, exe: str, code: list[Path] | None = None,
+                 machine: Path = MACHINE_SHIM) -> None:
         """``code`` replaces firmware/, build/mpy-lib and tests/firmware/lib on the module path
-        (e.g. a tree staged by ``gridedge flash``, compiled by mpy-cross)."""
+        (e.g. a tree staged by ``gridedge flash``, compiled by mpy-cross); ``machine``: the
+        folder with the virtual board's machine module (e.g. compiled as well)."""
         self.name = name
         self.exe = exe
         self.code = code
+        self.machine = machine
 
     def command(
         self, script: Path, heapsize: str | None = None, extra_env: dict[str, str] | None = None
@@ -78,14 +81,14 @@ class FirmwareRunner:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MICROPY"))}
         env.update(extra_env or {})
         if self.name == "cpython":
-            path = [SHIMS / "cpython", MACHINE_SHIM, *(self.code or [FIRMWARE, MPY_LIB, FW_LIB])]
+            path = [SHIMS / "cpython", self.machine, *(self.code or [FIRMWARE, MPY_LIB, FW_LIB])]
             env["PYTHONPATH"] = os.pathsep.join(str(p) for p in path)
             env["PYTHONHASHSEED"] = "0"
             # Import the micropython shim first (it adds ticks_ms & co. to time), then run.
             boot = "import micropython, runpy, sys; sys.argv = sys.argv[1:]; " \
                 "runpy.run_path(sys.argv[0], run_name='__main__')"
             return [self.exe, "-S", "-u", "-X", "utf8", "-c", boot, str(script)], env
-        path = [MACHINE_SHIM, *(self.code or [FIRMWARE, MPY_LIB, FW_LIB])]
+        path = [self.machine, *(self.code or [FIRMWARE, MPY_LIB, FW_LIB])]
         env["MICROPYPATH"] = ":".join([*(str(p) for p in path), ".frozen"])
         cmd = [self.exe]
         if heapsize:
