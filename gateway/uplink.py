@@ -38,9 +38,10 @@ from gateway.config import UplinkSection
 from gateway.devices import Devices
 from gateway.hold import Held, Hold
 from gateway.link import DISCONNECTED, REFUSED, Link
+from gateway.outbox import Outbox
 from gateway.payloads import iso_ms
 from gateway.protocol import Frame
-from gateway.store import ALARM, TELEMETRY, Store, Stored, StoreError
+from gateway.store import ALARM, TELEMETRY, Store, Stored
 
 log = logging.getLogger(__name__)
 TOPICS = {ALARM: "alarms", TELEMETRY: "readings"}
@@ -69,16 +70,10 @@ class Uplink:
         # message id -> (sent at, store ids); held readings' messages are in the hold
         self._inflight: dict[int, tuple[float, list[int]]] = {}
         self.hold = hold
-        self._acked: set[int] = set()  # delivered, not yet deleted (see _flush_acked)
-        self._flushed = time.monotonic()
-        self._flush_error_logged = -1e9
-        self._cursor = {ALARM: 0, TELEMETRY: 0}
+        self.outbox = Outbox(store, cfg)  # what goes next, and what to delete
         self._backoff = cfg.backoff_min_s
         self._next_try = 0.0
-        self._tokens = float(cfg.batch_size)
-        self._batch_due: float | None = None  # unix time a partial batch goes anyway
-        self._held_due: float | None = None  # the same for held readings
-        self._last_refill = time.monotonic()
+        self._held_due: float | None = None  # unix time a partial held batch goes anyway
         self._stop = threading.Event()
         self.wake = threading.Event()  # set after each commit (``committed``)
         self.health = health
@@ -172,36 +167,15 @@ class Uplink:
             self.client.disconnect()
             self._lost()
             return
-        self._acked.update(entry[1])
+        self.outbox.delivered(entry[1])
         self.delivered += len(entry[1])
-
-    def _flush_acked(self, force: bool = False) -> None:
-        """Delete acknowledged records, many per transaction: one commit (and fsync) per
-        PUBACK would cap the uplink near 2,000 messages/s. A crash before the delete
-        commits only means those records are sent again; the cloud de-duplicates."""
-        if not self._acked:
-            return
-        now = time.monotonic()
-        if not force and len(self._acked) < 5000 and now - self._flushed < 0.05:
-            return
-        try:
-            self.store.delete(sorted(self._acked))
-        except StoreError as e:
-            if now - self._flush_error_logged >= 60:
-                log.error("uplink: %s; %d delivered records stay until it works",
-                          e, len(self._acked))
-                self._flush_error_logged = now
-            return
-        self._acked.clear()
-        self._flushed = now
 
     def _lost(self) -> None:
         self.connected = False
         if self.hold is not None:
             self.hold.spill("the cloud link was lost")
         self._inflight.clear()
-        self._flush_acked(force=True)
-        self._cursor = {ALARM: 0, TELEMETRY: 0}  # resend what was not acknowledged
+        self.outbox.rewind()  # resend what was not acknowledged
         self._schedule_retry()
 
     def _schedule_retry(self) -> None:
@@ -219,7 +193,7 @@ class Uplink:
                     self._stop.wait(0.05)
                     continue
             self.client.loop(timeout=0.0)
-            self._flush_acked(force=not self._inflight)
+            self.outbox.flush(force=not self._inflight)
             if not self.connected:
                 continue
             self._check_ack_timeout()
@@ -231,12 +205,12 @@ class Uplink:
                 # Idle: sleep until the committer stores something, PUBACKs may be due, or
                 # a partial batch has waited its batch_delay_ms.
                 timeout = 0.005 if self._inflight else 0.02
-                for due in (self._batch_due, self._held_due):
+                for due in (self.outbox.batch_due, self._held_due):
                     if due is not None:
                         timeout = max(0.0, min(timeout, due - time.time()))
                 self.wake.wait(timeout)
                 self.wake.clear()
-        self._flush_acked(force=True)
+        self.outbox.flush(force=True)
         if self.connected:
             self.client.publish(self.status_topic, json.dumps({"state": "offline"}),
                                 qos=1, retain=True)
@@ -293,31 +267,23 @@ class Uplink:
             self.client.disconnect()
             self._lost()
 
-    def _refill(self) -> None:
-        if not self.cfg.drain_rate:
-            return
-        now = time.monotonic()
-        self._tokens = min(float(max(self.cfg.drain_rate, self.cfg.batch_size)),
-                           self._tokens + (now - self._last_refill) * self.cfg.drain_rate)
-        self._last_refill = now
-
     def _send_some(self) -> int:
         """Alarms from the store first, then held readings, then stored telemetry."""
         sent = 0
         while self.connected and len(self._inflight) < self.cfg.max_inflight:
-            self._refill()
-            if self.cfg.drain_rate and self._tokens < 1:
-                break
-            limit = self.cfg.batch_size
-            if self.cfg.drain_rate:
-                limit = max(1, min(limit, int(self._tokens)))
-            batch = self._fetch(ALARM, limit)
+            limit = self.outbox.limit()
+            if not limit:
+                break  # the drain rate says wait
+            batch = self.outbox.alarms(limit)
             if not batch:
                 n = self._send_held(limit)  # held readings first...
                 if n:
                     sent += n
                     continue
-                batch = self._telemetry(limit)  # ...but a partial batch waits: stored
+                rows = self.outbox.telemetry(limit)  # ...but a partial batch waits: stored
+                if rows is None and self.hold is not None and not self._inflight_store():
+                    self.hold.open()  # caught up: new readings may skip the store
+                batch = rows or []
             if not batch or not self._publish(batch):
                 break
             sent += len(batch)
@@ -335,37 +301,9 @@ class Uplink:
         self._held_due = None if due is None else time.time() + due - time.monotonic()
         return n
 
-    def _telemetry(self, limit: int) -> list[Stored]:
-        """Stored telemetry; a partial batch waits up to ``batch_delay_ms`` to fill. An
-        empty store opens the hold."""
-        rows = self._fetch(TELEMETRY, limit)
-        if not rows:
-            self._batch_due = None
-            if self.hold is not None and not self._inflight_store():
-                self.hold.open()  # caught up: new readings may skip the store
-            return []
-        due = (rows[0].created_ms + self.cfg.batch_delay_ms) / 1000
-        if len(rows) < limit and time.time() < due:
-            self._batch_due = due  # wait a little for a fuller batch
-            return []
-        self._batch_due = None
-        return rows
-
     def _inflight_store(self) -> bool:
         """Stored records still on their way (the store is not empty until they land)."""
         return any(ids for _, ids in self._inflight.values())
-
-    def _fetch(self, priority: int, limit: int) -> list[Stored]:
-        """Rows after the cursor, skipping those delivered before a reconnect whose
-        delete is still pending (the cursor moves past them, so they never block)."""
-        while True:
-            rows = self.store.fetch(priority, self._cursor[priority], limit)
-            if not self._acked or not rows:
-                return rows
-            kept = [r for r in rows if r.id not in self._acked]
-            if kept:
-                return kept
-            self._cursor[priority] = rows[-1].id
 
     def _send(self, priority: int, bodies: list[bytes], count: int) -> int | None:
         """Publish one batch; its message id, or None (and the link marked lost)."""
@@ -381,8 +319,6 @@ class Uplink:
             self._lost()
             return None
         self.published += count
-        if self.cfg.drain_rate:
-            self._tokens -= count
         return info.mid
 
     def _publish(self, rows: list[Stored]) -> bool:
@@ -391,7 +327,7 @@ class Uplink:
         if mid is None:
             return False
         self._inflight[mid] = (time.monotonic(), [r.id for r in rows])
-        self._cursor[rows[0].priority] = rows[-1].id
+        self.outbox.sent(rows)
         return True
 
     def _publish_held(self, items: list[Held]) -> int | None:
@@ -399,4 +335,5 @@ class Uplink:
         mid = self._send(TELEMETRY, [h.record.body for h in items], len(items))
         if mid is not None:
             self._inflight[mid] = (time.monotonic(), [])
+            self.outbox.spent(len(items))
         return mid
