@@ -40,7 +40,7 @@ mosquitto:
 lint: $(INSTALLED)
 	$(BIN)/ruff check gateway tools tests
 	$(BIN)/mypy gateway tools
-	$(BIN)/basedpyright
+	$(BIN)/basedpyright --project pyproject.toml
 
 test: setup lint
 	$(BIN)/python -m pytest -n 3
