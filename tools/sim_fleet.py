@@ -44,7 +44,10 @@ class FleetError(ToolError):
 
 
 @dataclass
-class DeviceInfo:
+class DeviceSpec:
+    """A simulated device as the fleet makes it: what its firmware is given (id, key) and
+    what the gateway's registry gets for it (gateway/registry.py)."""
+
     id: str
     role: str
     key: bytes
@@ -108,7 +111,7 @@ class LinkProxy:
 
 
 class SimDevice:
-    def __init__(self, info: DeviceInfo, folder: Path, board: VirtualBoard,
+    def __init__(self, info: DeviceSpec, folder: Path, board: VirtualBoard,
                  config: dict[str, object]) -> None:
         self.info = info
         self.folder = folder
@@ -192,7 +195,7 @@ class Fleet:
             (d, "meter", ("house", "pv", "spare")) for d in scenario.meter_ids()]
         roles += [(d, "line_sensor", ("feeder",)) for d in scenario.line_sensor_ids()]
         for dev, role, channels in roles:
-            info = DeviceInfo(dev, role, hashlib.sha256(seed + dev.encode()).digest(),
+            info = DeviceSpec(dev, role, hashlib.sha256(seed + dev.encode()).digest(),
                               fleet.site, fleet.feeder, channels)
             folder = workdir / dev
             board = VirtualBoard(str(workdir / f"{dev}.sock"))
@@ -208,7 +211,7 @@ class Fleet:
                 sim.serial_port = board.bridge_pty(sim.gateway_uart)
             self.devices[dev] = sim
 
-    def device_list(self) -> list[DeviceInfo]:
+    def device_list(self) -> list[DeviceSpec]:
         return [d.info for d in self.devices.values()]
 
     def serial_ports(self) -> list[str]:
