@@ -16,7 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from gateway.config import ConfigError, load
 from gateway.metrics import MetricsError
 from gateway.registry import RegistryError
-from gateway.store import StoreError
+from gateway.store_file import StoreError
 
 DEFAULT_CONFIG = "/etc/gridedge/gateway.toml"
 

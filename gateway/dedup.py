@@ -44,7 +44,8 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gateway.store import Mark, Record, Store
+from gateway.store import Store
+from gateway.store_rows import Mark, Record
 
 WINDOW = 1024
 MASK = (1 << WINDOW) - 1

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 
 from gateway.alarm import Alarm
 from gateway.protocol import Frame
-from gateway.store import Mark, Recovery, Stored
+from gateway.store_file import Recovery
+from gateway.store_rows import Mark, Stored
 
 MAX_LISTED = 20  # identities named in one record_corrupt event; all are counted
 

@@ -42,7 +42,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.dedup import DurableMarks, Ident
-from gateway.store import Record, Store, StoreError
+from gateway.store import Store
+from gateway.store_file import StoreError
+from gateway.store_rows import Record
 
 log = logging.getLogger(__name__)
 

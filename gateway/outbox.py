@@ -16,7 +16,9 @@ import logging
 import time
 
 from gateway.config import UplinkSection
-from gateway.store import ALARM, TELEMETRY, Store, Stored, StoreError
+from gateway.store import Store
+from gateway.store_file import StoreError
+from gateway.store_rows import ALARM, TELEMETRY, Stored
 
 log = logging.getLogger(__name__)
 

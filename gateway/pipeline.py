@@ -49,7 +49,8 @@ from gateway.hold import Ack as HeldAck
 from gateway.hold import Hold
 from gateway.inbox import Ack, Inbox, Item
 from gateway.protocol import Frame
-from gateway.store import TELEMETRY, Mark, Record, Store
+from gateway.store import Store
+from gateway.store_rows import TELEMETRY, Mark, Record
 from gateway.store_writer import StoreWriter
 from gateway.verify import INTERNAL_ERROR, Accepted, Verifier
 

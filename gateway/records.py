@@ -15,7 +15,7 @@ from gateway.alarm import Alarm
 from gateway.devices import Device
 from gateway.payloads import reading_json
 from gateway.protocol import Frame
-from gateway.store import ALARM, TELEMETRY, Record
+from gateway.store_rows import ALARM, TELEMETRY, Record
 
 _JSON = json.JSONEncoder(separators=(",", ":"))  # alarm records (readings: reading_json)
 ID_FIELDS = ("kind", "state", "device", "feeder", "channel", "quantity", "time")

@@ -19,7 +19,8 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.payloads import iso_ms
-from gateway.store import Store, now_ms
+from gateway.store import Store
+from gateway.store_rows import now_ms
 
 
 def live(host: str, port: int, timeout: float = 2.0) -> dict[str, Any]:

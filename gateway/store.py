@@ -30,7 +30,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
@@ -41,73 +40,21 @@ from gateway.store_file import (
     record_crc,
     record_intact,
 )
-
-__all__ = ["ALARM", "TELEMETRY", "Mark", "Record", "Recovery", "Store", "StoreError",
-           "Stored"]
+from gateway.store_rows import (
+    ALARM,
+    TELEMETRY,
+    Mark,
+    Record,
+    Stored,
+    now_ms,
+    signed64,
+    storable,
+    window_bytes,
+)
 
 log = logging.getLogger(__name__)
 
-ALARM = 0
-TELEMETRY = 1
 MAX_QUARANTINE = 1000  # rows kept for inspection; every one is counted
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    priority: int
-    device: str
-    boot: int
-    seq: int
-    body: bytes
-    created_ms: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Stored:
-    id: int
-    priority: int
-    device: str
-    boot: int
-    seq: int
-    created_ms: int
-    body: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Mark:
-    """De-duplication state of one device (dedup.py says what each field means)."""
-
-    boot: int
-    seq: int
-    window: int  # bit i set: seq - i was received (bit 0 is seq itself)
-    unix_ms: int = 0  # the newest device time accepted so far (0: none)
-    generation: str = ""  # the key (and resync) the mark was made under
-    floor_ms: int = 0  # the newest device time before the counters last went back
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def _signed64(v: int) -> int:
-    # SQLite integers are signed 64-bit; the legacy column keeps the window's low 64 bits.
-    v &= (1 << 64) - 1
-    return v - (1 << 64) if v >= 1 << 63 else v
-
-
-def _storable(value: object) -> object:
-    """A damaged column as SQLite can take it back: text read with surrogates (not UTF-8
-    on the medium) goes back as the bytes it was."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "surrogateescape")
-    return value
-
-
-def _window_bytes(window: int) -> bytes:
-    return window.to_bytes(max(8, (window.bit_length() + 7) // 8), "little")
 
 
 P = ParamSpec("P")
@@ -203,7 +150,7 @@ class Store:
                     self.db.executemany(
                         "INSERT OR REPLACE INTO marks (device, boot, seq, window, updated_ms, "
                         "seen, unix_ms, generation, floor_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [(d, m.boot, m.seq, _signed64(m.window), ts, _window_bytes(m.window),
+                        [(d, m.boot, m.seq, signed64(m.window), ts, window_bytes(m.window),
                           m.unix_ms, m.generation, m.floor_ms) for d, m in marks.items()])
                 self.db.execute("COMMIT")
             except BaseException:
@@ -314,8 +261,8 @@ class Store:
                                     f"WHERE id IN ({marks})", ids).fetchone()[0]
             self.db.executemany(
                 "INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(r.id, *(_storable(v) for v in (r.priority, r.device, r.boot, r.seq,
-                                                  r.created_ms, r.body)), _storable(crc), now)
+                [(r.id, *(storable(v) for v in (r.priority, r.device, r.boot, r.seq,
+                                                  r.created_ms, r.body)), storable(crc), now)
                  for r, crc in bad])
             self.db.execute(f"DELETE FROM records WHERE id IN ({marks})", ids)
             self.db.execute("DELETE FROM quarantine WHERE id NOT IN (SELECT id FROM "
@@ -340,7 +287,7 @@ class Store:
         for d, b, s, w, seen, unix_ms, gen, floor in self.db.execute(
                 "SELECT device, boot, seq, window, seen, unix_ms, generation, floor_ms "
                 "FROM marks"):
-            if type(d) is not str or _storable(d) is not d or _storable(gen) is not gen or not all(
+            if type(d) is not str or storable(d) is not d or storable(gen) is not gen or not all(
                     type(v) is int for v in (b, s, w)) or not isinstance(seen, bytes | None):
                 continue
             window = int.from_bytes(seen, "little") if seen else w & 0xFFFF_FFFF_FFFF_FFFF

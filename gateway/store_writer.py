@@ -19,7 +19,9 @@ import time
 from collections.abc import Callable
 
 from gateway.dedup import Deduplicator, DurableMarks, Ident
-from gateway.store import Mark, Record, Store, StoreError
+from gateway.store import Store
+from gateway.store_file import StoreError
+from gateway.store_rows import Mark, Record
 
 log = logging.getLogger(__name__)
 

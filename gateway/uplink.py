@@ -41,7 +41,8 @@ from gateway.link import DISCONNECTED, REFUSED, Link
 from gateway.outbox import Outbox
 from gateway.payloads import iso_ms
 from gateway.protocol import Frame
-from gateway.store import ALARM, TELEMETRY, Store, Stored
+from gateway.store import Store
+from gateway.store_rows import ALARM, TELEMETRY, Stored
 
 log = logging.getLogger(__name__)
 TOPICS = {ALARM: "alarms", TELEMETRY: "readings"}

@@ -31,7 +31,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.protocol import Channel, Frame, Stat, build_frame
-from gateway.store import TELEMETRY, Record, Store
+from gateway.store import Store
+from gateway.store_rows import TELEMETRY, Record
 from tools.brokers import Mosquitto, resubscribe
 
 DEVICES = [f"bm-{i:03d}" for i in range(50)]

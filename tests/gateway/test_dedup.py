@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from gateway.dedup import WINDOW, Deduplicator
 from gateway.devices import Device
 from gateway.protocol import Channel, Frame, Stat, build_frame
-from gateway.store import Mark, Store
+from gateway.store import Store
+from gateway.store_rows import Mark
 from gateway.verify import Verifier
 from tests.support.brokers import Mosquitto
 from tests.support.gateway_fixtures import (

@@ -27,7 +27,8 @@ from gateway.errors import ProtocolError
 from gateway.inbox import Inbox
 from gateway.pipeline import Pipeline
 from gateway.protocol import FrameDecoder
-from gateway.store import TELEMETRY, Store
+from gateway.store import Store
+from gateway.store_rows import TELEMETRY
 from tests.support.brokers import Mosquitto, free_port
 from tests.support.gateway_fixtures import (
     DevicePublisher,

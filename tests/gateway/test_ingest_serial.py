@@ -10,7 +10,8 @@ from gateway.devices import Device
 from gateway.inbox import Inbox
 from gateway.ingest_serial import SerialIngest
 from gateway.pipeline import Pipeline
-from gateway.store import TELEMETRY, Store
+from gateway.store import Store
+from gateway.store_rows import TELEMETRY
 from tests.support.gateway_fixtures import Line, device_key, frame
 from tests.support.mqtt_capture import wait_for
 

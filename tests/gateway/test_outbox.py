@@ -12,7 +12,8 @@ from pathlib import Path
 
 from gateway.config import UplinkSection
 from gateway.outbox import Outbox
-from gateway.store import ALARM, TELEMETRY, Record, Store, now_ms
+from gateway.store import Store
+from gateway.store_rows import ALARM, TELEMETRY, Record, now_ms
 
 
 def filled(tmp_path: Path, n: int, priority: int = TELEMETRY, age_ms: int = 0) -> Store:

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 from gateway import sdnotify
-from gateway.store import TELEMETRY, Store
+from gateway.store import Store
+from gateway.store_rows import TELEMETRY
 from tests.support.brokers import Mosquitto
 from tests.support.fwrunner import REPO
 from tests.support.gateway_fixtures import (

@@ -15,7 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.dedup import WINDOW, Deduplicator
-from gateway.store import ALARM, TELEMETRY, Mark, Record, Store, StoreError
+from gateway.store import Store
+from gateway.store_file import StoreError
+from gateway.store_rows import ALARM, TELEMETRY, Mark, Record
 
 
 def rec(seq: int, priority: int = TELEMETRY, size: int = 100, device: str = "d1") -> Record:
@@ -80,7 +82,8 @@ def test_committed_batches_survive_sigkill(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     code = textwrap.dedent(f"""
         import sys
-        from gateway.store import Record, Store, Mark
+        from gateway.store_rows import Record, Mark
+        from gateway.store import Store
         s = Store({str(path)!r}, max_bytes=10**9, max_age_s=3600)
         for b in range(100000):
             s.commit([Record(1, "d", 1, b * 10 + i, bytes(200)) for i in range(10)],

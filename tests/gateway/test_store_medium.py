@@ -21,7 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway import wal
-from gateway.store import TELEMETRY, Mark, Record, Store, StoreError
+from gateway.store import Store
+from gateway.store_file import StoreError
+from gateway.store_rows import TELEMETRY, Mark, Record
 from tests.support.brokers import Mosquitto
 from tests.support.gateway_fixtures import (
     DevicePublisher,
@@ -118,7 +120,8 @@ def test_a_store_whose_queries_fail_is_moved_aside_with_what_can_be_read(
 
 WRITER = textwrap.dedent("""
     import sys
-    from gateway.store import Mark, Record, Store
+    from gateway.store_rows import Mark, Record
+    from gateway.store import Store
     s = Store(sys.argv[1], max_bytes=10**9, max_age_s=86400)
     for b in range(200):
         s.commit([Record(1, "mtr-1", 1, b, b"x" * 300)], {"mtr-1": Mark(1, b, 1)})

@@ -21,7 +21,8 @@ from gateway.inbox import Inbox
 from gateway.ingest_mqtt import MQTTIngest
 from gateway.pipeline import Pipeline
 from gateway.protocol import Channel, Frame, Stat, build_frame
-from gateway.store import TELEMETRY, Store
+from gateway.store import Store
+from gateway.store_rows import TELEMETRY
 from tests.support.brokers import Mosquitto, free_port
 from tests.support.mqtt_capture import wait_for
 from tools.brokers import LOCAL_BROKER_SETTINGS

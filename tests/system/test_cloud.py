@@ -63,7 +63,9 @@ from gateway.protocol import (
     Stat,
     build_frame,
 )
-from gateway.store import ALARM, Mark, Recovery, Store, Stored
+from gateway.store import Store
+from gateway.store_file import Recovery
+from gateway.store_rows import ALARM, Mark, Stored
 from tests.support.brokers import Mosquitto
 from tests.support.gateway_fixtures import (
     LOCAL_BROKER_EXTRA,
