@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: setup test lint demo bench soak flash frame-size clean
+.PHONY: setup test lint demo bench eval soak flash frame-size clean
 
 setup: $(INSTALLED) mpy-deps mosquitto
 
@@ -52,6 +52,11 @@ demo: setup
 
 bench: setup
 	$(BIN)/python -m tools.bench --json build/bench.json
+
+# The edge detectors on a seeded, labelled corpus (tools/evaluate.py): a table and
+# build/eval.json. EVAL_PART=tune runs the seeds kept for tuning.
+eval: setup
+	$(BIN)/python -m tools.evaluate --part $(or $(EVAL_PART),report) --json build/eval.json
 
 # Long fault-injection runs (default 10 minutes; SOAK_SECONDS=60 make soak for a short one).
 soak: setup
