@@ -28,16 +28,19 @@ from dataclasses import dataclass, field
 
 MAD_TO_SIGMA = 1.4826
 DAY_S = 86400.0
+CUSUM_K = 0.5  # scales a point may stray before it counts toward a shift
+CUSUM_H = 40.0  # accumulated scales that make a shift (tuned on make eval's tune seeds)
+CUSUM_CLIP = 2.0  # a residual counts at most this many scales: about 27 points make a shift
 STEP_CHANGES = 8  # one large change is no quantisation step: the smallest of 8 may be
 
 
 @dataclass(frozen=True, slots=True)
 class Finding:
-    kind: str  # "anomaly" | "rate_of_change" | "stuck_value"
+    kind: str  # "anomaly" | "rate_of_change" | "stuck_value" | "level_shift"
     value: float
     baseline: float
     score: float
-    state: str = "raised"  # or "cleared"
+    state: str = "raised"  # or "cleared"; "event" for a level_shift (it happens once)
 
 
 @dataclass
@@ -67,6 +70,8 @@ class SeriesDetector:
     changes: int = 0  # changes seen (up to STEP_CHANGES): the step is known after those
     gain: float = 1.0  # the threshold's multiplier, learnt from the series' own tail
     raised: float = 0.0  # anomaly alarms of about the last day (decaying count)
+    up: float = 0.0  # CUSUM of the residuals above the level (in scale units)...
+    down: float = 0.0  # ...and below it
 
     def observe(self, x: float, dt_s: float) -> list[Finding]:
         c = self.cfg
@@ -117,6 +122,8 @@ class SeriesDetector:
             elif self.anomalous and score < 0.8 * threshold:
                 self.anomalous = False
                 out.append(Finding("anomaly", x, self.level, score, "cleared"))
+        if self.n >= c.warmup and scale and score != float("inf"):
+            out += self._change_point(x, (x - self.level) / scale)
         if previous is not None and x != previous:  # learnt after judging this change
             change = abs(x - previous)
             self.step = change if not self.step else min(self.step, change)
@@ -127,4 +134,24 @@ class SeriesDetector:
         self.level += c.alpha * (clipped - self.level)
         self.dev += c.alpha * (abs(clipped - self.level) - self.dev)
         self.n += 1
+        return out
+
+    def _change_point(self, x: float, r: float) -> list[Finding]:
+        """Two-sided CUSUM on the residual in scale units, each clipped to CUSUM_CLIP (an
+        outlier, or a short excursion, is the spike path's, not a shift): a level that
+        moved by more than CUSUM_K scales and stays is one ``level_shift`` event, after
+        which the baseline restarts at the new level instead of alarming for every
+        point. The series' threshold gain (its false-alarm budget) scales CUSUM_H too."""
+        r = max(-CUSUM_CLIP, min(CUSUM_CLIP, r))
+        self.up = max(0.0, self.up + r - CUSUM_K)
+        self.down = max(0.0, self.down - r - CUSUM_K)
+        if max(self.up, self.down) <= CUSUM_H * self.gain:
+            return []
+        statistic, before = max(self.up, self.down), self.level
+        self.level, self.up, self.down = x, 0.0, 0.0
+        out = []
+        if self.anomalous:  # the excursion was this shift: it ends as the baseline moves
+            self.anomalous = False
+            out.append(Finding("anomaly", x, before, 0.0, "cleared"))
+        out.append(Finding("level_shift", x, before, round(statistic, 2), "event"))
         return out

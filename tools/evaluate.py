@@ -39,7 +39,7 @@ def alarms_of(series: Series, cfg: AnomalyConfig) -> tuple[list[int], float]:
     raised: list[int] = []
     t0 = time.perf_counter()
     for i, x in enumerate(series.values):
-        if any(f.state == "raised" for f in det.observe(x, series.period_s)):
+        if any(f.state in ("raised", "event") for f in det.observe(x, series.period_s)):
             raised.append(i)
     return raised, time.perf_counter() - t0
 

@@ -53,3 +53,21 @@ def test_one_large_first_change_is_not_taken_for_the_resolution() -> None:
     det = SeriesDetector(AnomalyConfig(sensitivity=5.0, warmup=2))
     findings = [f for v in (230_000, 262_000, 262_000) for f in det.observe(v, 1.0)]
     assert [(f.kind, f.state) for f in findings] == [("anomaly", "raised")]
+
+
+def test_a_drift_is_one_level_shift_event_and_a_short_excursion_none() -> None:
+    """The change-point path (CUSUM): a level that moves and stays is one event, with the
+    level it left and the one it reached; a ten-reading excursion is the spike path's."""
+    det = SeriesDetector(AnomalyConfig(sensitivity=5.0, warmup=5))
+    for i in range(9):
+        det.observe(1_000_000 + (i % 2) * 1000, 1.0)
+    shifts = [f for i in range(60) for f in det.observe(1_000_000 + i * 2000, 1.0)
+              if f.kind == "level_shift"]
+    assert len(shifts) == 1 and shifts[0].state == "event"
+    assert 1_000_000 < shifts[0].baseline < shifts[0].value
+    spiky = SeriesDetector(AnomalyConfig(sensitivity=5.0, warmup=5))
+    for i in range(50):
+        spiky.observe(1000.0 + (i % 3), 1.0)
+    found = [f.kind for _ in range(10) for f in spiky.observe(2000.0, 1.0)]
+    found += [f.kind for i in range(30) for f in spiky.observe(1000.0 + (i % 3), 1.0)]
+    assert "level_shift" not in found and found.count("anomaly") == 2  # raised, cleared

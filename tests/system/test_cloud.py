@@ -458,6 +458,8 @@ def checks_events() -> list[dict[str, Any]]:
     observe("m1", t0 + 12, delta_wh=2.0)  # back: offline cleared
     observe("l1", t0 + 12, delta_wh=2.0)
     tick(t0 + 22)  # balanced now: the loss alarm clears
+    for i in range(45):  # the feeder's power drifts up, 2 W a period: a level shift
+        observe("l1", t0 + 22.1 + i * 0.1, watts=1000 + 2 * i, delta_wh=0.0)
     gap_frame = Frame("m1", 1, 40, 40_000, 1000, (Channel(0, 0, {}),))
     events.append((gw_events.gap(gap_frame, 4, int((t0 + 23) * 1000)), 1, 40))
     # The gateway's reports on its inputs (verify.py) and itself (store_file.py, store.py).
@@ -491,9 +493,13 @@ def test_every_alarm_kind_matches_schema_and_cddl(tmp_path: Path) -> None:
                  ("non_technical_loss", "cleared"), ("gap", "event"),
                  ("store_corrupt", "event"), ("record_corrupt", "event"),
                  ("replay_rejected", "raised"), ("replay_rejected", "cleared"),
-                 ("counter_reset", "event"),
+                 ("counter_reset", "event"), ("level_shift", "event"),
                  ("rate_of_change", "raised"), ("rate_of_change", "cleared")]:
         assert want in seen, want
+    shift = next(r for r in records if r["kind"] == "level_shift")
+    assert (shift["device"], shift["quantity"]) == ("l1", "power")
+    assert 1000 <= shift["baseline"] < shift["value"] <= 1090, shift  # from, to (W)
+    assert shift["score"] > 40  # the CUSUM statistic that made it
     loss = next(r for r in records if r["kind"] == "non_technical_loss")
     assert loss["device"] == "" and loss["feeder"] == "F1" and loss["loss"] > 0.05
     # Unique ids, built as documented; 0:0 for what the periodic tick found.
