@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from gateway.store_writer import MARKS_INTERVAL_S
-from tests.support.brokers import Mosquitto
+from tests.support.brokers import Mosquitto, free_port
 from tests.support.gateway_fixtures import (
     LOCAL_BROKER_EXTRA,
     DevicePublisher,
@@ -28,7 +28,6 @@ from tests.support.gateway_fixtures import (
 )
 from tests.support.mqtt_capture import Capture, wait_for
 from tests.support.tcp_proxy import FreezableProxy
-from tools.brokers import free_port
 
 DEVICES = ["mtr-1", "mtr-2"]
 

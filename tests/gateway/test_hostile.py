@@ -28,7 +28,7 @@ from gateway.ingest_serial import SerialIngest
 from gateway.pipeline import Pipeline
 from gateway.store import Store
 from gateway.verify import RateLimitedLog, Verifier
-from tests.support.brokers import Mosquitto
+from tests.support.brokers import Mosquitto, free_port
 from tests.support.gateway_fixtures import (
     LOCAL_BROKER_EXTRA,
     DevicePublisher,
@@ -43,7 +43,6 @@ from tests.support.gateway_fixtures import (
     stored,
 )
 from tests.support.mqtt_capture import wait_for
-from tools.brokers import free_port
 
 POISON = bytes.fromhex("d1c5821b7fffffffffffffff01")  # tag 17 around a huge bigfloat
 DEVICES = ["mtr-1", "mtr-2"]

@@ -947,8 +947,8 @@ def test_tail_dedup_count_and_alarms(tmp_path: Path) -> None:
 
 
 def test_tail_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.support.brokers import free_port
     from tools import cli
-    from tools.brokers import free_port
 
     for args, want in [
         (("--host", "127.0.0.1", "--port", str(free_port())), "cannot connect to 127.0.0.1"),
