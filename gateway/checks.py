@@ -77,6 +77,13 @@ class DeviceState:
     info: Device = NOWHERE  # site, feeder, role (the key is not used here)
 
 
+def anomaly_config(cfg: ChecksSection, max_rate: float | None = None) -> AnomalyConfig:
+    """One quantity's detector settings from [checks] (``max_rate`` in wire units per
+    second); ``make eval`` (tools/evaluate.py) measures the detector with these too."""
+    return AnomalyConfig(cfg.anomaly_sensitivity, cfg.anomaly_warmup, max_rate=max_rate,
+                         stuck_after=cfg.stuck_periods)
+
+
 class EdgeChecks:
     def __init__(self, cfg: ChecksSection, devices: Devices) -> None:
         self.cfg = cfg
@@ -86,8 +93,7 @@ class EdgeChecks:
         # One detector configuration per quantity: the rate limits are per unit (the
         # detectors see wire units: mV, mA, mW).
         self.anomaly_cfg = {
-            qty: AnomalyConfig(cfg.anomaly_sensitivity, cfg.anomaly_warmup,
-                               max_rate=rate * 1000 or None, stuck_after=cfg.stuck_periods)
+            qty: anomaly_config(cfg, rate * 1000 or None)
             for qty, rate in (("voltage", cfg.max_rate_v_per_s),
                               ("current", cfg.max_rate_a_per_s),
                               ("power", cfg.max_rate_w_per_s))}

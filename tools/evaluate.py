@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gateway.anomaly import AnomalyConfig, SeriesDetector
+from gateway.checks import anomaly_config
 from gateway.config import ChecksSection
 from tools.eval_corpus import KINDS, Series, corpus
 from tools.eval_score import Tally, score, summarise
@@ -27,10 +28,9 @@ PARTS = {"tune": range(0, 10), "report": range(10, 30)}
 
 
 def shipped_config() -> AnomalyConfig:
-    """The anomaly settings the gateway runs with by default ([checks]; no rate limit,
-    which is off by default), as gateway/checks.py builds them."""
-    c = ChecksSection()
-    return AnomalyConfig(c.anomaly_sensitivity, c.anomaly_warmup, stuck_after=c.stuck_periods)
+    """The anomaly settings the gateway runs with by default ([checks]; the rate limit is
+    off by default), built by the edge checks' own function."""
+    return anomaly_config(ChecksSection())
 
 
 def alarms_of(series: Series, cfg: AnomalyConfig) -> tuple[list[int], float]:

@@ -313,12 +313,11 @@ def flash(board_name: str, port: str, config_path: Path | None = None, dry_run: 
     # left behind in a checkout or an installation.
     with tempfile.TemporaryDirectory(prefix=f"gridedge-flash-{board_name}-") as tmp:
         stage = Path(tmp)
-        _install(port, stage, board_name, config, wipe, timeout, out)
+        _install(port, stage, board_name, board, config, wipe, timeout, out)
 
 
-def _install(port: str, stage: Path, board_name: str, config: dict[str, Any] | None,
-             wipe: bool, timeout: float, out: TextIO) -> None:
-    board = load_board(board_name)
+def _install(port: str, stage: Path, board_name: str, board: dict[str, Any],
+             config: dict[str, Any] | None, wipe: bool, timeout: float, out: TextIO) -> None:
     device = probe(port, timeout)
     arch = choose_arch(device, board_name, board, port)
     print(f"board on {port}: MicroPython {device.platform}, .mpy {device.version}, "
