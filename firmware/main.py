@@ -18,9 +18,12 @@ def console(window):
     """The boot window's console (window) or the console itself. True if the installer
     left it with exit; False if none ran, its input ended, or it failed. KeyboardInterrupt
     (Ctrl-C) still ends the program: mpremote and `gridedge flash` take a board over so."""
+    import gc
     import sys
 
     before = [name for name in sys.modules if name.startswith("gemeter")]
+    threshold = gc.threshold()
+    gc.threshold(1024)  # as App's start: garbage freed early leaves fewer holes behind
     try:
         from gemeter import console as con
 
@@ -32,21 +35,16 @@ def console(window):
         return False
     finally:
         unload_console(before)
+        gc.threshold(threshold)
 
 
 def unload_console(keep):
-    """Forget the gemeter modules loaded since keep (a list of module names) was taken,
-    and the package's attributes for them."""
+    """Forget the gemeter modules loaded since keep (a list of module names) was taken."""
     import sys
 
-    gone = [name for name in sys.modules if name.startswith("gemeter") and name not in keep]
-    for name in gone:
-        del sys.modules[name]
-    package = sys.modules.get("gemeter")
-    if package is not None:
-        for name in gone:
-            if name.count(".") == 1 and name[8:] in dir(package):
-                delattr(package, name[8:])
+    from gemeter import unload
+
+    unload([name[8:] for name in sys.modules if name.startswith("gemeter.") and name not in keep])
 
 
 def main():

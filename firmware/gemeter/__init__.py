@@ -7,3 +7,18 @@ MicroPython port or micropython-lib ships (a generic "meter" or "firmware" could
 or be shadowed). Its modules are named for their layer, as on the gateway: framing.py
 here and gateway/framing.py there are the two ends of the serial link's framing.
 """
+
+
+def unload(names):
+    """Forget modules of this package, e.g. ``unload(("console",))``: their heap is freed
+    once nothing refers to anything they made. A meter builds itself with modules it then
+    unloads (gemeter/start.py), and main.py unloads the console before the meter runs."""
+    import sys
+
+    package = sys.modules["gemeter"]
+    for name in names:
+        sys.modules.pop("gemeter." + name, None)
+        try:
+            delattr(package, name)
+        except (AttributeError, KeyError):  # MicroPython: KeyError for a missing one
+            pass

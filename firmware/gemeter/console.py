@@ -68,7 +68,7 @@ class Console:
     """Command interpreter; ``handle(line)`` returns the output lines."""
 
     def __init__(self, paths=None):
-        from gemeter.app import Paths
+        from gemeter.start import Paths
 
         self.paths = paths or Paths()
         self.cfg = Config(self.paths.config).load()
@@ -84,7 +84,7 @@ class Console:
     def _hardware(self):
         if self._hw is None:
             from gemeter import board as boardmod
-            from gemeter.app import build_sources
+            from gemeter.start import build_sources
             from gemeter.state import State
 
             desc = boardmod.load(self.paths.board)

@@ -1,7 +1,7 @@
 """Build authenticated reading frames (protocol version 1, docs/protocol.md).
 
 A frame is a COSE_Mac0 message (RFC 9052, CBOR tag 17) whose payload is the deterministic
-CBOR encoding of a reading map with small integer keys. The MAC is HMAC 256/64 (COSE
+CBOR encoding (RFC 8949 section 4.2.1) of a reading map with small integer keys. The MAC is HMAC 256/64 (COSE
 algorithm 4: HMAC-SHA256 truncated to 8 bytes) over the MAC_structure of RFC 9052 section
 6.3, ["MAC0", protected, external_aad = h'', payload], keyed with the device's 32-byte key.
 The protected header carries the algorithm and the key id (the device id as UTF-8).
@@ -9,13 +9,20 @@ The protected header carries the algorithm and the key id (the device id as UTF-
 Every quantity is a scaled integer in the units listed below, because ESP32 and RP2040
 floats are single precision. Pure logic: no I/O, runs under MicroPython and CPython.
 
-A meter only builds frames; the firmware-side parser that the interop tests use
-(tests/firmware/lib/frame_parser.py) is kept off the board, as is the CBOR decoder it needs.
+A frame uses a small part of CBOR: unsigned and negative integers, one text string (the
+device id), byte strings, arrays of integers and maps whose keys are 0..23. The encoder here
+writes only that, in the fixed layout of docs/protocol.md: a map's keys, all below 24, are
+one byte each and sorted numerically, which is their deterministic (bytewise) order, and
+every head is in its shortest form. A general CBOR codec is not needed on a board and costs
+heap there; the one the tests use (tests/firmware/lib/cbor_encoder.py, cbor_decoder.py) is
+never flashed, nor is the firmware-side parser (tests/firmware/lib/frame_parser.py).
 """
+
+import struct
 
 from micropython import const
 
-from gemeter import auth, cbor
+from gemeter import auth
 
 VERSION = const(1)
 MAX_MESSAGE = const(1024)  # bytes of one encoded COSE_Mac0 message, enforced both ways
@@ -81,8 +88,61 @@ def valid_device_id(s):
     return True
 
 
-def _protected(device_id):
-    return cbor.dumps({HDR_ALG: ALG_HMAC_256_64, HDR_KID: device_id.encode("utf-8")})
+def head(buf, major, n):
+    """Append the head of a data item of major type ``major`` and argument n (shortest
+    form; FrameError above 2**64 - 1). The tests' general encoder uses it too."""
+    mt = major << 5
+    if n < 24:
+        buf.append(mt | n)
+    elif n < 0x100:
+        buf.append(mt | 24)
+        buf.append(n)
+    elif n < 0x10000:
+        buf.append(mt | 25)
+        buf.extend(struct.pack(">H", n))
+    elif n < 0x100000000:
+        buf.append(mt | 26)
+        buf.extend(struct.pack(">I", n))
+    elif n < 0x10000000000000000:
+        buf.append(mt | 27)
+        buf.extend(struct.pack(">Q", n))
+    else:
+        raise FrameError("integer out of range")
+
+
+def _value(buf, v):
+    # A measurement: an int, or a list of ints ([mean, min, max]).
+    if isinstance(v, list):
+        head(buf, 4, len(v))
+        for x in v:
+            _int(buf, x)
+    else:
+        _int(buf, v)
+
+
+def _int(buf, v):
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise FrameError("a frame carries integers, not %s" % type(v).__name__)
+    if v >= 0:
+        head(buf, 0, v)
+    else:
+        head(buf, 1, -1 - v)
+
+
+def _bytes(buf, b):
+    head(buf, 2, len(b))
+    buf.extend(b)
+
+
+def _channel(buf, m):
+    # A channel map (C_* keys, each 0..23: one byte, numeric order = deterministic order).
+    keys = sorted(m)
+    head(buf, 5, len(keys))
+    for k in keys:
+        if not 0 <= k < 24:
+            raise FrameError("channel key %r" % (k,))
+        buf.append(k)
+        _value(buf, m[k])
 
 
 class FrameBuilder:
@@ -101,18 +161,22 @@ class FrameBuilder:
             raise FrameError("device key must be 32 bytes")
         self.device_id = device_id
         self._mac = auth.HMACSHA256(key)
-        protected = _protected(device_id)
-        buf = bytearray()  # MAC_structure ["MAC0", protected, h'', payload], to the payload
-        cbor.head(buf, 4, 4)
-        for item in ("MAC0", protected, b""):
-            cbor.encode(buf, item)
-        self._mac_structure = bytes(buf)
-        buf = bytearray()  # 17([protected, {}, payload, tag]), to the payload
-        cbor.head(buf, 6, COSE_MAC0_TAG)
-        cbor.head(buf, 4, 4)
-        cbor.encode(buf, protected)
-        cbor.encode(buf, {})
-        self._message = bytes(buf)
+        kid = device_id.encode("utf-8")
+        self._kid = kid
+        buf = bytearray(b"\xa2")  # protected header {1: alg, 4: kid}
+        buf.append(HDR_ALG)
+        buf.append(ALG_HMAC_256_64)
+        buf.append(HDR_KID)
+        _bytes(buf, kid)
+        protected = bytes(buf)
+        buf = bytearray(b"\x84\x64MAC0")  # MAC_structure ["MAC0", protected, h'', payload]
+        _bytes(buf, protected)
+        buf.append(0x40)  # external_aad: empty byte string
+        self._mac_structure = bytes(buf)  # up to the payload
+        buf = bytearray(b"\xd1\x84")  # 17([protected, {}, payload, tag])
+        _bytes(buf, protected)
+        buf.append(0xA0)  # unprotected header: empty map
+        self._message = bytes(buf)  # up to the payload
         self._payload = bytearray()
         self._out = bytearray()
         self._len = bytearray()  # the payload's byte-string head
@@ -121,31 +185,33 @@ class FrameBuilder:
         """Encode and MAC one frame (bytes). channels: list of channel maps (C_* keys)."""
         if not 1 <= len(channels) <= MAX_CHANNELS:
             raise FrameError("a frame carries 1..%d channels" % MAX_CHANNELS)
-        reading = {
-            F_VERSION: VERSION,
-            F_DEVICE: self.device_id,
-            F_BOOT: boot,
-            F_SEQ: seq,
-            F_UPTIME: uptime_ms,
-            F_PERIOD: period_ms,
-            F_CHANNELS: channels,
-        }
-        if unix_ms is not None:
-            reading[F_TIME] = unix_ms
-        if dropped:
-            reading[F_DROPPED] = dropped
         payload = self._payload
         payload[:] = b""  # emptied, not freed
-        cbor.encode(payload, reading)
-        head = self._len
-        head[:] = b""
-        cbor.head(head, 2, len(payload))
-        tag = self._mac.digest(self._mac_structure, head, payload)
+        # The reading map, its keys in numeric order; F_TIME and F_DROPPED only when set.
+        head(payload, 5, 7 + (unix_ms is not None) + (dropped != 0))
+        payload.append(F_VERSION)
+        payload.append(VERSION)
+        payload.append(F_DEVICE)
+        head(payload, 3, len(self._kid))  # the device id, a text string
+        payload.extend(self._kid)
+        for k, v in ((F_BOOT, boot), (F_SEQ, seq), (F_UPTIME, uptime_ms),
+                     (F_TIME, unix_ms), (F_PERIOD, period_ms), (F_DROPPED, dropped)):
+            if v is not None and (v or k != F_DROPPED):
+                payload.append(k)
+                _int(payload, v)
+        payload.append(F_CHANNELS)
+        head(payload, 4, len(channels))
+        for m in channels:
+            _channel(payload, m)
+        length = self._len
+        length[:] = b""
+        head(length, 2, len(payload))
+        tag = self._mac.digest(self._mac_structure, length, payload)
         out = self._out
         out[:] = self._message
-        out.extend(head)
+        out.extend(length)
         out.extend(payload)
-        cbor.head(out, 2, TAG_LEN)
+        head(out, 2, TAG_LEN)
         out.extend(memoryview(tag)[:TAG_LEN])
         if len(out) > MAX_MESSAGE:
             raise FrameError("frame of %d bytes exceeds %d" % (len(out), MAX_MESSAGE))

@@ -1,8 +1,14 @@
-"""Firmware CBOR codec: RFC Appendix A vectors and round-trip properties, on both interpreters.
+"""The firmware tests' CBOR codec: RFC Appendix A vectors and round-trip properties, on both
+interpreters.
 
-The vectors (tests/data, copied from RFC 7049 Appendix A) run through the firmware's encoder
-(firmware/gemeter/cbor.py) and the decoder kept with the tests (tests/firmware/lib/cbor_decoder.py:
-a meter never decodes, so it is not flashed) under CPython and the MicroPython unix port;
+A meter encodes only the fixed frame layout (gemeter/frame.py; its bytes are compared with
+cbor2's canonical encoding in tests/system/test_protocol_interop.py). The general codec the
+firmware tests use to build and read CBOR under MicroPython lives in tests/firmware/lib
+(cbor_encoder.py, cbor_decoder.py) and is never flashed; a helper that is wrong would make
+the tests that use it lie, so it is held to the RFC here.
+
+The vectors (tests/data, copied from RFC 7049 Appendix A) run through that encoder and
+decoder under CPython and the MicroPython unix port;
 every decoded value is compared with the vector's own expectation, every round-trip vector
 must re-encode to the same bytes, and the two interpreters must agree byte for byte. One
 vector, 0xf818 = simple(24), is well-formed in RFC 7049 but not in RFC 8949 (section 3.3: a
@@ -120,7 +126,7 @@ def test_interpreters_agree_on_vectors(fw_micropython: FirmwareRunner) -> None:
 
 # ---------------------------------------------------------------- properties (CPython in-process)
 
-cbor = firmware_module("gemeter.cbor")
+cbor = firmware_module("cbor_encoder")  # tests/firmware/lib, like the decoder
 cbor_decoder = firmware_module("cbor_decoder")  # tests/firmware/lib: the decoder is not flashed
 
 keys = st.one_of(st.integers(-(2**64), 2**64 - 1), st.text(max_size=8))

@@ -1,18 +1,18 @@
-"""CBOR decoder for the firmware tests: the decoding half of firmware/gemeter/cbor.py.
+"""CBOR decoder for the firmware tests: the decoding half of cbor_encoder.py beside it.
 
-A meter only encodes, so this module is kept off the board (``gridedge flash`` stages only
+A meter never decodes, so this module is kept off the board (``gridedge flash`` stages only
 firmware/): tests/support/fwrunner.py puts tests/firmware/lib on the module path of both interpreters.
 It runs unchanged under MicroPython and CPython. It accepts every well-formed item of the
 supported subset, including indefinite-length strings, arrays and maps, and checks every
 length taken from the wire against the bytes actually present before it slices or loops,
 with the encoder's nesting limit. Values it cannot map to Python types come back as the
-firmware's own ``Tag``, ``Simple`` and ``UNDEFINED``, so ``cbor.dumps`` re-encodes them.
+encoder's ``Tag``, ``Simple`` and ``UNDEFINED``, so ``cbor_encoder.dumps`` re-encodes them.
 """
 
 import math
 import struct
 
-from gemeter.cbor import MAX_DEPTH, UNDEFINED, CBORError, Simple, Tag
+from cbor_encoder import MAX_DEPTH, UNDEFINED, CBORError, Simple, Tag
 
 _INF = float("inf")
 

@@ -8,7 +8,8 @@ is checked against (tag, header, MAC, version, key id) comes from firmware/gemet
 """
 
 import cbor_decoder
-from gemeter import auth, cbor
+import cbor_encoder as cbor
+from gemeter import auth
 from gemeter.frame import (
     ALG_HMAC_256_64,
     COSE_MAC0_TAG,

@@ -4,8 +4,8 @@
 import json
 import sys
 
-from gemeter.app import App, Paths
+from gemeter.app import App
 
 req = json.loads(sys.stdin.read())
-app = App(Paths(req["root"]))
+app = App(req["root"])
 print(json.dumps(app.run(max_cycles=req["cycles"])))

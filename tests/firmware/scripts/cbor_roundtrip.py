@@ -1,5 +1,5 @@
-# Firmware-side half of the CBOR tests (runs under CPython -S and MicroPython): the
-# firmware's encoder, and the test-only decoder that goes with it (tests/firmware/lib).
+# Interpreter-side half of the CBOR tests (runs under CPython -S and MicroPython): the
+# general encoder and decoder the firmware tests use (tests/firmware/lib, never flashed).
 # stdin: JSON list of hex strings. stdout: one JSON list, per input either
 # {"err": message} or {"v": plain form of the decoded value, "re": hex of its re-encoding}.
 import binascii
@@ -8,7 +8,7 @@ import struct
 import sys
 
 import cbor_decoder
-from gemeter import cbor
+import cbor_encoder as cbor
 
 
 def plain(v):

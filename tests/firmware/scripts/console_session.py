@@ -8,7 +8,7 @@ import json
 import sys
 
 from gemeter import console
-from gemeter.app import Paths
+from gemeter.start import Paths
 
 
 class Typed:

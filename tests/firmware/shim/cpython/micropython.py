@@ -4,7 +4,7 @@ Provides ``const`` (a compile-time constant on MicroPython, the identity here) a
 firmware imports this module before it touches the clock, adds MicroPython's tick API to
 CPython's ``time`` module: ticks_ms/us (wrapping like a board's 30-bit ticks), ticks_diff,
 ticks_add, sleep_ms/us; and gc.mem_alloc/mem_free, which report 0 here (heap figures are
-only measured under MicroPython). Never deployed to a board.
+only measured under MicroPython), and gc.threshold, which only keeps its value. Never deployed to a board.
 """
 
 import gc as _gc
@@ -52,3 +52,18 @@ for _name, _fn in (
 for _name in ("mem_alloc", "mem_free"):
     if not hasattr(_gc, _name):
         setattr(_gc, _name, lambda: 0)
+
+
+_threshold = [-1]
+
+
+def _gc_threshold(amount=None):
+    # MicroPython's gc.threshold(): the value (-1 = off) without an argument, else sets it.
+    if amount is None:
+        return _threshold[0]
+    _threshold[0] = amount
+    return None
+
+
+if not hasattr(_gc, "threshold"):
+    _gc.threshold = _gc_threshold

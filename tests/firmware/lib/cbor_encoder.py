@@ -1,4 +1,5 @@
-"""Deterministic CBOR (RFC 8949) encoder for the firmware.
+"""Deterministic CBOR (RFC 8949) encoder for the firmware tests (never flashed: a meter
+writes only the fixed frame layout of gemeter/frame.py).
 
 Runs unchanged under MicroPython and CPython. The encoder emits the core deterministic
 encoding of RFC 8949 section 4.2.1: shortest-form heads, definite lengths only, map keys
@@ -6,13 +7,14 @@ sorted by the bytewise order of their encodings, floats in the shortest of binar
 that keeps the value. It therefore produces byte-identical output on both interpreters
 (MicroPython's dict order is not insertion order, so sorting is what makes that true).
 
-A meter only ever encodes, so the decoder is not here: it lives with the tests
-(tests/firmware/lib/cbor_decoder.py, on the firmware tests' module path) and is never flashed.
-``Tag``, ``Simple`` and ``UNDEFINED`` stay here because the encoder writes them.
+The decoder is cbor_decoder.py beside it. ``Tag``, ``Simple`` and ``UNDEFINED`` are here
+because the encoder writes them.
 """
 
 import math
 import struct
+
+from gemeter.frame import head  # the meter's own: shortest-form heads, up to 2**64 - 1
 
 MAX_DEPTH = 16
 
@@ -65,25 +67,6 @@ UNDEFINED = _Undefined()
 
 
 # ---------------------------------------------------------------- encoding
-
-
-def head(buf, major, n):
-    """Append the head of a data item of major type major and argument n."""
-    mt = major << 5
-    if n < 24:
-        buf.append(mt | n)
-    elif n < 0x100:
-        buf.append(mt | 24)
-        buf.append(n)
-    elif n < 0x10000:
-        buf.append(mt | 25)
-        buf.extend(struct.pack(">H", n))
-    elif n < 0x100000000:
-        buf.append(mt | 26)
-        buf.extend(struct.pack(">I", n))
-    else:
-        buf.append(mt | 27)
-        buf.extend(struct.pack(">Q", n))
 
 
 def _half_bits(f):
