@@ -30,7 +30,7 @@ class App:
         # Collect often while building: the start's garbage (file text, parsed JSON,
         # unloaded modules) is then freed before the meter's long-lived objects are
         # placed, instead of lying between them as holes afterwards. On the unix port
-        # the meter starts in 74 KB with this, and needed 86 KB without it.
+        # the meter started in 74 KB with this, and needed 86 KB without it.
         threshold = gc.threshold()
         gc.threshold(1024)
         from gemeter import start

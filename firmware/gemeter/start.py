@@ -161,14 +161,20 @@ def build(app, paths):
     if app.state.problem:  # the console's show says it too, until this start repairs it
         print("problem: " + app.state.problem)
     app.builder = frame.FrameBuilder(settings["device_id"], key)
+    app.clock = Clock()
+    app.link = open_link(desc, settings, paths, app.clock)
     app.sources, app.channels, uncal = build_sources(desc, settings, app.state)
+    # What the board file and the settings still say, as numbers; then they and the board
+    # module go before the last parts are made: the start's peak is here, not after them.
     app.interval_ms = settings["sample_interval_ms"]
     app.checkpoint_s = settings["checkpoint_s"]
     app.wdt_ms = desc.get("wdt_timeout_ms", 8000)
     per_report = settings["report_interval_s"] * 1000 // app.interval_ms
+    ring_size = settings["ring_size"]
+    del desc, settings, key
+    unload(("board",))
+    gc.collect()
     app.sampler = Sampler(app.sources, app.channels, per_report, app.builder)
     for ch in uncal:
         app.sampler.flag(ch, frame.ST_UNCALIBRATED)
-    app.ring = FrameRing(settings["ring_size"])
-    app.clock = Clock()
-    app.link = open_link(desc, settings, paths, app.clock)
+    app.ring = FrameRing(ring_size)
