@@ -188,3 +188,24 @@ def atomic_write(path, data):
         except OSError:
             pass
         os.rename(tmp, path)
+
+
+def read_device(paths):
+    """The meter's start (gemeter/start.py): (board description, settings, key) from the
+    files under ``paths``, as plain data (the settings: the values and "calibration"; a
+    device without an id gets one from its unique id). The caller unloads the modules
+    that read them."""
+    from gemeter import board as boardmod
+    from gemeter.keystore import KeyStore
+
+    desc = boardmod.load(paths.board)
+    cfg = Config(paths.config).load()
+    settings = cfg.values
+    settings["calibration"] = cfg.calibration
+    if not settings["device_id"]:
+        import binascii
+
+        import machine
+
+        settings["device_id"] = "gm-" + str(binascii.hexlify(machine.unique_id()), "ascii")[-8:]
+    return desc, settings, KeyStore(paths.key).load()

@@ -84,12 +84,12 @@ class Console:
     def _hardware(self):
         if self._hw is None:
             from gemeter import board as boardmod
-            from gemeter.start import build_sources
+            from gemeter.start import build_sources, buses
             from gemeter.state import State
 
             desc = boardmod.load(self.paths.board)
             state = State(self.paths.state).load()
-            sources = build_sources(desc, self.cfg, state)[0]
+            sources = build_sources(buses(desc), self.cfg, state)[0]
             self._hw = (desc, sources)
         return self._hw
 

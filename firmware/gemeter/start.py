@@ -1,18 +1,17 @@
 """The meter's start: everything built from the files, in a module unloaded once it is done.
 
-``build(app, paths)`` is App's constructor, in two steps, so that what only the start
-needs never shares the heap with the meter: first the board file, the settings and the key
-are read (modules board, config and keystore, then unloaded: STARTUP_MODULES), then the
-meter's modules are imported and built from plain data (board is loaded again to make the
-buses). A driver is imported only for a board that carries its IC. App unloads this module
-and board afterwards: a meter runs for months and builds itself once, so none of this code
-stays in its heap. The console uses ``build_sources`` and ``Paths`` too.
+``build(app, paths)`` is App's constructor, in steps, so that what only the start needs
+never shares the heap with the meter: the board file, the settings and the key are read
+(config.read_device, with modules board, config and keystore, then unloaded: READERS); the
+state, frame builder, link and buses are made (board loaded again for them, then unloaded,
+and the board description dropped); only then are the drivers imported and made, which is
+the start's peak, and the sampler and ring last. A driver is imported only for a board
+that carries its IC. App unloads this module afterwards: a meter runs for months and
+builds itself once, so none of this code stays in its heap. The console uses ``buses``, ``build_sources`` and ``Paths`` too.
 """
 
 import gc
 import sys
-
-import machine
 
 from gemeter import unload
 
@@ -29,8 +28,8 @@ class Paths:
         self.ca = root + "ca.der"  # the gateway's CA certificate, DER (MQTT over TLS)
 
 
-# Modules only the start needs (board file, settings, key): unloaded once read.
-STARTUP_MODULES = ("board", "config", "keystore")
+# Modules that read the files (board file, settings, key): unloaded once read.
+READERS = ("board", "config", "keystore")
 
 
 def _calibration(cfg, ch_a, ch_b):
@@ -56,47 +55,57 @@ def pzem_addresses(text, board_default):
     return [int(p) for p in text.split(",")] if text else list(board_default)
 
 
-def build_sources(desc, cfg, state):
-    """(sources, channel count, channels without calibration) from the board's meter list.
+def buses(desc):
+    """The board file's meters with their buses made: [(meter entry, bus, cs, reset)]
+    (bus: a UART for a PZEM, an SPI for an ADE7953 with its chip-select and reset pins).
+    The board module is needed up to here and not after: the drivers are imported and
+    made once it is unloaded (the start's peak is there)."""
+    from gemeter import board as boardmod
+
+    made = []
+    for m in desc["meters"]:
+        if m["type"] == "pzem004t":
+            made.append((m, boardmod.uart(desc, m["uart"]), None, None))
+        elif m["type"] == "ade7953":
+            made.append((m, boardmod.spi(desc, m["spi"]), boardmod.pin(desc, m["cs"], 1),
+                         boardmod.pin(desc, m["reset"], 1) if m.get("reset") else None))
+        else:
+            raise boardmod.BoardError("unknown meter type %s" % m["type"])
+    return made
+
+
+def build_sources(made, cfg, state):
+    """(sources, channel count, channels without calibration) from ``buses(desc)``.
     cfg: the settings, anything with ``get`` (config.Config, or the plain dict App keeps),
     "calibration" included. A driver is imported only for a board that carries its IC."""
-    from gemeter import board as boardmod
     from gemeter.frame import MAX_CHANNELS
     from gemeter.sources import ADESource, PZEMSource
 
     sources = []
     uncalibrated = []
     ch = 0
-    for m in desc["meters"]:
+    for m, bus, cs, reset in made:
         if m["type"] == "pzem004t":
             from gemeter.drivers.pzem004t import PZEM004T
 
-            uart = boardmod.uart(desc, m["uart"])
             for addr in pzem_addresses(cfg.get("pzem_addresses"), m.get("addresses", [1])):
-                dev = PZEM004T(uart, addr, timeout_ms=m.get("timeout_ms", 200),
+                dev = PZEM004T(bus, addr, timeout_ms=m.get("timeout_ms", 200),
                                gap_ms=m.get("gap_ms", 5))
                 sources.append(PZEMSource(dev, ch))
                 ch += 1
-        elif m["type"] == "ade7953":
+        else:
             from gemeter.drivers.ade7953 import ADE7953
 
             cal, missing = _calibration(cfg, ch, ch + 1)
             uncalibrated += missing
-            chip = ADE7953(
-                boardmod.spi(desc, m["spi"]),
-                boardmod.pin(desc, m["cs"], 1),
-                reset=boardmod.pin(desc, m["reset"], 1) if m.get("reset") else None,
-                calibration=cal,
-            )
+            chip = ADE7953(bus, cs, reset=reset, calibration=cal)
             src = ADESource(chip, ch, ch + 1)
             src.configure(m, cfg)  # board file + settings: input map, invert, PHCAL
             src.restore(state.energy_mwh)
             sources.append(src)
             ch += 2
-        else:
-            raise boardmod.BoardError("unknown meter type %s" % m["type"])
     if ch > MAX_CHANNELS:
-        raise boardmod.BoardError("%d channels: a frame carries at most %d" % (ch, MAX_CHANNELS))
+        raise ValueError("%d channels: a frame carries at most %d" % (ch, MAX_CHANNELS))
     return sources, ch, uncalibrated
 
 
@@ -118,42 +127,21 @@ def open_link(desc, settings, paths, clock=None):
     return SerialLink(boardmod.uart(desc, "gateway", settings.get("serial_baud")))
 
 
-def default_device_id():
-    import binascii
-
-    return "gm-" + str(binascii.hexlify(machine.unique_id()), "ascii")[-8:]
-
-
-def read_files(paths):
-    """The start's first step: (board description, settings, key) from the files, as plain
-    data (the settings: the config's values and "calibration"). Unloads the modules that
-    read them (STARTUP_MODULES), also when a file is wrong."""
+def _parts(app, paths):
+    """Read the files; make the state, the frame builder, the clock, the link and the
+    buses. Returns (buses, settings): the board description never leaves this function,
+    so it is garbage once it returns (a running function's dead temporaries still hold
+    what they held)."""
     try:
-        from gemeter import board as boardmod
-        from gemeter.config import Config
-        from gemeter.keystore import KeyStore
+        from gemeter.config import read_device
 
-        desc = boardmod.load(paths.board)
-        cfg = Config(paths.config).load()
-        settings = cfg.values
-        settings["calibration"] = cfg.calibration
-        if not settings["device_id"]:
-            settings["device_id"] = default_device_id()
-        return desc, settings, KeyStore(paths.key).load()
+        desc, settings, key = read_device(paths)
     finally:
-        unload(STARTUP_MODULES)
+        unload(READERS)
         gc.collect()
-
-
-def build(app, paths):
-    """Build App ``app`` from the files under ``paths`` (see the module docstring): its
-    attributes are the meter's parts. Nothing made here refers back to this module."""
-    desc, settings, key = read_files(paths)
     if key is None:
         raise RuntimeError("no device key: run the console's 'key generate' or provision")
     from gemeter import frame
-    from gemeter.ring import FrameRing
-    from gemeter.sampler import Sampler
     from gemeter.state import State
     from gemeter.timesync import Clock
 
@@ -163,18 +151,25 @@ def build(app, paths):
     app.builder = frame.FrameBuilder(settings["device_id"], key)
     app.clock = Clock()
     app.link = open_link(desc, settings, paths, app.clock)
-    app.sources, app.channels, uncal = build_sources(desc, settings, app.state)
-    # What the board file and the settings still say, as numbers; then they and the board
-    # module go before the last parts are made: the start's peak is here, not after them.
+    app.wdt_ms = desc.get("wdt_timeout_ms", 8000)
+    return buses(desc), settings
+
+
+def build(app, paths):
+    """Build App ``app`` from the files under ``paths`` (see the module docstring): its
+    attributes are the meter's parts. Nothing made here refers back to this module."""
+    made, settings = _parts(app, paths)
+    unload(("board",))  # the buses are made; the board file is gone with _parts
+    gc.collect()
+    from gemeter import frame
+    from gemeter.ring import FrameRing
+    from gemeter.sampler import Sampler
+
+    app.sources, app.channels, uncal = build_sources(made, settings, app.state)
     app.interval_ms = settings["sample_interval_ms"]
     app.checkpoint_s = settings["checkpoint_s"]
-    app.wdt_ms = desc.get("wdt_timeout_ms", 8000)
     per_report = settings["report_interval_s"] * 1000 // app.interval_ms
-    ring_size = settings["ring_size"]
-    del desc, settings, key
-    unload(("board",))
-    gc.collect()
     app.sampler = Sampler(app.sources, app.channels, per_report, app.builder)
     for ch in uncal:
         app.sampler.flag(ch, frame.ST_UNCALIBRATED)
-    app.ring = FrameRing(ring_size)
+    app.ring = FrameRing(settings["ring_size"])
