@@ -38,7 +38,7 @@ class App:
         try:
             start.build(self, start.Paths(root))
         finally:
-            unload(("start", "board"))  # the buses are made
+            unload(("start", "board"))
             gc.threshold(threshold)
             gc.collect()
         self.seq = 0

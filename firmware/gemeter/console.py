@@ -85,10 +85,10 @@ class Console:
         if self._hw is None:
             from gemeter import board as boardmod
             from gemeter.start import build_sources, buses
-            from gemeter.state import State
+            from gemeter.state_load import load
 
             desc = boardmod.load(self.paths.board)
-            state = State(self.paths.state).load()
+            state = load(self.paths.state)
             sources = build_sources(buses(desc), self.cfg, state)[0]
             self._hw = (desc, sources)
         return self._hw
@@ -144,9 +144,9 @@ class Console:
         out.append(self._ca_line())
         out.append(_heap_line())
         out += ["problem: " + p for p in self.cfg.problems]
-        from gemeter.state import State
+        from gemeter.state_load import load
 
-        state = State(self.paths.state).load()  # reads only; a lost counter shows here
+        state = load(self.paths.state)  # reads only; a lost counter shows here
         if state.problem:
             out.append("problem: " + state.problem)
         if self.dirty:
@@ -265,9 +265,9 @@ class Console:
             return ["error: no channel %d on this board" % ch]
         src.reset_energy(src.channels.index(ch))
         if src.kind == "ade7953":  # its total lives in the device state: clear it there too
-            from gemeter.state import State
+            from gemeter.state_load import load
 
-            state = State(self.paths.state).load()
+            state = load(self.paths.state)
             state.energy_mwh[str(ch)] = 0
             state.save()
         return ["ch%d energy counter reset" % ch]

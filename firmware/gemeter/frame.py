@@ -18,7 +18,6 @@ heap there; the one the tests use (tests/firmware/lib/cbor_encoder.py, cbor_deco
 never flashed, nor is the firmware-side parser (tests/firmware/lib/frame_parser.py).
 """
 
-import struct
 
 from micropython import const
 
@@ -90,24 +89,31 @@ def valid_device_id(s):
 
 def head(buf, major, n):
     """Append the head of a data item of major type ``major`` and argument n (shortest
-    form; FrameError above 2**64 - 1). The tests' general encoder uses it too."""
+    form; FrameError above 2**64 - 1). The tests' general encoder uses it too. The
+    argument's bytes are appended one by one: struct.pack would allocate an object for
+    each of the ~80 numbers of a 4-channel frame."""
     mt = major << 5
     if n < 24:
         buf.append(mt | n)
-    elif n < 0x100:
+        return
+    if n < 0x100:
         buf.append(mt | 24)
-        buf.append(n)
+        size = 1
     elif n < 0x10000:
         buf.append(mt | 25)
-        buf.extend(struct.pack(">H", n))
+        size = 2
     elif n < 0x100000000:
         buf.append(mt | 26)
-        buf.extend(struct.pack(">I", n))
+        size = 4
     elif n < 0x10000000000000000:
         buf.append(mt | 27)
-        buf.extend(struct.pack(">Q", n))
+        size = 8
     else:
         raise FrameError("integer out of range")
+    shift = 8 * size
+    while shift:
+        shift -= 8
+        buf.append((n >> shift) & 0xFF)
 
 
 def _value(buf, v):

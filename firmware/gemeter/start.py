@@ -142,10 +142,14 @@ def _parts(app, paths):
     if key is None:
         raise RuntimeError("no device key: run the console's 'key generate' or provision")
     from gemeter import frame
-    from gemeter.state import State
     from gemeter.timesync import Clock
 
-    app.state = State(paths.state).load()
+    try:
+        from gemeter.state_load import load
+
+        app.state = load(paths.state)
+    finally:
+        unload(("state_load",))
     if app.state.problem:  # the console's show says it too, until this start repairs it
         print("problem: " + app.state.problem)
     app.builder = frame.FrameBuilder(settings["device_id"], key)
