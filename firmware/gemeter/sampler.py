@@ -40,5 +40,5 @@ class Sampler:
         period = time.ticks_diff(now, self._period_start)
         self._period_start = now
         self.samples = 0
-        channels = [a.to_map() for a in self.aggs]
-        return self.builder.build(boot, seq, uptime_ms, period, channels, unix_ms, dropped)
+        # Each aggregate writes its channel map into the frame and starts a new period.
+        return self.builder.build(boot, seq, uptime_ms, period, self.aggs, unix_ms, dropped)

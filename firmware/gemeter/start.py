@@ -165,7 +165,7 @@ def build(app, paths):
     made, settings = _parts(app, paths)
     unload(("board",))  # the buses are made; the board file is gone with _parts
     gc.collect()
-    from gemeter import frame
+    from gemeter.aggregate import ST_UNCALIBRATED
     from gemeter.ring import FrameRing
     from gemeter.sampler import Sampler
 
@@ -175,5 +175,5 @@ def build(app, paths):
     per_report = settings["report_interval_s"] * 1000 // app.interval_ms
     app.sampler = Sampler(app.sources, app.channels, per_report, app.builder)
     for ch in uncal:
-        app.sampler.flag(ch, frame.ST_UNCALIBRATED)
+        app.sampler.flag(ch, ST_UNCALIBRATED)
     app.ring = FrameRing(settings["ring_size"])

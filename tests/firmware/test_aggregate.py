@@ -5,12 +5,13 @@ drivers and the frame builder.
 
 from __future__ import annotations
 
+from gateway import protocol as wire
 from tests.support.fwrunner import FirmwareRunner
 
 
 def test_aggregate_statistics_status_and_reset(fw: FirmwareRunner) -> None:
     out = fw.run_code("""
-from gemeter import frame
+from channel_map import channel_map
 from gemeter.aggregate import ChannelAggregate
 from gemeter.drivers import KIND_CRC, KIND_TIMEOUT
 class R:  # a driver's reading (drivers/__init__.py): mV, mA, mW, mvar, mVA, pf, mHz
@@ -21,22 +22,21 @@ a = ChannelAggregate(3)
 a.add(R(230000, -1500, -345000, None, None, 980, 50010), energy_wh=7, delta_mwh=5)
 a.add(R(231000, -1501, -345001, None, None, 970, 50020), energy_wh=8, delta_mwh=6)
 a.fail(KIND_CRC)
-full = a.to_map()
-empty = a.to_map()             # nothing since: invalid, no measurement keys at all
+full = channel_map(a)
+empty = channel_map(a)             # nothing since: invalid, no measurement keys at all
 a.fail(KIND_TIMEOUT)
-failed = a.to_map()
+failed = channel_map(a)
 a.add(R(1, 2, 3, 4, 5, None, None), alarm=True)
-alarm = a.to_map()
-print(json.dumps({"full": full, "empty": empty, "failed": failed, "alarm": alarm,
-                  "ST": [frame.ST_INVALID, frame.ST_PARTIAL, frame.ST_CRC, frame.ST_TIMEOUT,
-                         frame.ST_IC_ALARM],
-                  "keys": [frame.C_INDEX, frame.C_SAMPLES, frame.C_ERRORS, frame.C_STATUS,
-                           frame.C_VOLTAGE, frame.C_CURRENT, frame.C_POWER, frame.C_PF,
-                           frame.C_FREQ, frame.C_ENERGY, frame.C_ENERGY_DELTA]}))
+alarm = channel_map(a)
+print(json.dumps({"full": full, "empty": empty, "failed": failed, "alarm": alarm}))
 """)
-    invalid, partial, crc, timeout, ic_alarm = out["ST"]
-    k_index, k_samples, k_errors, k_status, k_v, k_i, k_p, k_pf, k_f, k_e, k_de = (
-        str(k) for k in out["keys"])
+    invalid, partial, crc, timeout, ic_alarm = (wire.ST_INVALID, wire.ST_PARTIAL, wire.ST_CRC,
+                                                wire.ST_TIMEOUT, wire.ST_IC_ALARM)
+    q = wire.QUANTITY_BY_NAME
+    k_index, k_status = str(wire.C_INDEX), str(wire.C_STATUS)
+    k_samples, k_errors, k_v, k_i, k_p, k_pf, k_f, k_e, k_de = (str(q[n].key) for n in (
+        "samples", "errors", "voltage", "current", "power", "power_factor", "frequency",
+        "energy", "energy_delta"))
     full = out["full"]
     assert full[k_index] == 3 and full[k_samples] == 2 and full[k_errors] == 1
     assert full[k_status] == partial | crc  # some samples failed: partial, with the kind

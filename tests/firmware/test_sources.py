@@ -5,6 +5,7 @@ builder.
 
 from __future__ import annotations
 
+from gateway import protocol as wire
 from tests.support.fwrunner import FirmwareRunner
 
 
@@ -15,7 +16,7 @@ def test_sources_hand_driver_readings_and_failures_to_the_aggregates(
     chip reset (never negative energy), a driver error as a failed sample. ADE7953: the
     board's input order ("ba") and the settings' invert."""
     out = fw.run_code("""
-from gemeter import frame
+from channel_map import channel_map
 from gemeter.aggregate import ChannelAggregate
 from gemeter.drivers import DriverError, KIND_TIMEOUT
 from gemeter.sources import ADESource, PZEMSource, ade_settings
@@ -37,10 +38,10 @@ aggs = [ChannelAggregate(0)]
 src = PZEMSource(Pzem(), 0)
 src.sample(aggs)
 src.sample(aggs)
-first = aggs[0].to_map()
+first = channel_map(aggs[0])
 src.sample(aggs)   # 12 -> 3 Wh: the register went back
 src.sample(aggs)   # the module is silent
-second = aggs[0].to_map()
+second = channel_map(aggs[0])
 orders = [ade_settings({"map": m}, {"ade_map": s})[0] for m, s in
           (("ab", ""), ("ba", ""), ("ab", "ba"))]
 inverts = [ade_settings({"invert": w}, {"ade_invert_a": a, "ade_invert_b": False})[1]
@@ -51,13 +52,12 @@ try:
 except ValueError:
     bad = "refused"
 print(json.dumps({"first": first, "second": second, "orders": orders, "inverts": inverts,
-                  "bad": bad, "ST": [frame.ST_CHIP_RESET, frame.ST_TIMEOUT, frame.ST_PARTIAL],
-                  "de": frame.C_ENERGY_DELTA, "status": frame.C_STATUS}))
+                  "bad": bad}))
 """)
-    reset, timeout, partial = out["ST"]
-    de = str(out["de"])
+    reset, timeout, partial = wire.ST_CHIP_RESET, wire.ST_TIMEOUT, wire.ST_PARTIAL
+    de, status = (str(wire.QUANTITY_BY_NAME["energy_delta"].key), str(wire.C_STATUS))
     assert out["first"][de] == 2000  # 10 -> 12 Wh, in mWh; the first sample has no delta
-    assert out["second"][str(out["status"])] == reset | timeout | partial
+    assert out["second"][status] == reset | timeout | partial
     assert out["second"][de] == 3000  # counted from zero after the register went back
     assert out["orders"] == [[0, 1], [1, 0], [1, 0]]  # the setting wins unless empty
     # The board's wiring and the installer's setting each reverse an input: both cancel.

@@ -261,15 +261,19 @@ def test_frame_sizes_against_json() -> None:
 
 
 fw_frame = firmware_module("gemeter.frame")
+fw_channels = firmware_module("channel_map")  # tests/firmware/lib: a dict as a channel
 
 
 @given(frames())
 @settings(max_examples=200, deadline=None)
 def test_random_frames_firmware_to_gateway(f: Frame) -> None:
-    """Any valid frame built by the firmware (in-process, CPython) decodes to itself."""
+    """Any valid frame built by the firmware (in-process, CPython) decodes to itself. The
+    channel maps are the tests' (a meter's aggregates write their own: tests/firmware/
+    test_frame.py); the reading around them, the header and the MAC are the firmware's."""
     m = reading_map(f)
+    channels = [fw_channels.Encoded(c) for c in m[8]]
     built = fw_frame.FrameBuilder(f.device_id, KEY).build(
-        m[2], m[3], m[4], m[6], m[8], unix_ms=m.get(5), dropped=m.get(7, 0)
+        m[2], m[3], m[4], m[6], channels, unix_ms=m.get(5), dropped=m.get(7, 0)
     )
     assert built == build_frame(f, KEY)
     assert FrameDecoder({f.device_id: KEY}).decode(built) == f

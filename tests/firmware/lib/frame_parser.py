@@ -10,18 +10,17 @@ is checked against (tag, header, MAC, version, key id) comes from firmware/gemet
 import cbor_decoder
 import cbor_encoder as cbor
 from gemeter import auth
-from gemeter.frame import (
-    ALG_HMAC_256_64,
-    COSE_MAC0_TAG,
-    F_DEVICE,
-    F_VERSION,
-    HDR_ALG,
-    HDR_KID,
-    MAX_MESSAGE,
-    TAG_LEN,
-    VERSION,
-    FrameError,
-)
+from gemeter.frame import MAX_MESSAGE, FrameError
+
+# docs/protocol.md (the builder keeps its own as private constants, not importable).
+VERSION = 1
+TAG_LEN = 8
+COSE_MAC0_TAG = 17
+HDR_ALG = 1
+HDR_KID = 4
+ALG_HMAC_256_64 = 4
+F_VERSION = 0
+F_DEVICE = 1
 
 
 def _mac(mac, protected, payload):

@@ -60,13 +60,13 @@ for op in req["ops"]:
             out.append([[r.voltage_mv, r.current_ma, r.power_mw, r.reactive_mvar,
                          r.apparent_mva, r.pf_milli, r.frequency_mhz] for r in src.read_now()])
         elif op[0] == "source_sample":  # one sample through the aggregates, as the sampler
-            from gemeter import frame
+            from channel_map import channel_map
             from gemeter.aggregate import ChannelAggregate
 
             aggs = [ChannelAggregate(i) for i in range(3)]
             src.sample(aggs)
-            maps = [aggs[ch].to_map() for ch in src.channels]
-            out.append([[m[frame.C_POWER][0], m[frame.C_ENERGY]] for m in maps])
+            maps = [channel_map(aggs[ch]) for ch in src.channels]
+            out.append([[m[4][0], m[9]] for m in maps])  # power (mean), energy register
         elif op[0] == "source_energy":
             out.append(src.energy_mwh())
         elif op[0] == "energy":

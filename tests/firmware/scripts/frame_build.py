@@ -5,6 +5,7 @@ import binascii
 import json
 import sys
 
+from channel_map import Encoded
 from gemeter import frame, framing
 
 
@@ -19,13 +20,13 @@ wired = []
 for r in req["frames"]:
     r = intkeys(r)
     msg = builder.build(
-        r[frame.F_BOOT],
-        r[frame.F_SEQ],
-        r[frame.F_UPTIME],
-        r[frame.F_PERIOD],
-        [intkeys(c) for c in r[frame.F_CHANNELS]],
-        unix_ms=r.get(frame.F_TIME),
-        dropped=r.get(frame.F_DROPPED, 0),
+        r[2],  # reading map keys (docs/protocol.md): boot
+        r[3],  # seq
+        r[4],  # uptime
+        r[6],  # period
+        [Encoded(intkeys(c)) for c in r[8]],  # channels
+        unix_ms=r.get(5),
+        dropped=r.get(7, 0),
     )
     messages.append(str(binascii.hexlify(msg), "ascii"))
     wired.append(str(binascii.hexlify(framing.encode(msg)), "ascii"))

@@ -64,6 +64,7 @@ for op in req["ops"]:
                         break
                     time.sleep_ms(10)
         elif name == "period":  # [period, addr, samples]: one reporting period's channel map
+            from channel_map import channel_map
             from gemeter.aggregate import ChannelAggregate
             from gemeter.sources import PZEMSource
 
@@ -73,7 +74,7 @@ for op in req["ops"]:
             for _ in range(op[2]):
                 src.sample([agg])
                 time.sleep_ms(10)
-            out.append({str(k): v for k, v in agg.to_map().items()})
+            out.append({str(k): v for k, v in channel_map(agg).items()})
         elif name == "host":
             out.append(machine._board().query("X " + " ".join(str(a) for a in op[1:])))
         elif name == "stats":
