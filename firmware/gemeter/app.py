@@ -36,11 +36,20 @@ class App:
         from gemeter import start
 
         try:
-            start.build(self, start.Paths(root))
+            per_report, ring_size, uncalibrated = start.build(self, start.Paths(root))
         finally:
             unload(("start", "board"))
-            gc.threshold(threshold)
             gc.collect()
+        # The last parts, once start's code is gone: the drivers' making is the peak.
+        from gemeter.aggregate import ST_UNCALIBRATED
+        from gemeter.ring import FrameRing
+        from gemeter.sampler import Sampler
+
+        self.sampler = Sampler(self.sources, self.channels, per_report, self.builder)
+        for ch in uncalibrated:
+            self.sampler.flag(ch, ST_UNCALIBRATED)
+        self.ring = FrameRing(ring_size)
+        gc.threshold(threshold)
         self.seq = 0
         self.uptime_ms = 0
         # Measurements, in fixed slots (no growth while running): the live heap after the

@@ -161,19 +161,14 @@ def _parts(app, paths):
 
 def build(app, paths):
     """Build App ``app`` from the files under ``paths`` (see the module docstring): its
-    attributes are the meter's parts. Nothing made here refers back to this module."""
+    attributes are the meter's parts. Nothing made here refers back to this module.
+    Returns what App makes the sampler and ring with once this module is unloaded:
+    (samples per report, ring size, channels without calibration)."""
     made, settings = _parts(app, paths)
     unload(("board",))  # the buses are made; the board file is gone with _parts
     gc.collect()
-    from gemeter.aggregate import ST_UNCALIBRATED
-    from gemeter.ring import FrameRing
-    from gemeter.sampler import Sampler
-
     app.sources, app.channels, uncal = build_sources(made, settings, app.state)
     app.interval_ms = settings["sample_interval_ms"]
     app.checkpoint_s = settings["checkpoint_s"]
     per_report = settings["report_interval_s"] * 1000 // app.interval_ms
-    app.sampler = Sampler(app.sources, app.channels, per_report, app.builder)
-    for ch in uncal:
-        app.sampler.flag(ch, ST_UNCALIBRATED)
-    app.ring = FrameRing(settings["ring_size"])
+    return per_report, settings["ring_size"], uncal
