@@ -40,9 +40,3 @@ def equal(a, b):
         r |= a[i] ^ b[i]
     return r == 0
 
-
-def fingerprint(key):
-    """Short public fingerprint of a key (first 8 bytes of SHA-256, hex) for logs and UIs."""
-    import binascii
-
-    return str(binascii.hexlify(hashlib.sha256(b"gridedge-key:" + bytes(key)).digest()[:8]), "ascii")

@@ -64,6 +64,23 @@ def _fmt_milli(v, unit, decimals=3):
     return "%s%d.%s %s" % (sign, whole, frac_text, unit) if decimals else "%s%d %s" % (sign, whole, unit)
 
 
+def read_now(src):
+    """One reading per channel of a source (sources.py), in channel order; valid until the
+    driver's next read (drivers reuse them)."""
+    readings = src.driver.read()
+    if src.kind == "pzem004t":
+        return [readings]
+    return [readings[k] for k in src.order]  # the chip input behind each channel
+
+
+def _reset_energy(src, index):
+    if src.kind == "pzem004t":
+        src.driver.reset_energy()  # the module's own register
+        src.last_energy = None  # no delta across the reset
+    else:
+        src.driver.energy_mwh[src.order[index]] = 0
+
+
 class Console:
     """Command interpreter; ``handle(line)`` returns the output lines."""
 
@@ -180,7 +197,7 @@ class Console:
         out = []
         for src in self._hardware()[1]:
             try:
-                readings = src.read_now()
+                readings = read_now(src)
             except DriverError as e:
                 out += ["ch%d: error %s (%s)" % (ch, e.kind, e) for ch in src.channels]
                 continue
@@ -229,7 +246,7 @@ class Console:
             return ["error: no channel %d on this board" % ch]
         if src.kind != "ade7953":
             return ["error: channel %d is a PZEM-004T: factory calibrated, nothing to set" % ch]
-        raw = src.raw_counts(src.channels.index(ch))
+        raw = src.driver.raw_counts(src.order[src.channels.index(ch)])
         counts = raw[("volts", "amps", "watts").index(CAL_KINDS[args[0]])]
         if counts == 0:
             return ["error: the chip reads 0 counts on channel %d: is it connected?" % ch]
@@ -263,7 +280,7 @@ class Console:
         src = self._source_of(ch)
         if src is None:
             return ["error: no channel %d on this board" % ch]
-        src.reset_energy(src.channels.index(ch))
+        _reset_energy(src, src.channels.index(ch))
         if src.kind == "ade7953":  # its total lives in the device state: clear it there too
             from gemeter.state_load import load
 

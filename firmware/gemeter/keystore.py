@@ -2,15 +2,24 @@
 
 ``generate`` takes bytes from os.urandom (the hardware RNG on ESP32 and RP2040); ``set_hex``
 accepts a key made by the gateway's registry. The file is written atomically. Nothing in
-the firmware prints the key; the console shows ``auth.fingerprint`` instead.
+the firmware prints the key; the console shows its ``fingerprint`` instead (here, with the
+console's and the start's code: the meter's loop never needs it).
 """
 
 import os
 
-from gemeter import auth
 from gemeter.config import atomic_write
 
 KEY_LEN = 32
+
+
+def fingerprint(key):
+    """Short public fingerprint of a key (first 8 bytes of SHA-256, hex) for logs and UIs."""
+    import binascii
+    import hashlib
+
+    digest = hashlib.sha256(b"gridedge-key:" + bytes(key)).digest()
+    return str(binascii.hexlify(digest[:8]), "ascii")
 
 
 class KeyStore:
@@ -29,7 +38,7 @@ class KeyStore:
     def generate(self):
         key = os.urandom(KEY_LEN)
         atomic_write(self.path, key)
-        return auth.fingerprint(key)
+        return fingerprint(key)
 
     def set_hex(self, text):
         """Store a key given as 64 hex digits; returns (fingerprint, None) or (None, problem)."""
@@ -43,8 +52,8 @@ class KeyStore:
         except ValueError:
             return None, "key must be hex digits 0-9 a-f"
         atomic_write(self.path, key)
-        return auth.fingerprint(key), None
+        return fingerprint(key), None
 
     def fingerprint(self):
         key = self.load()
-        return None if key is None else auth.fingerprint(key)
+        return None if key is None else fingerprint(key)

@@ -20,6 +20,8 @@ which terminal, and installers clamp current transformers either way round, so
 - ``ade_phcal_a``/``ade_phcal_b``: phase calibration written to PHCALA/PHCALB.
 
 Calibration entries, energy totals and channel numbers stay those of the reported channels.
+What only the console does with a source (read at once, raw counts, reset a counter) is in
+console.py, which is unloaded before the meter runs.
 """
 
 from gemeter.drivers import KIND_RESET, DriverError
@@ -55,7 +57,7 @@ class PZEMSource:
     def __init__(self, driver, channel):
         self.driver = driver
         self.channels = (channel,)
-        self._last_energy = None
+        self.last_energy = None
 
     def sample(self, aggs):
         agg = aggs[self.channels[0]]
@@ -65,25 +67,17 @@ class PZEMSource:
             agg.fail(e.kind)
             return
         delta = 0
-        if self._last_energy is not None:
-            if r.energy_wh >= self._last_energy:
-                delta = (r.energy_wh - self._last_energy) * 1000
+        if self.last_energy is not None:
+            if r.energy_wh >= self.last_energy:
+                delta = (r.energy_wh - self.last_energy) * 1000
             else:
                 agg.mark_kind(KIND_RESET)  # status bits are the aggregate's business
                 delta = r.energy_wh * 1000
-        self._last_energy = r.energy_wh
+        self.last_energy = r.energy_wh
         agg.add(r, energy_wh=r.energy_wh, delta_mwh=delta, alarm=r.alarm)
 
     def energy_mwh(self):
         return {}  # the module keeps its own register
-
-    def read_now(self):
-        """One reading per channel, in channel order (the console)."""
-        return [self.driver.read()]
-
-    def reset_energy(self, _index):
-        self.driver.reset_energy()
-        self._last_energy = None
 
 
 class ADESource:
@@ -125,18 +119,6 @@ class ADESource:
     def energy_mwh(self):
         return {str(ch): self.driver.energy_mwh[self.order[i]]
                 for i, ch in enumerate(self.channels)}
-
-    def read_now(self):
-        """One reading per channel, in channel order (the console; valid until the next
-        read: the driver reuses them)."""
-        readings = self.driver.read()
-        return [readings[k] for k in self.order]
-
-    def raw_counts(self, index):
-        return self.driver.raw_counts(self.order[index])
-
-    def reset_energy(self, index):
-        self.driver.energy_mwh[self.order[index]] = 0
 
     def restore(self, saved):
         by_input = [0, 0]

@@ -12,6 +12,7 @@ import machine
 from machine import SPI, Pin
 
 from gemeter.config import Config
+from gemeter.console import read_now
 from gemeter.drivers import DriverError
 from gemeter.drivers.ade7953 import ADE7953
 from gemeter.sources import ADESource
@@ -58,7 +59,7 @@ for op in req["ops"]:
             out.append(list(ade.phcal))
         elif op[0] == "source_read":
             out.append([[r.voltage_mv, r.current_ma, r.power_mw, r.reactive_mvar,
-                         r.apparent_mva, r.pf_milli, r.frequency_mhz] for r in src.read_now()])
+                         r.apparent_mva, r.pf_milli, r.frequency_mhz] for r in read_now(src)])
         elif op[0] == "source_sample":  # one sample through the aggregates, as the sampler
             from channel_map import channel_map
             from gemeter.aggregate import ChannelAggregate
