@@ -75,7 +75,9 @@ def read_now(src):
 
 def _reset_energy(src, index):
     if src.kind == "pzem004t":
-        src.driver.reset_energy()  # the module's own register
+        from gemeter.drivers.pzem004t_setup import PZEM004TSetup
+
+        PZEM004TSetup.of(src.driver).reset_energy()  # the module's own register
         src.last_energy = None  # no delta across the reset
     else:
         src.driver.energy_mwh[src.order[index]] = 0
@@ -210,7 +212,7 @@ class Console:
 
     def cmd_scan(self, args):
         from gemeter import board as boardmod
-        from gemeter.drivers.pzem004t import scan
+        from gemeter.drivers.pzem004t_setup import scan
 
         usage = "error: usage: scan [FIRST LAST] (addresses 1..247)"
         if len(args) not in (0, 2):
@@ -269,7 +271,10 @@ class Console:
             return ["error: PZEM address must be 1..247"]
         for src in self._hardware()[1]:
             if src.kind == "pzem004t":
-                src.driver.set_address(n)
+                from gemeter.drivers.pzem004t_setup import PZEM004TSetup
+
+                PZEM004TSetup.of(src.driver).set_address(n)
+                src.driver.address = n  # the console's own driver follows
                 return ["PZEM now answers at address %d (set pzem_addresses, then save)" % n]
         return ["error: no PZEM-004T on this board"]
 

@@ -26,6 +26,10 @@ counts as silent (``outages``): further requests wait for a back-off of 1 s, dou
 back-off drains the line first, and takes the first valid reply (any late reply to the
 last request came long before). The first valid reply after silence counts in
 ``recoveries`` and ends the back-off.
+
+What only an installer does (scan a bus, set an address or the power alarm, reset the
+energy register) is in pzem004t_setup.py, a subclass the console loads: a meter's loop
+reads and never writes, so it never carries that code.
 """
 
 import struct
@@ -41,18 +45,12 @@ from gemeter.drivers import (
     DriverError,
 )
 
-_FN_READ_HOLDING = const(0x03)
 _FN_READ_INPUT = const(0x04)
-_FN_WRITE_SINGLE = const(0x06)
-_FN_RESET_ENERGY = const(0x42)
 
 _REG_VOLTAGE = const(0x0000)
 _INPUT_REGISTERS = const(10)
-_HREG_ALARM_THRESHOLD = const(0x0001)
-_HREG_ADDRESS = const(0x0002)
 
 _GENERAL_ADDRESS = const(0xF8)  # answered by any single module: only with one on the bus
-_MAX_ALARM_W = const(25000)
 
 _RX_SIZE = const(64)
 _DRAIN_READS = const(8)  # reads of stale bytes before a request: a babbling line cannot hold it
@@ -144,34 +142,7 @@ class PZEM004T:
             raise self._fail(KIND_DESYNC, "reply holds %d bytes, expected 20" % data[2])
         return Reading(struct.unpack_from(">10H", data, 3))
 
-    def reset_energy(self):
-        self._transact(_FN_RESET_ENERGY, b"", 4)
-
-    def set_power_alarm(self, watts):
-        if not 0 <= watts <= _MAX_ALARM_W:
-            raise ValueError("power alarm must be 0..%d W" % _MAX_ALARM_W)
-        self._write_register(_HREG_ALARM_THRESHOLD, watts)
-
-    def power_alarm(self):
-        data = self._transact(_FN_READ_HOLDING, struct.pack(">HH", _HREG_ALARM_THRESHOLD, 1), 7)
-        return struct.unpack_from(">H", data, 3)[0]
-
-    def set_address(self, new_address):
-        """Give the module a new address. Uses the general address 0xF8: the module must be
-        alone on the bus (every module would take the new address)."""
-        if not 0x01 <= new_address <= 0xF7:
-            raise ValueError("PZEM address must be 0x01..0xF7")
-        self.address = _GENERAL_ADDRESS
-        self._write_register(_HREG_ADDRESS, new_address)
-        self.address = new_address
-
     # -- bus traffic ----------------------------------------------------------
-    def _write_register(self, register, value):
-        payload = struct.pack(">HH", register, value)
-        data = self._transact(_FN_WRITE_SINGLE, payload, 8)
-        if bytes(data[2:6]) != payload:  # MicroPython's memoryview has no ==
-            raise self._fail(KIND_DESYNC, "write echo differs from the request")
-
     def _fail(self, kind, message):
         self.errors[kind] += 1
         return DriverError(kind, "PZEM 0x%02X: %s" % (self.address, message))
@@ -298,16 +269,3 @@ class PZEM004T:
                     return self._fail(KIND_CRC, "CRC error in reply")
                 return self._fail(KIND_TIMEOUT, "short reply (%d bytes)" % (n - i))
         return self._fail(KIND_DESYNC, "%d bytes, none a reply" % n)
-
-
-def scan(uart, addresses=None, timeout_ms=60):
-    """Addresses of the PZEM modules answering on uart (default 0x01..0xF7)."""
-    found = []
-    for addr in addresses or range(0x01, 0xF8):
-        dev = PZEM004T(uart, addr, timeout_ms=timeout_ms, gap_ms=5)
-        try:
-            dev.power_alarm()
-            found.append(addr)
-        except DriverError:
-            pass
-    return found

@@ -9,7 +9,7 @@ import machine
 from machine import UART
 
 from gemeter.drivers import DriverError
-from gemeter.drivers import pzem004t
+from gemeter.drivers import pzem004t_setup
 
 req = json.loads(sys.stdin.read())
 uart = UART(req["uart"], baudrate=9600, timeout=0)
@@ -19,7 +19,7 @@ drivers = {}
 def dev(addr):
     if addr not in drivers:
         kw = {k: req[k] for k in ("backoff_ms", "backoff_max_ms") if k in req}
-        drivers[addr] = pzem004t.PZEM004T(uart, addr, timeout_ms=req.get("timeout_ms", 100),
+        drivers[addr] = pzem004t_setup.PZEM004TSetup(uart, addr, timeout_ms=req.get("timeout_ms", 100),
                                           **kw)
     return drivers[addr]
 
@@ -96,7 +96,7 @@ for op in req["ops"]:
             drivers[op[2]] = d
             out.append(d.address)
         elif name == "scan":
-            out.append(pzem004t.scan(uart, op[1], timeout_ms=30))
+            out.append(pzem004t_setup.scan(uart, op[1], timeout_ms=30))
         elif name == "errors":
             d = dev(op[1])
             out.append({"errors": d.errors, "stale": d.stale_bytes})
