@@ -51,7 +51,7 @@ def test_add_generates_a_key_that_never_reaches_the_terminal(config: Path) -> No
     assert key.hex() not in out.stdout + out.stderr
     assert fingerprint(key) in out.stdout
     # ...and it is the fingerprint the meter's console shows for the same key.
-    assert fingerprint(key) == firmware_module("gemeter.auth").fingerprint(key)
+    assert fingerprint(key) == firmware_module("gemeter.keystore").fingerprint(key)
     cfg = load(config)  # the loader sees both places as one registry
     dev = {d.id: d for d in cfg.devices}["mtr-0042"]
     assert (dev.site, dev.feeder, dev.role, dev.channels) == ("sub-3", "F2", "meter",
