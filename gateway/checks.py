@@ -11,7 +11,8 @@ with alarm priority in the same transaction as the readings.
   for as long. Raised and cleared are both events. Time is the frame's own clock.
 - Anomalies per series (anomaly.py), with their evidence.
 - A device silent for ``offline_after_periods`` of its reporting periods is offline;
-  its next frame clears that.
+  its next frame clears that. Many devices of one feeder silent together, or its line
+  sensor at ~0 V, are one feeder ``outage`` instead (outages.py).
 - Energy balance per feeder over ``balance_window_s``: energy the line sensors saw minus
   what the meters reported, as a share of the line sensors' energy; above
   ``balance_threshold`` it is a non-technical-loss alarm (theft, bypass, a leak).
@@ -29,6 +30,7 @@ from gateway.alarm import Alarm
 from gateway.anomaly import AnomalyConfig, SeriesDetector
 from gateway.config import ChecksSection, Limits
 from gateway.devices import Device, Devices
+from gateway.outages import GRACE_PERIODS, Outage, Outages, Silence
 from gateway.protocol import Frame, Stat
 
 
@@ -72,8 +74,9 @@ NOWHERE = Device(b"")  # a device the registry does not (yet) know: no place, a 
 class DeviceState:
     period_ms: int = 10_000
     last_seen: float = 0.0
-    offline: bool = False
+    offline: bool = False  # an offline alarm is raised
     offline_since: float = 0.0  # gateway time of the raise
+    silent: bool = False  # found silent but counted in a feeder's outage, or pending
     info: Device = NOWHERE  # site, feeder, role (the key is not used here)
 
 
@@ -97,6 +100,9 @@ class EdgeChecks:
             for qty, rate in (("voltage", cfg.max_rate_v_per_s),
                               ("current", cfg.max_rate_a_per_s),
                               ("power", cfg.max_rate_w_per_s))}
+        self.outages = Outages(cfg.outage_min_meters, cfg.outage_share,
+                               cfg.limits.nominal_voltage * cfg.outage_voltage_share)
+        self._meters_on = self._count_meters()
         self.balance: dict[str, dict[str, float]] = {}  # feeder -> {"line", "meters"}
         self.balance_start: float | None = None
         self.balance_alarm: dict[str, bool] = {}
@@ -108,6 +114,14 @@ class EdgeChecks:
         for d, info in devices.items():
             self.devices.setdefault(d, DeviceState()).info = info
         self._rules.clear()  # a device may have moved to another site
+        self._meters_on = self._count_meters()
+
+    def _count_meters(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for st in self.devices.values():
+            if st.info.feeder and st.info.role == "meter":
+                out[st.info.feeder] = out.get(st.info.feeder, 0) + 1
+        return out
 
     def rules_for(self, device: str, channel: int) -> tuple[Limits, list[Any]]:
         """The limits and compiled rules of one channel, computed once."""
@@ -149,6 +163,7 @@ class EdgeChecks:
         out = list(set(out))  # one anomaly per channel, whichever quantities show it
         out += [("non_technical_loss", f, "") for f, on in list(self.balance_alarm.items())
                 if on]
+        out += [("outage", f, "") for f in list(self.outages.open)]
         return sorted(out)
 
     def observe(self, frame: Frame, now: float | None = None) -> list[Alarm]:
@@ -165,6 +180,11 @@ class EdgeChecks:
             events.append(self._event("cleared", "offline", frame.device_id, None,
                                       int(now * 1000),
                                       offline_s=round(now - st.offline_since, 1)))
+        elif st.silent:  # pending, or part of its feeder's outage: no alarm of its own
+            st.silent = False
+            self.outages.back(frame.device_id, st.info.feeder, now)
+        if st.info.role == "line_sensor" and st.info.feeder:
+            events += self._line_voltage(st.info.feeder, frame, now)
         for ch in frame.channels:
             if not ch.valid:
                 continue
@@ -233,16 +253,59 @@ class EdgeChecks:
         now = time.time() if now is None else now
         events: list[Alarm] = []
         for device, st in self.devices.items():
-            if st.last_seen and not st.offline and \
+            if st.last_seen and not st.offline and not st.silent and \
                     now - st.last_seen > self.cfg.offline_after_periods * st.period_ms / 1000:
-                st.offline, st.offline_since = True, now
-                events.append(self._event("raised", "offline", device, None, int(now * 1000),
-                                          silent_s=round(now - st.last_seen, 1)))
+                feeder = st.info.feeder
+                if feeder and self.outages.needs_grace(self._meters_on.get(feeder, 0)):
+                    st.silent = True  # pending for a period, or it joins the outage
+                    self.outages.silent(Silence(device, feeder, st.last_seen, now,
+                                                GRACE_PERIODS * st.period_ms / 1000))
+                    continue
+                events.append(self._offline(device, st, now))
+        raised, dropouts = self.outages.decide(now, self._meters_on)
+        for out in raised:
+            events.append(self._event("raised", "outage", "", None, int(now * 1000),
+                                      out.feeder, **out.evidence()))
+        for s in dropouts:
+            events.append(self._offline(s.device, self.devices[s.device], now))
+        for out in self.outages.ended(now):
+            events += self._outage_cleared(out, now)
         if self.balance_start is None:
             self.balance_start = now
         elif now - self.balance_start >= self.cfg.balance_window_s:
             events += self._close_balance(now)
         return events
+
+    def _offline(self, device: str, st: DeviceState, now: float) -> Alarm:
+        st.silent = False
+        st.offline, st.offline_since = True, now
+        return self._event("raised", "offline", device, None, int(now * 1000),
+                           silent_s=round(now - st.last_seen, 1))
+
+    def _outage_cleared(self, out: Outage, now: float) -> list[Alarm]:
+        """The outage's end, then an offline alarm for each of its devices still silent."""
+        events = [self._event("cleared", "outage", "", None, int(now * 1000), out.feeder,
+                              **out.evidence(now))]
+        for d in sorted(out.silent):
+            st = self.devices.get(d)
+            if st is not None and st.silent:
+                events.append(self._offline(d, st, now))
+        return events
+
+    def _line_voltage(self, feeder: str, frame: Frame, now: float) -> list[Alarm]:
+        volts = [v for ch in frame.channels if ch.valid
+                 for v in [_mean(ch.values.get("voltage"))] if v is not None]
+        if not volts:
+            return []
+        st = self.devices[frame.device_id]
+        raised, cleared = self.outages.line_voltage(feeder, max(volts) / 1000, now,
+                                                    GRACE_PERIODS * st.period_ms / 1000)
+        if raised is not None:
+            return [self._event("raised", "outage", "", None, int(now * 1000), feeder,
+                                **raised.evidence())]
+        if cleared is not None:
+            return self._outage_cleared(cleared, now)
+        return []
 
     def _close_balance(self, now: float) -> list[Alarm]:
         events = []

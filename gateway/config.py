@@ -156,6 +156,11 @@ class ChecksSection:
     max_rate_w_per_s: float = field(default=0.0, metadata=rng(0, 1e9))
     balance_window_s: int = field(default=3600, metadata=rng(10, 7 * 86_400))
     balance_threshold: float = field(default=0.05, metadata=rng(0.001, 1))
+    # outage: at least outage_min_meters meters and outage_share of a feeder's meters
+    # silent together, or its line sensor below outage_voltage_share of nominal voltage.
+    outage_min_meters: int = field(default=3, metadata=rng(2, 100_000))
+    outage_share: float = field(default=0.5, metadata=rng(0.05, 1))
+    outage_voltage_share: float = field(default=0.1, metadata=rng(0, 0.9))
 
 
 @dataclass

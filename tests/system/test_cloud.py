@@ -528,6 +528,62 @@ def test_every_alarm_kind_matches_schema_and_cddl(tmp_path: Path) -> None:
     assert ok, err
 
 
+def outage_records() -> list[dict[str, Any]]:
+    """A feeder's outages from the real edge checks: its meters silent together, then its
+    line sensor at 0 V, each raised and cleared."""
+    devices = {f"m{i}": Device(b"", site="s1", feeder="F2") for i in range(4)}
+    devices["l2"] = Device(b"", site="s1", feeder="F2", role="line_sensor")
+    checks = EdgeChecks(ChecksSection(), devices)
+    t0 = 1_700_000_000.0
+    out: list[tuple[Any, int, int]] = []
+
+    def report(t: float, skip: tuple[str, ...] = (), volts: float = 230.0) -> None:
+        for i, d in enumerate(sorted(devices)):
+            if d in skip:
+                continue
+            v = int((volts if d == "l2" else 230.0) * 1000)
+            f = Frame(d, 1, int(t), int(t) * 1000, 10_000, (Channel(0, 0, {"voltage": v}),))
+            out.extend((ev, f.boot, f.seq) for ev in checks.observe(f, t + i * 0.5))
+
+    t = t0
+    while t < t0 + 30:
+        report(t)
+        t += 10
+    meters = ("m0", "m1", "m2", "m3")
+    while t < t0 + 120:  # the meters fall silent together; the sensor sees the line live
+        report(t, skip=meters)
+        out.extend((ev, 0, 0) for ev in checks.tick(t + 5))
+        t += 10
+    while t < t0 + 160:  # back
+        report(t)
+        out.extend((ev, 0, 0) for ev in checks.tick(t + 5))
+        t += 10
+    report(t, volts=2.0)  # the line sensor: 2 V, a dead line
+    t += 10
+    report(t, skip=meters, volts=230.0)  # live again, the meters not yet back
+    t += 10
+    while t < t0 + 220:
+        report(t)
+        out.extend((ev, 0, 0) for ev in checks.tick(t + 5))
+        t += 10
+    return [json.loads(gw_records.alarm(ev, boot, s).body) for ev, boot, s in out]
+
+
+def test_outages_match_schema_and_cddl(tmp_path: Path) -> None:
+    records = outage_records()
+    outages = [r for r in records if r["kind"] == "outage"]
+    assert [(r["state"], r["cause"]) for r in outages] == [
+        ("raised", "meters_silent"), ("cleared", "meters_silent"),
+        ("raised", "no_voltage"), ("cleared", "no_voltage")], outages
+    assert [r for r in records if r["kind"] == "offline"] == []  # one outage, not 4 alarms
+    for rec in records:
+        check("alarm", rec)
+    assert outages[0]["meters"] == 4 and outages[0]["devices"] == ["m0", "m1", "m2", "m3"]
+    assert outages[1]["duration_s"] > 60 and outages[1]["still_silent"] == 0
+    ok, err = zcbor_valid("known-alarms-message", cbor2.dumps(records), tmp_path)
+    assert ok, err
+
+
 def stuck_records() -> list[dict[str, Any]]:
     """A dead sensor repeating one reading: three stuck_value alarms from one frame."""
     checks = EdgeChecks(ChecksSection(stuck_periods=3), {"m1": Device(b"", site="s", feeder="F")})
