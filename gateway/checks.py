@@ -13,9 +13,10 @@ with alarm priority in the same transaction as the readings.
 - A device silent for ``offline_after_periods`` of its reporting periods is offline;
   its next frame clears that. Many devices of one feeder silent together, or its line
   sensor at ~0 V, are one feeder ``outage`` instead (outages.py).
-- Energy balance per feeder over ``balance_window_s``: energy the line sensors saw minus
-  what the meters reported, as a share of the line sensors' energy; above
-  ``balance_threshold`` it is a non-technical-loss alarm (theft, bypass, a leak).
+- Energy balance per feeder over ``balance_window_s`` (balance.py): signed energy the
+  line sensors saw against what the meters reported, less a technical-loss allowance, as a
+  share of the energy through the meters; above ``balance_threshold`` (or a CUSUM of small
+  excesses reaching it) it is a non-technical-loss alarm naming suspect meters.
 
 Memory is bounded by the number of series: a few numbers per (device, channel, quantity).
 """
@@ -28,6 +29,7 @@ from typing import Any
 
 from gateway.alarm import Alarm
 from gateway.anomaly import AnomalyConfig, SeriesDetector
+from gateway.balance import EnergyBalance
 from gateway.config import ChecksSection, Limits
 from gateway.devices import Device, Devices
 from gateway.outages import GRACE_PERIODS, Outage, Outages, Silence
@@ -103,9 +105,10 @@ class EdgeChecks:
         self.outages = Outages(cfg.outage_min_meters, cfg.outage_share,
                                cfg.limits.nominal_voltage * cfg.outage_voltage_share)
         self._meters_on = self._count_meters()
-        self.balance: dict[str, dict[str, float]] = {}  # feeder -> {"line", "meters"}
+        self.balance = EnergyBalance(
+            cfg.balance_threshold, cfg.balance_technical_loss,
+            {f.name: f.technical_loss for f in cfg.feeder})
         self.balance_start: float | None = None
-        self.balance_alarm: dict[str, bool] = {}
         self.raised = 0
         self.findings_open: set[tuple[str, str, int, str]] = set()  # anomalies, stuck
         self._rules: dict[tuple[str, int], tuple[Limits, list[Any]]] = {}
@@ -161,8 +164,7 @@ class EdgeChecks:
         out += [("offline", d, "") for d, st in list(self.devices.items()) if st.offline]
         out += [(kind, d, str(ch)) for kind, d, ch, _q in list(self.findings_open)]
         out = list(set(out))  # one anomaly per channel, whichever quantities show it
-        out += [("non_technical_loss", f, "") for f, on in list(self.balance_alarm.items())
-                if on]
+        out += [("non_technical_loss", f, "") for f in self.balance.open_alarms()]
         out += [("outage", f, "") for f in list(self.outages.open)]
         return sorted(out)
 
@@ -214,8 +216,9 @@ class EdgeChecks:
                                               baseline=round(f.baseline / 1000, 6),
                                               score=round(f.score, 2)))
             delta = ch.values.get("energy_delta")
-            if isinstance(delta, int):
-                self._add_energy(frame.device_id, delta)
+            if isinstance(delta, int) and st.info.feeder:
+                self.balance.add(st.info.feeder, frame.device_id,
+                                 st.info.role == "line_sensor", delta / 1000)
         return events
 
     def _threshold(self, device: str, channel: int, kind: str, direction: str, value: float,
@@ -239,15 +242,6 @@ class EdgeChecks:
         state = "raised" if cond.active else "cleared"
         return [self._event(state, kind, device, channel, t_ms, value=value / 1000,
                             threshold=round(limit / 1000, 6))]
-
-    def _add_energy(self, device: str, delta_mwh: int) -> None:
-        info = self.devices.get(device, DeviceState()).info
-        feeder = info.feeder
-        if not feeder:
-            return
-        side = "line" if info.role == "line_sensor" else "meters"
-        acc = self.balance.setdefault(feeder, {"line": 0.0, "meters": 0.0})
-        acc[side] += delta_mwh / 1000
 
     def tick(self, now: float | None = None) -> list[Alarm]:
         now = time.time() if now is None else now
@@ -308,19 +302,7 @@ class EdgeChecks:
         return []
 
     def _close_balance(self, now: float) -> list[Alarm]:
-        events = []
-        for feeder, acc in self.balance.items():
-            line, meters = acc["line"], acc["meters"]
-            if line <= 0:
-                continue
-            loss = (line - meters) / line
-            alarm = loss > self.cfg.balance_threshold
-            if alarm != self.balance_alarm.get(feeder, False):
-                self.balance_alarm[feeder] = alarm
-                events.append(self._event(
-                    "raised" if alarm else "cleared", "non_technical_loss", "", None,
-                    int(now * 1000), feeder, line_wh=round(line, 1), meters_wh=round(meters, 1),
-                    loss=round(loss, 4), window_s=self.cfg.balance_window_s))
-        self.balance = {}
         self.balance_start = now
-        return events
+        return [self._event(v.state, "non_technical_loss", "", None, int(now * 1000),
+                            v.feeder, **v.evidence)
+                for v in self.balance.close(self.cfg.balance_window_s)]

@@ -141,6 +141,14 @@ class Override:
 
 
 @dataclass
+class FeederSettings:
+    """Per-feeder settings of the energy balance."""
+
+    name: str = ""
+    technical_loss: float = field(default=0.03, metadata=rng(0, 0.5))
+
+
+@dataclass
 class ChecksSection:
     enabled: bool = True
     limits: Limits = field(default_factory=Limits)
@@ -155,7 +163,12 @@ class ChecksSection:
     max_rate_a_per_s: float = field(default=0.0, metadata=rng(0, 1e6))
     max_rate_w_per_s: float = field(default=0.0, metadata=rng(0, 1e9))
     balance_window_s: int = field(default=3600, metadata=rng(10, 7 * 86_400))
-    balance_threshold: float = field(default=0.05, metadata=rng(0.001, 1))
+    # non-technical share of the throughput that raises the balance alarm: tuned with make
+    # eval (tools/eval_balance.py, class-1 meter errors: 0 false alarms in 10 weeks at 0.01)
+    balance_threshold: float = field(default=0.02, metadata=rng(0.001, 1))
+    # the cables' losses, a share of the energy through the meters (per feeder: [[checks.feeder]])
+    balance_technical_loss: float = field(default=0.03, metadata=rng(0, 0.5))
+    feeder: list[FeederSettings] = field(default_factory=list)
     # outage: at least outage_min_meters meters and outage_share of a feeder's meters
     # silent together, or its line sensor below outage_voltage_share of nominal voltage.
     outage_min_meters: int = field(default=3, metadata=rng(2, 100_000))

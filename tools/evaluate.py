@@ -7,7 +7,8 @@ gateway's own ``gateway.anomaly.SeriesDetector`` with the configuration the gate
 ships (``[checks]`` defaults), as the edge checks run it on one channel's quantity;
 ``anomaly``, ``rate_of_change`` and ``stuck_value`` raises all count as alarms, since a
 backend sees each as one. Scoring: tools/eval_score.py. The cost per point is measured
-over the whole run (wall time / points).
+over the whole run (wall time / points). Then the feeder energy balance on the fleet
+simulator's households: quiet weeks and seeded thefts (tools/eval_balance.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, TextIO
 from gateway.anomaly import AnomalyConfig, SeriesDetector
 from gateway.checks import anomaly_config
 from gateway.config import ChecksSection
+from tools import eval_balance
 from tools.eval_corpus import KINDS, Series, corpus
 from tools.eval_score import Tally, score, summarise
 
@@ -91,10 +93,12 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     args = p.parse_args(argv)
     result = evaluate(PARTS[args.part], args.days)
     result["part"] = args.part
+    result["balance"] = eval_balance.evaluate(PARTS[args.part])
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
     print(table(result), file=out)
+    print(eval_balance.table(result["balance"]), file=out)
     return 0
 
 

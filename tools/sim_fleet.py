@@ -135,7 +135,7 @@ class SimDevice:
         for ch in (1, 2):
             c = q[ch]
             self.ade.set_channel(ch - 1, current=c.current, power=c.power,
-                                 apparent=abs(c.power) / (c.pf or 1.0), pf=c.pf)
+                                 apparent=abs(c.power / (c.pf or 1.0)), pf=c.pf)
         if energy_s:
             self.pzem.advance(energy_s)
             self.ade.advance(energy_s)
@@ -193,7 +193,9 @@ class Fleet:
         seed = str(fleet.seed).encode()
         roles: list[tuple[str, str, tuple[str, ...]]] = [
             (d, "meter", ("house", "pv", "spare")) for d in scenario.meter_ids()]
-        roles += [(d, "line_sensor", ("feeder",)) for d in scenario.line_sensor_ids()]
+        # A line sensor's feeder flow is on its ADE7953 (channel 1): it measures export too.
+        roles += [(d, "line_sensor", ("aux", "feeder", "spare"))
+                  for d in scenario.line_sensor_ids()]
         for dev, role, channels in roles:
             info = DeviceSpec(dev, role, hashlib.sha256(seed + dev.encode()).digest(),
                               fleet.site, fleet.feeder, channels)

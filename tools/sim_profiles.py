@@ -7,9 +7,12 @@ quantities its emulated ICs should report at scenario time ``t`` (seconds since 
   household load on channel 0 (a residential daily curve: night base, morning and evening
   peaks, noise), its rooftop PV inverter on channel 1 (negative power around noon, on a
   share of the houses), and nothing on channel 2.
-- A feeder line sensor measures what the feeder carries: the houses' true net load plus
-  the line losses - so a meter that is bypassed (theft: it measures only part of its
-  load) makes the feeder see more than the meters report.
+- A feeder line sensor measures what the feeder carries, signed, on its ADE7953 input A
+  (channel 1; the ADE7953 measures both directions, a PZEM-004T cannot): the houses' true
+  net load plus the line losses (a share of the flow, whichever way it goes) - import
+  when the houses draw, export around noon when their PV exceeds their load. A meter that
+  is bypassed (theft: it measures only part of its load) makes the feeder see more than
+  the meters report.
 - Scenario events change what the ICs see: voltage sag/swell, an over-current, a frequency
   excursion, a stuck IC (the same values again), a bypass. Link drops and reboots are the
   fleet's business (sim_fleet.py).
@@ -125,13 +128,16 @@ class Grid:
                 1: Quantities(volts, pv * 1000 / volts, -pv * 1000, 1.0, f),
                 2: Quantities(volts, 0.0, 0.0, 1.0, f),
             }
-        feeder_kw = max(0.0, true_net_kw) * (1.0 + self.scenario.fleet.losses)
+        # The cables heat with the flow either way: losses are drawn at the feeder head on
+        # import and taken off the export on its way back.
+        feeder_kw = true_net_kw + self.scenario.fleet.losses * abs(true_net_kw)
         for dev in self.scenario.line_sensor_ids():
             volts = NOMINAL_V + 3.0 + self.rng.gauss(0, 0.2)
             pf = 0.95
-            out[dev] = {0: Quantities(volts, feeder_kw * 1000 / (volts * pf),
-                                      feeder_kw * 1000, pf, freq),
-                        1: Quantities(volts, 0.0, 0.0), 2: Quantities(volts, 0.0, 0.0)}
+            out[dev] = {0: Quantities(volts, 0.0, 0.0),
+                        1: Quantities(volts, abs(feeder_kw) * 1000 / (volts * pf),
+                                      feeder_kw * 1000, pf if feeder_kw >= 0 else -pf, freq),
+                        2: Quantities(volts, 0.0, 0.0)}
         for dev in list(out):
             if self.stuck(dev, t) and dev in self._last:
                 out[dev] = self._last[dev]  # the IC repeats itself

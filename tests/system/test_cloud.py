@@ -447,7 +447,7 @@ def checks_events() -> list[dict[str, Any]]:
     for i in range(8):  # warm-up with a little noise
         observe("m1", t0 + i * 0.1, volts=230 + i % 3 * 0.2, amps=5 + i % 2 * 0.1,
                 watts=1000 + i % 3)
-        observe("l1", t0 + i * 0.1, delta_wh=2.0)
+        observe("l1", t0 + i * 0.1, delta_wh=2.5)  # 20 Wh at the head, 15 metered
     observe("m1", t0 + 1, volts=262, amps=12, watts=3000, pf=0.5, hz=50.8)  # all high
     observe("m1", t0 + 1.1)  # all cleared
     observe("m1", t0 + 1.2, volts=200, hz=49.2)  # low
@@ -502,6 +502,7 @@ def test_every_alarm_kind_matches_schema_and_cddl(tmp_path: Path) -> None:
     assert shift["score"] > 40  # the CUSUM statistic that made it
     loss = next(r for r in records if r["kind"] == "non_technical_loss")
     assert loss["device"] == "" and loss["feeder"] == "F1" and loss["loss"] > 0.05
+    assert loss["throughput_wh"] == 15.0 and loss["suspects"] == []  # no usual shares yet
     # Unique ids, built as documented; 0:0 for what the periodic tick found.
     assert len({r["id"] for r in records}) == len(records)
     for r in records:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tools import evaluate
+from tools import eval_balance, evaluate
 from tools.eval_corpus import EVENTS, KINDS, Label, corpus, make_series
 from tools.eval_score import score, summarise
 
@@ -47,3 +47,16 @@ def test_a_small_evaluation_runs_end_to_end(tmp_path: Path) -> None:
     assert set(result["by_kind"]) == set(KINDS)
     assert set(result["by_event"]) <= {*EVENTS, "all"} and "all" in result["by_event"]
     assert 0 < result["us_per_point"] < 100
+    balance = result["balance"]
+    assert balance["quiet_weeks"] == 10 and balance["quiet_false_alarms"] == 0
+    assert balance["quiet_legacy_windows_alarmed"] > 0  # the unsigned balance's noise
+    full = balance["thefts"]["100% of one meter's load"]
+    assert full["runs"] == 10 and full["found_within_2_windows"] >= 0.5
+
+
+def test_the_balance_names_the_thief_and_stays_quiet_without_one() -> None:
+    """One seeded feeder through gateway.balance: a week without theft raises nothing; a
+    meter that stops counting its load is flagged, and named first."""
+    assert eval_balance.run(3, 7.0)["false"] == 0
+    theft = eval_balance.run(3, 4.0, bypass=1.0)
+    assert theft["found"] and theft["named"] and theft["false"] == 0

@@ -82,13 +82,28 @@ def test_the_feeder_sees_the_bypassed_load_and_the_losses() -> None:
     for t in (0.5, 1.0, 5.0, 30.0):
         state = a.step(t)
         assert state == b.step(t)  # one seed, one run
-        meters = {d: state[d][0].power for d in sc.meter_ids()}
-        line = state["line-01"][0].power
+        meters = {d: state[d][0].power + state[d][1].power for d in sc.meter_ids()}
+        line = state["line-01"][1].power  # the ADE7953 input: signed
+        assert state["line-01"][0].power == 0.0
         if t < 2:  # before the bypass: the feeder carries the meters plus 5 % losses
             assert line == pytest.approx(sum(meters.values()) * 1.05)
         else:  # mtr-002 measures half its load; the feeder still carries all of it
-            true_net = sum(meters.values()) + meters["mtr-002"]
+            true_net = sum(meters.values()) + state["mtr-002"][0].power
             assert line == pytest.approx(true_net * 1.05)
+
+
+def test_the_feeder_sensor_sees_export_signed() -> None:
+    """Every house with PV, at noon: the feeder exports, and its sensor says so, less the
+    losses on the way back (a PZEM-004T on the feeder would have read the magnitude)."""
+    sc = parse(SMALL.replace("pv_share = 0.0", "pv_share = 1.0"))
+    g = Grid(sc)
+    hours = (13.0 - sc.fleet.start_hour) % 24  # 13:00
+    state = g.step(sc.fleet.day_seconds * hours / 24)
+    net = sum(state[d][0].power + state[d][1].power for d in sc.meter_ids())
+    net += state["mtr-002"][0].power  # bypassed: half its load is not on its register
+    line = state["line-01"][1]
+    assert net < 0 and line.power == pytest.approx(net + 0.05 * abs(net))
+    assert line.pf < 0 and line.current > 0
 
 
 def test_events_change_what_the_ics_measure() -> None:

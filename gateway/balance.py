@@ -1,0 +1,135 @@
+"""Feeder energy balance: what the line sensors saw against what the meters reported.
+
+Per feeder and per window (``balance_window_s``), in Wh and signed (import positive,
+export negative, as the ADE7953 measures both): ``line_wh`` is the net energy through the
+feeder head, ``meters_wh`` the net energy the meters reported (consumption minus rooftop
+PV export), ``throughput_wh`` the energy that moved through the meters either way (the sum
+of each meter channel's |energy|). The losses are ``loss = (line - meters) / throughput``:
+technical losses (the cables' heat: about ``technical_loss`` of the flow through the feeder
+head, |line|, per feeder) plus non-technical ones (theft, a bypass, a meter that stopped
+counting). Dividing by the throughput rather than by the line's net keeps the ratio finite
+when rooftop PV balances the load at the feeder head (net ~0) or the feeder exports.
+
+``excess = loss - technical_loss * |line| / throughput`` is the non-technical share. The
+alarm is raised when one window's excess is above ``threshold``, or earlier for a small,
+steady loss: a one-sided CUSUM over windows, S = max(0, S + excess - threshold / 2),
+raises it when S reaches ``threshold`` (an excess of the threshold itself is caught in two
+windows). It clears
+when a window's excess is below threshold / 2, and S starts again.
+
+With the alarm, ``suspects`` ranks the feeder's meters whose share of the metered
+consumption fell most against their own usual share (an average over earlier windows
+without an alarm): a bypass takes part of a meter's consumption off its register while
+the others' go on, so the thief's share drops. Pure logic; memory: a few numbers per
+feeder and per meter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SHARE_ALPHA = 0.3  # weight of the newest alarm-free window in a meter's usual share
+MAX_SUSPECTS = 5
+
+
+@dataclass
+class FeederWindow:
+    line: float = 0.0  # Wh, net through the feeder head
+    meters: float = 0.0  # Wh, net the meters reported
+    throughput: float = 0.0  # Wh, |energy| through the meters' channels
+    consumption: dict[str, float] = field(default_factory=dict)  # meter -> Wh imported
+
+
+@dataclass
+class FeederState:
+    cusum: float = 0.0
+    alarm: bool = False
+    usual_share: dict[str, float] = field(default_factory=dict)  # meter -> share
+
+
+@dataclass(frozen=True)
+class Verdict:
+    feeder: str
+    state: str  # "raised" or "cleared"
+    evidence: dict[str, object]
+
+
+class EnergyBalance:
+    def __init__(self, threshold: float, technical_loss: float,
+                 technical_by_feeder: dict[str, float] | None = None) -> None:
+        self.threshold = threshold
+        self.technical_loss = technical_loss
+        self.technical_by_feeder = technical_by_feeder or {}
+        self.window: dict[str, FeederWindow] = {}
+        self.state: dict[str, FeederState] = {}
+
+    def add(self, feeder: str, device: str, line_sensor: bool, delta_wh: float) -> None:
+        """One channel's energy over one reporting period."""
+        w = self.window.get(feeder)
+        if w is None:
+            w = self.window[feeder] = FeederWindow()
+        if line_sensor:
+            w.line += delta_wh
+            return
+        w.meters += delta_wh
+        w.throughput += abs(delta_wh)
+        if delta_wh > 0:
+            w.consumption[device] = w.consumption.get(device, 0.0) + delta_wh
+
+    def open_alarms(self) -> list[str]:
+        return [f for f, st in list(self.state.items()) if st.alarm]
+
+    def close(self, window_s: float) -> list[Verdict]:
+        """End the window: the alarms raised or cleared."""
+        out = []
+        for feeder, w in self.window.items():
+            if w.throughput <= 0:
+                continue
+            st = self.state.get(feeder)
+            if st is None:
+                st = self.state[feeder] = FeederState()
+            technical = self.technical_by_feeder.get(feeder, self.technical_loss)
+            loss = (w.line - w.meters) / w.throughput
+            # The cables' losses grow with the flow through the feeder head, either way.
+            excess = loss - technical * abs(w.line) / w.throughput
+            st.cusum = max(0.0, st.cusum + excess - self.threshold / 2)
+            evidence: dict[str, object] = {
+                "line_wh": round(w.line, 1), "meters_wh": round(w.meters, 1),
+                "throughput_wh": round(w.throughput, 1), "loss": round(loss, 4),
+                "technical_loss": technical, "excess": round(excess, 4),
+                "cusum": round(st.cusum, 4), "window_s": window_s}
+            if not st.alarm and (excess > self.threshold or st.cusum >= self.threshold):
+                st.alarm = True
+                evidence["suspects"] = self._suspects(st, w)
+                out.append(Verdict(feeder, "raised", evidence))
+            elif st.alarm and excess < self.threshold / 2:
+                st.alarm = False
+                st.cusum = 0.0
+                out.append(Verdict(feeder, "cleared", evidence))
+            if not st.alarm and excess < self.threshold / 2:
+                self._learn(st, w)
+        self.window = {}
+        return out
+
+    def _shares(self, w: FeederWindow) -> dict[str, float]:
+        total = sum(w.consumption.values())
+        return {d: c / total for d, c in w.consumption.items()} if total > 0 else {}
+
+    def _learn(self, st: FeederState, w: FeederWindow) -> None:
+        shares = self._shares(w)
+        for d in set(shares) | set(st.usual_share):
+            now = shares.get(d, 0.0)
+            old = st.usual_share.get(d)
+            st.usual_share[d] = now if old is None else old + SHARE_ALPHA * (now - old)
+
+    def _suspects(self, st: FeederState, w: FeederWindow) -> list[dict[str, object]]:
+        shares = self._shares(w)
+        drops = []
+        for d, usual in st.usual_share.items():
+            if usual > 0:
+                drop = (usual - shares.get(d, 0.0)) / usual
+                if drop > 0:
+                    drops.append((drop, d))
+        drops.sort(reverse=True)
+        return [{"device": d, "share_drop": round(drop, 3)}
+                for drop, d in drops[:MAX_SUSPECTS]]
