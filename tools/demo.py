@@ -142,7 +142,19 @@ def run(duration: float, workdir: Path, out: TextIO, scenario_path: Path = DEFAU
     fleet = Fleet(scenario, workdir / "fleet", "mqtt", ("127.0.0.1", local.port))
     register(fleet, config)
     recorder = Recorder(cloud.port)
-    gateway = start_gateway(config, workdir / "gateway.log")
+    gateway: subprocess.Popen[bytes] | None = None
+    while gateway is None:
+        try:
+            gateway = start_gateway(config, workdir / "gateway.log")
+        except RuntimeError as e:
+            # The metrics port was free when picked, but another process took it before
+            # the gateway bound it (free_port can only release it): pick another, twice.
+            if "cannot listen on" not in str(e) or str(e).count("cannot listen on") > 2:
+                raise
+            new = free_port()
+            config.write_text(config.read_text().replace(f"port = {metrics_port}\n",
+                                                          f"port = {new}\n"))
+            metrics_port = new
     snapshot = workdir / "dashboard.txt"
     out.write(f"demo: {len(fleet.devices)} devices -> local broker :{local.port} -> gateway "
               f"(metrics http://127.0.0.1:{metrics_port}/metrics) -> cloud broker "
