@@ -17,6 +17,8 @@ with alarm priority in the same transaction as the readings.
   line sensors saw against what the meters reported, less a technical-loss allowance, as a
   share of the energy through the meters; above ``balance_threshold`` (or a CUSUM of small
   excesses reaching it) it is a non-technical-loss alarm naming suspect meters.
+- Supply voltage over time (voltage_quality.py): EN 50160's 10-minute means per device
+  and the weekly 95 % figure, as events.
 
 Memory is bounded by the number of series: a few numbers per (device, channel, quantity).
 """
@@ -34,6 +36,7 @@ from gateway.config import ChecksSection, Limits
 from gateway.devices import Device, Devices
 from gateway.outages import GRACE_PERIODS, Outage, Outages, Silence
 from gateway.protocol import Frame, Stat
+from gateway.voltage_quality import VoltageQuality
 
 
 def _mean(v: Stat | int | None) -> float | None:
@@ -109,6 +112,7 @@ class EdgeChecks:
             cfg.balance_threshold, cfg.balance_technical_loss,
             {f.name: f.technical_loss for f in cfg.feeder})
         self.balance_start: float | None = None
+        self.voltage = VoltageQuality(cfg.limits.nominal_voltage, cfg.limits.voltage_band)
         self.raised = 0
         self.findings_open: set[tuple[str, str, int, str]] = set()  # anomalies, stuck
         self._rules: dict[tuple[str, int], tuple[Limits, list[Any]]] = {}
@@ -187,6 +191,7 @@ class EdgeChecks:
             self.outages.back(frame.device_id, st.info.feeder, now)
         if st.info.role == "line_sensor" and st.info.feeder:
             events += self._line_voltage(st.info.feeder, frame, now)
+        events += self._voltage_quality(frame, t_ms)
         for ch in frame.channels:
             if not ch.valid:
                 continue
@@ -264,11 +269,28 @@ class EdgeChecks:
             events.append(self._offline(s.device, self.devices[s.device], now))
         for out in self.outages.ended(now):
             events += self._outage_cleared(out, now)
+        events += [self._event("event", r.kind, r.device, r.channel, r.time_ms, None,
+                               **r.evidence)
+                   for r in self.voltage.tick(int(now * 1000))]
         if self.balance_start is None:
             self.balance_start = now
         elif now - self.balance_start >= self.cfg.balance_window_s:
             events += self._close_balance(now)
         return events
+
+    def _voltage_quality(self, frame: Frame, t_ms: int) -> list[Alarm]:
+        """EN 50160's 10-minute means and weeks (voltage_quality.py), from the device's first
+        channel that measures voltage: its channels share one supply voltage."""
+        for ch in frame.channels:
+            v = ch.values.get("voltage") if ch.valid else None
+            if v is None:
+                continue
+            low, mean, high = (v.min, v.mean, v.max) if isinstance(v, Stat) else (v, v, v)
+            return [self._event("event", r.kind, r.device, r.channel, r.time_ms, None,
+                               **r.evidence)
+                    for r in self.voltage.add(frame.device_id, ch.index, t_ms, mean / 1000,
+                                              low / 1000, high / 1000, frame.period_ms)]
+        return []
 
     def _offline(self, device: str, st: DeviceState, now: float) -> Alarm:
         st.silent = False

@@ -585,6 +585,36 @@ def test_outages_match_schema_and_cddl(tmp_path: Path) -> None:
     assert ok, err
 
 
+def voltage_records() -> list[dict[str, Any]]:
+    """EN 50160 events from the real edge checks: a week and a day of frames every minute,
+    one day's voltage 13 % low."""
+    checks = EdgeChecks(ChecksSection(), {"m1": Device(b"", site="s1", feeder="F1")})
+    monday = 1_700_438_400_000  # 2023-11-20 00:00 UTC
+    out = []
+    for minute in range(8 * 24 * 60 + 1):
+        t_ms = monday + minute * 60_000
+        v = 200_000 if minute < 24 * 60 else 230_000
+        f = Frame("m1", 1, minute, minute * 60_000, 60_000,
+                  (Channel(0, 0, {"voltage": Stat(v, v - 500, v + 500)}),), unix_ms=t_ms)
+        out += [gw_records.alarm(ev, f.boot, f.seq) for ev in checks.observe(f, t_ms / 1000)]
+    return [json.loads(r.body) for r in out]
+
+
+def test_voltage_quality_matches_schema_and_cddl(tmp_path: Path) -> None:
+    records = voltage_records()
+    tens = [r for r in records if r["kind"] == "voltage_mean"]
+    weeks = [r for r in records if r["kind"] == "voltage_week"]
+    assert len(tens) == 8 * 144 and len(weeks) == 1
+    assert tens[0]["mean_v"] == 200.0 and tens[0]["min_v"] == 199.5 and tens[0]["frames"] == 10
+    week = weeks[0]
+    assert week["means"] == 1008 and week["in_band"] == round(864 / 1008, 4)
+    assert week["compliant"] is False and week["outside_wide"] == 0
+    for rec in tens[:3] + weeks:
+        check("alarm", rec)
+    ok, err = zcbor_valid("known-alarms-message", cbor2.dumps(tens[:3] + weeks), tmp_path)
+    assert ok, err
+
+
 def stuck_records() -> list[dict[str, Any]]:
     """A dead sensor repeating one reading: three stuck_value alarms from one frame."""
     checks = EdgeChecks(ChecksSection(stuck_periods=3), {"m1": Device(b"", site="s", feeder="F")})
