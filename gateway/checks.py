@@ -36,6 +36,7 @@ from gateway.config import ChecksSection, Limits
 from gateway.devices import Device, Devices
 from gateway.outages import GRACE_PERIODS, Outage, Outages, Silence
 from gateway.protocol import Frame, Stat
+from gateway.voltage_quality import Record as VoltageRecord
 from gateway.voltage_quality import VoltageQuality
 
 
@@ -269,9 +270,7 @@ class EdgeChecks:
             events.append(self._offline(s.device, self.devices[s.device], now))
         for out in self.outages.ended(now):
             events += self._outage_cleared(out, now)
-        events += [self._event("event", r.kind, r.device, r.channel, r.time_ms, None,
-                               **r.evidence)
-                   for r in self.voltage.tick(int(now * 1000))]
+        events += self._voltage_events(self.voltage.tick(int(now * 1000)))
         if self.balance_start is None:
             self.balance_start = now
         elif now - self.balance_start >= self.cfg.balance_window_s:
@@ -286,11 +285,14 @@ class EdgeChecks:
             if v is None:
                 continue
             low, mean, high = (v.min, v.mean, v.max) if isinstance(v, Stat) else (v, v, v)
-            return [self._event("event", r.kind, r.device, r.channel, r.time_ms, None,
-                               **r.evidence)
-                    for r in self.voltage.add(frame.device_id, ch.index, t_ms, mean / 1000,
-                                              low / 1000, high / 1000, frame.period_ms)]
+            return self._voltage_events(self.voltage.add(
+                frame.device_id, ch.index, t_ms, mean / 1000, low / 1000, high / 1000,
+                frame.period_ms))
         return []
+
+    def _voltage_events(self, records: list[VoltageRecord]) -> list[Alarm]:
+        return [self._event("event", r.kind, r.device, r.channel, r.time_ms, None,
+                            **r.evidence) for r in records]
 
     def _offline(self, device: str, st: DeviceState, now: float) -> Alarm:
         st.silent = False
