@@ -241,6 +241,13 @@ def cross_checks(cfg: Config, problems: list[str]) -> None:
         problems.append("local.client_id: must not be empty (the local broker keeps the "
                         "gateway's frames in the session of this id)")
     topic_filter("local.topic", cfg.local.topic, problems)
+    feeders: set[str] = set()
+    for i, f in enumerate(cfg.checks.feeder):
+        if not f.name:
+            problems.append(f"checks.feeder[{i}].name: must name the feeder (as devices do)")
+        elif f.name in feeders:
+            problems.append(f"checks.feeder[{i}].name: feeder {f.name!r} is set twice")
+        feeders.add(f.name)
     if cfg.homeassistant.enabled:
         topic_name("homeassistant.discovery_prefix", cfg.homeassistant.discovery_prefix,
                    problems)

@@ -239,3 +239,20 @@ def test_passwords_are_never_shown(tmp_path: Path) -> None:
                   f"password = {value}\n", env={})
         assert info.value.problems == ["local.password: must be a string, got (secret)",
                                        "uplink.password: must be a string, got (secret)"]
+
+
+def test_feeder_settings_need_a_name_each_once() -> None:
+    """[[checks.feeder]]: every problem at once, with its path."""
+    text = ("[uplink]\nenabled = false\n[[checks.feeder]]\ntechnical_loss = 0.04\n"
+            "[[checks.feeder]]\nname = \"F1\"\n[[checks.feeder]]\nname = \"F1\"\n"
+            "technical_loss = 0.9\n")
+    with pytest.raises(ConfigError) as info:
+        parse(text, "gw.toml", env={})
+    assert info.value.problems == [
+        "checks.feeder[2].technical_loss: must be a number 0..0.5, got 0.9",
+        "checks.feeder[0].name: must name the feeder (as devices do)",
+        "checks.feeder[2].name: feeder 'F1' is set twice"]
+    cfg = parse(text.replace("technical_loss = 0.04\n", "name = \"F2\"\n")
+                .replace("name = \"F1\"\ntechnical_loss = 0.9\n", "name = \"F3\"\n"), env={})
+    assert [(f.name, f.technical_loss) for f in cfg.checks.feeder] == [
+        ("F2", 0.03), ("F1", 0.03), ("F3", 0.03)]
