@@ -4,11 +4,8 @@
 ``tick(now)`` about every 200 ms; both return alarm events, which the pipeline stores
 with alarm priority in the same transaction as the readings.
 
-- Thresholds per site/device/channel (most specific ``[[checks.override]]`` wins): over-
-  and under-voltage (default 230 V +-10 %, EN 50160), over-current, over-power, low power
-  factor, frequency out of band. A condition must hold for ``min_duration_s`` before it is
-  raised and clears only when the value is back inside the limit by the hysteresis margin
-  for as long. Raised and cleared are both events. Time is the frame's own clock.
+- Thresholds per site/device/channel (thresholds.py): over- and under-voltage, frequency,
+  power factor, over-current and over-power, held for a duration, with hysteresis.
 - Anomalies per series (anomaly.py), with their evidence.
 - A device silent for ``offline_after_periods`` of its reporting periods is offline;
   its next frame clears that. Many devices of one feeder silent together, or its line
@@ -36,6 +33,7 @@ from gateway.config import ChecksSection, Limits
 from gateway.devices import Device, Devices
 from gateway.outages import GRACE_PERIODS, Outage, Outages, Silence
 from gateway.protocol import Frame, Stat
+from gateway.thresholds import Thresholds
 from gateway.voltage_quality import Record as VoltageRecord
 from gateway.voltage_quality import VoltageQuality
 
@@ -44,33 +42,6 @@ def _mean(v: Stat | int | None) -> float | None:
     if v is None:
         return None
     return float(v.mean) if isinstance(v, Stat) else float(v)
-
-
-def _rules(lim: Limits) -> list[tuple[str, str, str, float, float]]:
-    """(kind, quantity, direction, limit in wire units, hysteresis in wire units)."""
-    v_hi = lim.nominal_voltage * (1 + lim.voltage_band) * 1000
-    v_lo = lim.nominal_voltage * (1 - lim.voltage_band) * 1000
-    h = lim.hysteresis
-    rules = [
-        ("over_voltage", "voltage", "above", v_hi, v_hi * h),
-        ("under_voltage", "voltage", "below", v_lo, v_lo * h),
-        ("frequency_high", "frequency", "above", lim.frequency_max * 1000, 1000 * h),
-        ("frequency_low", "frequency", "below", lim.frequency_min * 1000, 1000 * h),
-        ("low_power_factor", "power_factor", "below", lim.min_power_factor * 1000, 1000 * h),
-    ]
-    if lim.max_current:
-        rules.append(("over_current", "current", "above", lim.max_current * 1000,
-                      lim.max_current * 1000 * h))
-    if lim.max_power:
-        rules.append(("over_power", "power", "above", lim.max_power * 1000,
-                      lim.max_power * 1000 * h))
-    return rules
-
-
-@dataclass(slots=True)
-class Condition:
-    active: bool = False
-    since_ms: int | None = None  # when the pending change (raise or clear) started
 
 
 NOWHERE = Device(b"")  # a device the registry does not (yet) know: no place, a meter
@@ -97,7 +68,7 @@ class EdgeChecks:
     def __init__(self, cfg: ChecksSection, devices: Devices) -> None:
         self.cfg = cfg
         self.devices = {d: DeviceState(info=info) for d, info in devices.items()}
-        self.conditions: dict[tuple[str, int, str], Condition] = {}
+        self.thresholds = Thresholds(cfg)
         self.detectors: dict[tuple[str, int, str], SeriesDetector] = {}
         # One detector configuration per quantity: the rate limits are per unit (the
         # detectors see wire units: mV, mA, mW).
@@ -116,12 +87,11 @@ class EdgeChecks:
         self.voltage = VoltageQuality(cfg.limits.nominal_voltage, cfg.limits.voltage_band)
         self.raised = 0
         self.findings_open: set[tuple[str, str, int, str]] = set()  # anomalies, stuck
-        self._rules: dict[tuple[str, int], tuple[Limits, list[Any]]] = {}
 
     def set_devices(self, devices: Devices) -> None:
         for d, info in devices.items():
             self.devices.setdefault(d, DeviceState()).info = info
-        self._rules.clear()  # a device may have moved to another site
+        self.thresholds.forget_places()
         self._meters_on = self._count_meters()
 
     def _count_meters(self) -> dict[str, int]:
@@ -131,27 +101,9 @@ class EdgeChecks:
                 out[st.info.feeder] = out.get(st.info.feeder, 0) + 1
         return out
 
-    def rules_for(self, device: str, channel: int) -> tuple[Limits, list[Any]]:
-        """The limits and compiled rules of one channel, computed once."""
-        key = (device, channel)
-        cached = self._rules.get(key)
-        if cached is None:
-            lim = self.limits_for(device, channel)
-            cached = self._rules[key] = (lim, _rules(lim))
-        return cached
-
     def limits_for(self, device: str, channel: int) -> Limits:
         site = self.devices.get(device, DeviceState()).info.site
-        best, rank = self.cfg.limits, 0
-        for o in self.cfg.override:
-            if (o.channel is not None and o.channel != channel) or \
-                    (o.device and o.device != device) or (o.site and o.site != site):
-                continue
-            r = (4 if o.channel is not None else 0) + (2 if o.device else 0) + \
-                (1 if o.site else 0)
-            if r >= rank:
-                best, rank = o.limits, r
-        return best
+        return self.thresholds.limits_for(device, site, channel)
 
     def _event(self, state: str, kind: str, device: str, channel: int | None, t_ms: int,
                feeder: str | None = None, **evidence: Any) -> Alarm:
@@ -164,8 +116,7 @@ class EdgeChecks:
         """(kind, device or feeder, channel) of every alarm raised and not yet cleared."""
         # list() copies each dict in one step: the metrics thread calls this while the
         # committer thread updates the dicts.
-        out = [(kind, device, str(ch)) for (device, ch, kind), c in
-               list(self.conditions.items()) if c.active]
+        out = [(kind, device, str(ch)) for kind, device, ch in self.thresholds.open()]
         out += [("offline", d, "") for d, st in list(self.devices.items()) if st.offline]
         out += [(kind, d, str(ch)) for kind, d, ch, _q in list(self.findings_open)]
         out = list(set(out))  # one anomaly per channel, whichever quantities show it
@@ -196,13 +147,18 @@ class EdgeChecks:
         for ch in frame.channels:
             if not ch.valid:
                 continue
-            lim, rules = self.rules_for(frame.device_id, ch.index)
+            lim, rules = self.thresholds.rules_for(frame.device_id, st.info.site, ch.index)
             means = {q: _mean(v) for q, v in ch.values.items()}
-            for kind, qty, direction, limit, hyst in rules:
-                value = means.get(qty)
-                if value is not None:
-                    events += self._threshold(frame.device_id, ch.index, kind, direction,
-                                              value, limit, hyst, t_ms, lim.min_duration_s)
+            for rule in rules:
+                value = means.get(rule[1])
+                if value is None:
+                    continue
+                state = self.thresholds.check(frame.device_id, ch.index, rule, value, t_ms,
+                                              lim.min_duration_s)
+                if state is not None:
+                    events.append(self._event(state, rule[0], frame.device_id, ch.index, t_ms,
+                                              value=value / 1000,
+                                              threshold=round(rule[3] / 1000, 6)))
             for qty in ("voltage", "current", "power"):
                 value = means.get(qty)
                 if value is None:
@@ -226,28 +182,6 @@ class EdgeChecks:
                 self.balance.add(st.info.feeder, frame.device_id,
                                  st.info.role == "line_sensor", delta / 1000)
         return events
-
-    def _threshold(self, device: str, channel: int, kind: str, direction: str, value: float,
-                   limit: float, hyst: float, t_ms: int, min_s: float) -> list[Alarm]:
-        key = (device, channel, kind)
-        cond = self.conditions.get(key)
-        if cond is None:
-            cond = self.conditions[key] = Condition()
-        beyond = value > limit if direction == "above" else value < limit
-        back = value < limit - hyst if direction == "above" else value > limit + hyst
-        wants_change = beyond if not cond.active else back
-        if not wants_change:
-            cond.since_ms = None
-            return []
-        if cond.since_ms is None:
-            cond.since_ms = t_ms
-        if t_ms - cond.since_ms < min_s * 1000:
-            return []
-        cond.active = not cond.active
-        cond.since_ms = None
-        state = "raised" if cond.active else "cleared"
-        return [self._event(state, kind, device, channel, t_ms, value=value / 1000,
-                            threshold=round(limit / 1000, 6))]
 
     def tick(self, now: float | None = None) -> list[Alarm]:
         now = time.time() if now is None else now
