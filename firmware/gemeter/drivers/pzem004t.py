@@ -76,25 +76,38 @@ def request(address, function, payload=b""):
     return frame + struct.pack("<H", crc16(frame))
 
 
-def u32_low_word_first(regs, i):
-    """32-bit value from two registers, low word first (each word big-endian)."""
-    return regs[i] | (regs[i + 1] << 16)
+def _word(data, i):
+    # Input register i of a read reply (function 0x04: the words start at byte 3), big-endian.
+    return (data[3 + 2 * i] << 8) | data[4 + 2 * i]
+
+
+def _u32(data, i):
+    # A 32-bit value from registers i, i+1: low word first (manual, input registers).
+    return _word(data, i) | (_word(data, i + 1) << 16)
 
 
 class Reading:
-    """One measurement, as scaled integers (exact) with SI-unit properties for people."""
+    """One measurement, as scaled integers (exact) with SI-unit properties for people.
+    A driver keeps one and fills it at each read, in place (drivers/__init__.py)."""
 
     reactive_mvar = None  # not measured by this IC (see drivers/__init__.py)
     apparent_mva = None
 
-    def __init__(self, regs):
-        self.voltage_mv = regs[0] * 100  # 0.1 V
-        self.current_ma = u32_low_word_first(regs, 1)  # 0.001 A
-        self.power_mw = u32_low_word_first(regs, 3) * 100  # 0.1 W
-        self.energy_wh = u32_low_word_first(regs, 5)  # 1 Wh
-        self.frequency_mhz = regs[7] * 100  # 0.1 Hz
-        self.pf_milli = regs[8] * 10  # 0.01
-        self.alarm = regs[9] == 0xFFFF
+    def __init__(self):
+        self.voltage_mv = self.current_ma = self.power_mw = self.energy_wh = 0
+        self.frequency_mhz = self.pf_milli = 0
+        self.alarm = False
+
+    def fill(self, data):
+        """From a validated read reply (input registers 0x0000-0x0009, manual's scaling)."""
+        self.voltage_mv = _word(data, 0) * 100  # 0.1 V
+        self.current_ma = _u32(data, 1)  # 0.001 A
+        self.power_mw = _u32(data, 3) * 100  # 0.1 W
+        self.energy_wh = _u32(data, 5)  # 1 Wh
+        self.frequency_mhz = _word(data, 7) * 100  # 0.1 Hz
+        self.pf_milli = _word(data, 8) * 10  # 0.01
+        self.alarm = _word(data, 9) == 0xFFFF
+        return self
 
     voltage = property(lambda self: self.voltage_mv / 1000)
     current = property(lambda self: self.current_ma / 1000)
@@ -116,6 +129,8 @@ class PZEM004T:
         self.timeout_ms = timeout_ms
         self.gap_ms = gap_ms  # bus quiet time between requests: Modbus RTU wants 3.5 chars (4 ms)
         self._rx = bytearray(_RX_SIZE)
+        self._reading = Reading()  # filled at each read: no allocation per sample
+        self._read_request = None  # (address, the read request's bytes): made once
         self._last = time.ticks_ms()
         self.errors = {KIND_TIMEOUT: 0, KIND_CRC: 0, KIND_EXCEPTION: 0, KIND_DESYNC: 0}
         self.stale_bytes = 0
@@ -135,21 +150,27 @@ class PZEM004T:
 
     # -- public API -----------------------------------------------------------
     def read(self):
-        """All measurements; raises DriverError. Never returns an earlier reading."""
-        payload = struct.pack(">HH", _REG_VOLTAGE, _INPUT_REGISTERS)
-        data = self._transact(_FN_READ_INPUT, payload, 3 + 2 * _INPUT_REGISTERS + 2)
+        """All measurements; raises DriverError. Never returns an earlier reading: the
+        Reading returned is the driver's own, valid until its next read."""
+        req = self._read_request
+        if req is None or req[0] != self.address:  # the console may give a new address
+            req = self._read_request = (self.address, request(
+                self.address, _FN_READ_INPUT, struct.pack(">HH", _REG_VOLTAGE,
+                                                          _INPUT_REGISTERS)))
+        data = self._transact(_FN_READ_INPUT, None, 3 + 2 * _INPUT_REGISTERS + 2, req[1])
         if data[2] != 2 * _INPUT_REGISTERS:
             raise self._fail(KIND_DESYNC, "reply holds %d bytes, expected 20" % data[2])
-        return Reading(struct.unpack_from(">10H", data, 3))
+        return self._reading.fill(data)
 
     # -- bus traffic ----------------------------------------------------------
     def _fail(self, kind, message):
         self.errors[kind] += 1
         return DriverError(kind, "PZEM 0x%02X: %s" % (self.address, message))
 
-    def _transact(self, function, payload, reply_len):
+    def _transact(self, function, payload, reply_len, frame=None):
         """One request and its validated reply (a memoryview of _rx), with the silence
-        bookkeeping of the module docstring."""
+        bookkeeping of the module docstring. frame: the request's bytes, when made
+        beforehand (the read's, made once per address)."""
         if self._misses >= _SILENT_AFTER:
             wait = time.ticks_diff(self._retry_at, time.ticks_ms())
             if wait > 0:
@@ -158,7 +179,7 @@ class PZEM004T:
                     self.address, wait))
             self._after_timeout = False  # a late reply to the last request is long drained
         try:
-            data = self._exchange(function, payload, reply_len)
+            data = self._exchange(function, payload, reply_len, frame)
         except DriverError as e:
             if e.kind == KIND_EXCEPTION:  # an error reply is still an answer
                 self._answered()
@@ -184,7 +205,7 @@ class PZEM004T:
         self._wait_ms = self.backoff_ms if w == 0 else min(2 * w, self.backoff_max_ms)
         self._retry_at = time.ticks_add(time.ticks_ms(), self._wait_ms)
 
-    def _exchange(self, function, payload, reply_len):
+    def _exchange(self, function, payload, reply_len, frame=None):
         """Send one request and return the validated reply as a memoryview of _rx."""
         uart = self.uart
         wait = self.gap_ms - time.ticks_diff(time.ticks_ms(), self._last)
@@ -195,7 +216,7 @@ class PZEM004T:
                 break
             junk = uart.read()
             self.stale_bytes += len(junk) if junk else 0
-        uart.write(request(self.address, function, payload))
+        uart.write(frame or request(self.address, function, payload))
         # Modbus RTU has no transaction id: after a timeout, the late reply to that request
         # may arrive just after this one was sent. Then the reply is the *last* valid frame.
         want = 2 if self._after_timeout else 1

@@ -277,3 +277,41 @@ def test_module_sending_noise_is_invalid_then_recovers(
     stats = out[4]
     assert stats["outages"] == 1 and stats["recoveries"] == 1
     assert stats["errors"]["desync"] + stats["errors"]["crc"] >= 3
+
+
+def test_a_read_allocates_almost_nothing(fw_micropython: FirmwareRunner) -> None:
+    """Under MicroPython, on a UART stand-in that allocates nothing itself (a board's
+    UART.read still returns a new bytes object): the request is made once per address
+    and the Reading is the driver's own, filled in place. A read allocated 832 bytes
+    before (request bytes, an unpacked tuple, a new Reading); a sampler reads every
+    module every sample."""
+    out = fw_micropython.run_code("""
+import gc, struct
+from gemeter.drivers.pzem004t import PZEM004T, crc16
+regs = [2304, 4200, 0, 9500, 0, 1234, 0, 500, 98, 0]
+body = bytes([1, 4, 20]) + b"".join(struct.pack(">H", r) for r in regs)
+REPLY = body + struct.pack("<H", crc16(body))
+class UART:
+    pending = 0
+    def write(self, b):
+        self.pending = len(REPLY)
+    def any(self):
+        return self.pending
+    def read(self, n=None):
+        self.pending = 0
+        return REPLY
+d = PZEM004T(UART(), 1, gap_ms=0)
+first = d.read()
+gc.collect()
+gc.disable()
+before = gc.mem_alloc()
+for _ in range(100):
+    r = d.read()
+per_read = (gc.mem_alloc() - before) // 100
+gc.enable()
+print(json.dumps({"per_read": per_read, "same": r is first,
+                  "values": [r.voltage_mv, r.current_ma, r.power_mw, r.energy_wh,
+                             r.frequency_mhz, r.pf_milli, r.alarm]}))
+""")
+    assert out["values"] == [230400, 4200, 950000, 1234, 50000, 980, False]
+    assert out["same"] and out["per_read"] <= 256, out
