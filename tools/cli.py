@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "fetch-mpy-deps",
-        help="download the pinned MicroPython libraries (umqtt.simple, umodbus), check "
+        help="download the pinned MicroPython library (umqtt.simple), check "
         "their sha256 and unpack them for tests, simulation and flashing",
     )
     p.add_argument("--dest", default=None,

@@ -2,10 +2,11 @@
 
 Each step is a subprocess. Ask the board (``mpremote connect PORT resume exec``) for its .mpy
 version and architecture; refuse a version this mpy-cross does not write (pure-bytecode
-files load wherever the major version matches). Compile ``gemeter`` and the pinned libraries
-from build/mpy-lib to ``.mpy`` (precompiled, a board neither needs the compiler's RAM for
-the big ones, umodbus among them, nor the time) into build/flash/BOARD/PORT, laid out as the
-board's filesystem, ``main.py`` kept as source. On the board, remove the old packages, copy
+files load wherever the major version matches). Compile ``gemeter`` and the pinned library
+from its cache (tools/resources.py) to ``.mpy`` (precompiled: a board needs neither the
+compiler's RAM nor its time) into a fresh temporary folder, laid out as the board's
+filesystem, ``main.py`` kept as source. On the board, remove the old packages (and
+RETIRED ones that earlier versions flashed), copy
 the tree, ``board.json`` and the config as ``config.json``; compare each file's sha256 with
 the build; reset. ``key.bin``, the state (``state.a.json``, ``state.b.json``; older
 firmware's ``state.json``) and the calibration (in ``config.json``, kept across a new
@@ -61,6 +62,8 @@ for n in {list(KEPT)!r}:
         pass
 print("{PROBE_TAG}", json.dumps([getattr(sys.implementation, "_mpy", 0), sys.platform, cal,
                                  have]))"""
+# Packages earlier versions flashed and this one does not: removed at every flash.
+RETIRED = ("lib/umodbus",)  # pinned and flashed until 2026-11, never imported (22 KB)
 PREPARE = """import os
 def rm(p):
     try:
@@ -255,7 +258,7 @@ def commands(port: str, stage: Path, names: list[str], wipe: bool) -> list[list[
     top = folders.pop("")
     # Remove whole packages: a stale .py would shadow its new .mpy.
     old = sorted({"/".join(f.split("/")[:2 if f.startswith("lib/") else 1]) for f in folders
-                  if f != "lib"})
+                  if f != "lib"} | set(RETIRED))
     made = sorted({"/".join(f.split("/")[:i]) for f in folders
                    for i in range(1, f.count("/") + 2)})
     copy = mpremote(port, "exec", PREPARE % (json.dumps([*old, *(KEPT if wipe else ())]),

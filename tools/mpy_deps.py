@@ -1,13 +1,15 @@
-"""Fetch the firmware's MicroPython dependencies: pinned, hash-checked, unpacked into build/.
+"""Fetch the firmware's MicroPython dependencies: pinned, hash-checked, unpacked into a cache.
 
-``micropython-umqtt.simple`` and ``micropython-modbus`` are published as old-style MicroPython
-source tarballs that pip refuses to install. This fetcher asks the package index that pip is
-configured with (PIP_INDEX_URL / ``pip config``, else pip's own default; extra indexes too)
-for the pinned file through the simple repository API (PEP 691 JSON, PEP 503 HTML as a
-fallback, ``file://`` indexes included), checks its sha256 against the pin below, and
-unpacks only the MicroPython modules into ``build/mpy-lib`` for tests, the simulator and
-flashing. No registry host name is written here, and no third-party source is committed.
-A stamp file records what was unpacked, so a second run with the same pins does nothing.
+``micropython-umqtt.simple`` is published as an old-style MicroPython source tarball that
+pip refuses to install. (micropython-modbus was pinned too, and flashed, though nothing
+used it: the PZEM-004T driver speaks Modbus itself, drivers/pzem004t.py says why.) This
+fetcher asks the package index that pip is configured with (PIP_INDEX_URL / ``pip
+config``, else pip's own default; extra indexes too) for the pinned file through the
+simple repository API (PEP 691 JSON, PEP 503 HTML as a fallback, ``file://`` indexes
+included), checks its sha256 against the pin below, and unpacks only the MicroPython
+modules into the cache folder (tools/resources.py) for tests, the simulator and flashing.
+No registry host name is written here, and no third-party source is committed. A stamp
+file records what was unpacked, so a second run with the same pins does nothing.
 """
 
 from __future__ import annotations
@@ -42,10 +44,6 @@ PINS = (
     Pin(
         "micropython-umqtt.simple", "1.3.4",
         "b6a2520239e3992c63a7de9370ee9b3d9d27819a90359c521f1c0f7ccab8d12f", ("umqtt",),
-    ),
-    Pin(
-        "micropython-modbus", "2.3.7",
-        "b9351a66af0ff29dd585900e53827a989dedcb02ec63b1041358165089652271", ("umodbus",),
     ),
 )
 

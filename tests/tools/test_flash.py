@@ -156,6 +156,9 @@ def test_reflash_keeps_key_calibration_and_counters_unless_wiped(
     stale = device.root / "gemeter" / "old_module.py"  # would shadow a new .mpy
     stale.parent.mkdir()
     stale.write_text("raise ImportError\n")
+    retired = device.root / "lib" / "umodbus" / "serial.mpy"  # flashed by older versions
+    retired.parent.mkdir(parents=True)
+    retired.write_bytes(b"M\x06")
     outputs = []
 
     def flash(*extra: str) -> None:
@@ -169,6 +172,7 @@ def test_reflash_keeps_key_calibration_and_counters_unless_wiped(
     assert all((device.root / name).read_bytes() == data for name, data in state.items())
     assert (device.root / "config.json").read_bytes() == config
     assert not stale.exists() and (device.root / "gemeter" / "app.mpy").exists()
+    assert not retired.parent.exists() and (device.root / "lib" / "umqtt").is_dir()
 
     new = tmp_path / "new.json"
     new.write_text(json.dumps({"device_id": "mtr-new", "link": "serial"}))

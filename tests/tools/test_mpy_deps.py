@@ -96,7 +96,6 @@ def test_pinned_libraries_import_under_micropython(fw_micropython: FirmwareRunne
     assert (MPY_LIB / "umqtt" / "simple.py").exists(), "run `make setup` first"
     out = fw_micropython.run(
         "from umqtt.simple import MQTTClient\n"
-        "from umodbus import const\n"
         "print(MQTTClient.__name__, hasattr(MQTTClient, 'publish'))\n"
     )
     assert out.split() == ["MQTTClient", "True"]
