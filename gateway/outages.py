@@ -45,6 +45,11 @@ class Outage:
     restoring: float | None = None  # when half of them were back
     grace_s: float = 0.0  # how long the rest may take to report once half are back
 
+    def add(self, device: str) -> None:
+        """A device silent in this outage."""
+        self.meters.add(device)
+        self.silent.add(device)
+
     def evidence(self, now: float | None = None) -> dict[str, object]:
         ev: dict[str, object] = {"cause": self.cause, "start_ms": int(self.start * 1000),
                                  "meters": len(self.meters),
@@ -77,20 +82,19 @@ class Outages:
     def needs_grace(self, meters_on_feeder: int) -> bool:
         return meters_on_feeder >= self.min_meters
 
-    def silent(self, s: Silence) -> bool:
-        """A meter found silent: True if it joined its feeder's outage (no alarm of its
-        own), False if it waits (pending)."""
+    def silent(self, s: Silence) -> None:
+        """A meter found silent: it joins its feeder's outage, or waits (pending)."""
         out = self.open.get(s.feeder)
         if out is not None:
-            out.meters.add(s.device)
-            out.silent.add(s.device)
-            return True
-        self.pending[s.device] = s
-        return False
+            out.add(s.device)
+        else:
+            self.pending[s.device] = s
 
     def decide(self, now: float, meters_on: dict[str, int]) -> tuple[list[Outage], list[Silence]]:
         """(outages raised now, silences whose grace ran out: dropouts to raise offline)."""
         raised: list[Outage] = []
+        if not self.pending:  # the usual case, every tick
+            return raised, []
         by_feeder: dict[str, list[Silence]] = {}
         for s in self.pending.values():
             by_feeder.setdefault(s.feeder, []).append(s)
@@ -103,8 +107,7 @@ class Outages:
                 out = Outage(feeder, "meters_silent", min(s.last_seen for s in group), now,
                              grace_s=first.grace_s)
                 for s in group:
-                    out.meters.add(s.device)
-                    out.silent.add(s.device)
+                    out.add(s.device)
                     del self.pending[s.device]
                 self.open[feeder] = out
                 raised.append(out)
@@ -113,18 +116,17 @@ class Outages:
             del self.pending[s.device]
         return raised, dropouts
 
-    def back(self, device: str, feeder: str, now: float) -> bool:
-        """A frame from a device: whether it had been counted silent here (so no offline
-        alarm of its own is open). Half of an outage's meters back starts its end."""
+    def back(self, device: str, feeder: str, now: float) -> None:
+        """A frame from a device counted silent here (pending, or in its feeder's outage).
+        Half of an outage's meters back starts its end."""
         if self.pending.pop(device, None) is not None:
-            return True
+            return
         out = self.open.get(feeder)
         if out is None or device not in out.silent:
-            return False
+            return
         out.silent.discard(device)
         if out.restoring is None and len(out.silent) * 2 <= len(out.meters):
             out.restoring = now
-        return True
 
     def ended(self, now: float) -> list[Outage]:
         """Outages over: half their meters back for ``grace_s``, time for the rest of a
@@ -145,8 +147,7 @@ class Outages:
             out = Outage(feeder, "no_voltage", when, when, grace_s=grace_s)
             for d, s in list(self.pending.items()):
                 if s.feeder == feeder:
-                    out.meters.add(d)
-                    out.silent.add(d)
+                    out.add(d)
                     del self.pending[d]
             self.open[feeder] = out
             return out, None
