@@ -56,8 +56,7 @@ offline_after_periods = 3
 stuck_periods = 6
 anomaly_warmup = 15
 anomaly_sensitivity = 8   # a day in four minutes moves fast; 5 suits a real day
-balance_window_s = 20
-balance_threshold = 0.05
+balance_window_s = 20     # with the shipped balance_threshold (0.02)
 
 [checks.limits]
 min_duration_s = 2     # demo: raise within seconds (EN 50160 practice is minutes)
