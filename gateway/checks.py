@@ -6,7 +6,9 @@ with alarm priority in the same transaction as the readings.
 
 - Thresholds per site/device/channel (thresholds.py): over- and under-voltage, frequency,
   power factor, over-current and over-power, held for a duration, with hysteresis.
-- Anomalies per series (anomaly.py), with their evidence.
+- Anomalies per series (anomaly.py), with their evidence and a [0, 1] score; a line
+  sensor's current and power only on a feeder without meters (otherwise the energy
+  balance judges them).
 - A device silent for ``offline_after_periods`` of its reporting periods is offline;
   its next frame clears that. Many devices of one feeder silent together, or its line
   sensor at ~0 V, are one feeder ``outage`` instead (outages.py).
@@ -144,11 +146,18 @@ class EdgeChecks:
         if st.info.role == "line_sensor" and st.info.feeder:
             events += self._line_voltage(st.info.feeder, frame, now)
         events += self._voltage_quality(frame, t_ms)
+        # A line sensor's flow is its meters' sum plus losses (clouds over the feeder's
+        # PV swing it by tens of kW): the balance judges what the meters do not explain.
+        judged_by_balance = st.info.role == "line_sensor" and \
+            self._meters_on.get(st.info.feeder, 0) > 0
         for ch in frame.channels:
             if not ch.valid:
                 continue
             lim, rules = self.thresholds.rules_for(frame.device_id, st.info.site, ch.index)
             means = {q: _mean(v) for q, v in ch.values.items()}
+            pf = means.get("power_factor")
+            if pf is not None:  # signed by the power's direction: -0.95 is exporting at 0.95
+                means["power_factor"] = abs(pf)
             for rule in rules:
                 value = means.get(rule[1])
                 if value is None:
@@ -161,26 +170,30 @@ class EdgeChecks:
                                               threshold=round(rule[3] / 1000, 6)))
             for qty in ("voltage", "current", "power"):
                 value = means.get(qty)
-                if value is None:
+                if value is None or (qty != "voltage" and judged_by_balance):
                     continue
                 key = (frame.device_id, ch.index, qty)
                 det = self.detectors.get(key)
                 if det is None:
                     det = self.detectors[key] = SeriesDetector(self.anomaly_cfg[qty])
-                for f in det.observe(value, frame.period_ms / 1000):
+                for f in det.observe(value, frame.period_ms / 1000, t_ms / 1000):
                     key3 = (f.kind, frame.device_id, ch.index, qty)
                     if f.state == "raised":
                         self.findings_open.add(key3)
                     else:
                         self.findings_open.discard(key3)
+                    scored: dict[str, Any] = {"anomaly_score": det.anomaly_score()} \
+                        if f.kind in ("anomaly", "level_shift") else {}
                     events.append(self._event(f.state, f.kind, frame.device_id, ch.index,
                                               t_ms, quantity=qty, value=f.value / 1000,
                                               baseline=round(f.baseline / 1000, 6),
-                                              score=round(f.score, 2)))
+                                              score=round(f.score, 2), **scored))
             delta = ch.values.get("energy_delta")
             if isinstance(delta, int) and st.info.feeder:
                 self.balance.add(st.info.feeder, frame.device_id,
                                  st.info.role == "line_sensor", delta / 1000)
+        if st.info.feeder:
+            self.balance.covered(st.info.feeder, frame.device_id, frame.period_ms / 1000)
         return events
 
     def tick(self, now: float | None = None) -> list[Alarm]:

@@ -89,6 +89,33 @@ def test_frequency_and_power_factor() -> None:
     assert ("frequency_low", "raised") in ev and ("low_power_factor", "raised") in ev
 
 
+def test_power_factor_is_judged_by_its_size_not_its_sign() -> None:
+    """The ADE7953 signs its power factor with the active power: a feeder exporting at
+    0.95 reads -0.95, which is no low power factor (make eval's quiet weeks raised it on
+    every export); -0.5 still is."""
+    c = checks("[checks.limits]\nmin_duration_s = 0\n")
+    assert kinds(c.observe(reading("line", 0, p=-8000.0, pf=-0.95))) == []
+    assert kinds(c.observe(reading("line", 1, p=-8000.0, pf=-0.5))) == \
+        [("low_power_factor", "raised")]
+
+
+def test_a_line_sensors_flow_is_left_to_the_balance_on_a_feeder_with_meters() -> None:
+    """A cloud over a feeder's rooftop PV swings its head by tens of kW: the feeder's
+    meters and the balance judge that, not the line sensor's own anomaly detector (it
+    raised the last false alarms of make eval's quiet weeks). Its voltage is still
+    judged; so is the flow of a line sensor whose feeder has no meters."""
+    c = checks()
+    for seq in range(40):
+        c.observe(reading("line", seq, v=230.0 + seq % 3, p=20000.0 + seq % 3))
+    spike = c.observe(reading("line", 40, v=300.0, p=-20000.0))
+    assert {(e.kind, e.evidence.get("quantity")) for e in spike} == {("anomaly", "voltage")}
+    alone = EdgeChecks(checks().cfg, {"line": DEVICES["line"]})
+    for seq in range(40):
+        alone.observe(reading("line", seq, v=230.0 + seq % 3, p=20000.0 + seq % 3))
+    found = alone.observe(reading("line", 40, p=-20000.0))
+    assert ("anomaly", "power") in {(e.kind, e.evidence.get("quantity")) for e in found}
+
+
 def test_invalid_channels_are_not_judged() -> None:
     c = checks("[checks.limits]\nmin_duration_s = 0\n")
     assert c.observe(reading("m1", 0, status=ST_INVALID)) == []
