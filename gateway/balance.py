@@ -15,7 +15,11 @@ alarm is raised when one window's excess is above ``threshold``, or earlier for 
 steady loss: a one-sided CUSUM over windows, S = max(0, S + excess - threshold / 2),
 raises it when S reaches ``threshold`` (an excess of the threshold itself is caught in two
 windows). It clears
-when a window's excess is below threshold / 2, and S starts again.
+when a window's excess is below threshold / 2, and S starts again. A window is judged only
+if every device that reported in it or in the window before covered it (``covered``: the
+seconds of its frames): a meter's Wi-Fi dropout takes its energy out of one window and its
+ring buffer brings it into a later one; neither is a loss (``incomplete_windows`` counts
+the windows not judged).
 
 With the alarm, ``suspects`` ranks the feeder's meters whose share of the metered
 consumption fell most against their own usual share (an average over earlier windows
@@ -38,6 +42,7 @@ class FeederWindow:
     meters: float = 0.0  # Wh, net the meters reported
     throughput: float = 0.0  # Wh, |energy| through the meters' channels
     consumption: dict[str, float] = field(default_factory=dict)  # meter -> Wh imported
+    covered: dict[str, list[float]] = field(default_factory=dict)  # device -> [s, period]
 
 
 @dataclass
@@ -45,6 +50,8 @@ class FeederState:
     cusum: float = 0.0
     alarm: bool = False
     usual_share: dict[str, float] = field(default_factory=dict)  # meter -> share
+    seen: frozenset[str] = frozenset()  # devices that reported in the window before
+    incomplete: int = 0  # windows not judged: a device's readings missing or catching up
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,28 @@ class EnergyBalance:
         if delta_wh > 0:
             w.consumption[device] = w.consumption.get(device, 0.0) + delta_wh
 
+    def covered(self, feeder: str, device: str, seconds: float) -> None:
+        """One frame of a device: ``seconds`` of its reporting period are in this window."""
+        w = self.window.get(feeder)
+        if w is None:
+            w = self.window[feeder] = FeederWindow()
+        c = w.covered.get(device)
+        if c is None:
+            w.covered[device] = [seconds, seconds]
+        else:
+            c[0] += seconds
+            c[1] = max(c[1], seconds)
+
+    def _complete(self, st: FeederState, w: FeederWindow, window_s: float) -> bool:
+        """Whether every device that reported in this window or the one before covered it,
+        within 1.5 of its periods: a meter whose readings are missing (a dropout) or
+        arrive late (its ring buffer after one) would look like a loss, and a gain."""
+        for d in st.seen | w.covered.keys():
+            seconds, period = w.covered.get(d, (0.0, 0.0))
+            if abs(seconds - window_s) > 1.5 * period + 0.01 * window_s:
+                return False
+        return True
+
     def open_alarms(self) -> list[str]:
         return [f for f, st in list(self.state.items()) if st.alarm]
 
@@ -88,6 +117,11 @@ class EnergyBalance:
             st = self.state.get(feeder)
             if st is None:
                 st = self.state[feeder] = FeederState()
+            complete = self._complete(st, w, window_s)
+            st.seen = frozenset(w.covered)
+            if not complete:
+                st.incomplete += 1
+                continue
             technical = self.technical_by_feeder.get(feeder, self.technical_loss)
             loss = (w.line - w.meters) / w.throughput
             # The cables' losses grow with the flow through the feeder head, either way.
@@ -97,7 +131,8 @@ class EnergyBalance:
                 "line_wh": round(w.line, 1), "meters_wh": round(w.meters, 1),
                 "throughput_wh": round(w.throughput, 1), "loss": round(loss, 4),
                 "technical_loss": technical, "excess": round(excess, 4),
-                "cusum": round(st.cusum, 4), "window_s": window_s}
+                "cusum": round(st.cusum, 4), "window_s": window_s,
+                "incomplete_windows": st.incomplete}
             if not st.alarm and (excess > self.threshold or st.cusum >= self.threshold):
                 st.alarm = True
                 evidence["suspects"] = self._suspects(st, w)

@@ -58,6 +58,7 @@ def run(seed: int, days: float, bypass: float = 0.0, meters: int = 20, pv_share:
         state = grid.step(t)
         for dev, chans in state.items():
             line = dev in lines
+            balance.covered("F1", dev, step_s)
             for ch, q in chans.items():
                 wh = q.power * step_s / 3600 * gain[dev] * rng.gauss(1.0, 0.005)
                 if dev == thief and ch == 0 and start is not None and t > start:

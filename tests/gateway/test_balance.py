@@ -69,3 +69,43 @@ def test_the_bypassed_meter_is_the_first_suspect() -> None:
     suspects = ev["suspects"]
     assert state == "raised" and isinstance(suspects, list)
     assert suspects[0]["device"] == thief and suspects[0]["share_drop"] > 0.5
+
+
+def test_a_meters_dropout_and_its_ring_buffer_are_no_loss() -> None:
+    """A meter's Wi-Fi is gone for a window (12 frames of 300 s missing), then its ring
+    buffer delivers them all in the next. Judged, the first window is a 5 % loss and the
+    second a gain: make eval's event runs raised non_technical_loss on dropouts. Neither
+    window is judged now; the ones around them are, and the count is in the evidence."""
+    b = EnergyBalance(threshold=0.02, technical_loss=0.03)
+    meters = [f"m{i:02d}" for i in range(20)]
+
+    def hour(reported: dict[str, int], line: float = 2000 * 1.03) -> list[str]:
+        b.add("F1", "line", True, line)
+        b.covered("F1", "line", 3600)
+        for d in meters:
+            frames = reported.get(d, 12)
+            for _ in range(frames):
+                b.add("F1", d, False, 100.0 / 12)
+                b.covered("F1", d, 300)
+        return [v.state for v in b.close(3600)]
+
+    assert hour({}) == [] and hour({}) == []
+    assert hour({"m07": 0}) == []  # its energy is missing from this window...
+    assert hour({"m07": 24}) == []  # ...and doubled in this one
+    assert b.state["F1"].incomplete == 2
+    assert hour({}, line=2000 * 1.03 + 200) == ["raised"]  # a real 10 % loss still is
+    assert b.state["F1"].cusum > 0
+
+
+def test_a_window_a_device_covered_within_a_period_is_judged() -> None:
+    """Frames and windows are not aligned: 11 or 13 frames of 300 s in an hour is a
+    complete window."""
+    b = EnergyBalance(threshold=0.02, technical_loss=0.03)
+    for frames in (12, 11, 13):
+        b.add("F1", "line", True, 1030.0)
+        b.covered("F1", "line", 3600)
+        for _ in range(frames):
+            b.add("F1", "m1", False, 1000.0 / frames)
+            b.covered("F1", "m1", 300)
+        assert b.close(3600) == []
+    assert b.state["F1"].incomplete == 0 and len(b.state["F1"].usual_share) == 1
