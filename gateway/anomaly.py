@@ -26,12 +26,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from gateway.seasonal import DailyProfile
+
 MAD_TO_SIGMA = 1.4826
 DAY_S = 86400.0
 CUSUM_K = 0.5  # scales a point may stray before it counts toward a shift
 CUSUM_H = 40.0  # accumulated scales that make a shift (tuned on make eval's tune seeds)
 CUSUM_CLIP = 2.0  # a residual counts at most this many scales: about 27 points make a shift
 STEP_CHANGES = 8  # one large change is no quantisation step: the smallest of 8 may be
+OFF_SHARE = 0.05  # a series whose last day was this much exact 0 has an "off" state
+SQRT2 = math.sqrt(2.0)
+# A timed series judged before its daily profile knows the hour (its first days, after a
+# restart) is judged against its recent level, which lags a daily ramp (a morning peak, a
+# sunrise): only an excursion this many times the threshold is an anomaly then.
+UNTRAINED_GAIN = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +80,17 @@ class SeriesDetector:
     raised: float = 0.0  # anomaly alarms of about the last day (decaying count)
     up: float = 0.0  # CUSUM of the residuals above the level (in scale units)...
     down: float = 0.0  # ...and below it
+    score: float = 0.0  # the last value's distance from its baseline, in scales
+    zeros: float = 0.0  # share of about the last day's values that were exactly 0
+    on: int = 0  # values that were not 0, up to the warm-up: an off series' own warm-up
+    calm: bool = False  # the last value was judged, and normal
+    profile: DailyProfile | None = None  # made with the first timed value
 
-    def observe(self, x: float, dt_s: float) -> list[Finding]:
+    def observe(self, x: float, dt_s: float, t_s: float | None = None) -> list[Finding]:
+        """Judge one value; ``t_s`` (its time, Unix seconds) enables the daily profile."""
         c = self.cfg
         out: list[Finding] = []
+        was_stuck = self.stuck
         if self.last is not None and x == self.last and x != 0:
             self.repeats += 1
             if self.repeats + 1 >= c.stuck_after and not self.stuck:
@@ -95,63 +110,118 @@ class SeriesDetector:
                 self.fast = False
                 out.append(Finding("rate_of_change", x, self.last, score, "cleared"))
         previous, self.last = self.last, x
+        if was_stuck and self.stuck:  # a dead IC's repeats: nothing to judge or learn
+            return out
         if self.n == 0:
             self.level, self.dev = x, 0.0
+        if x != 0 and self.on < c.warmup:
+            if not self.on:  # its first value when on: the on-statistics start there
+                self.level, self.dev = x, 0.0
+            self.on += 1
         # The scale cannot collapse: it is at least the series' own quantisation step and
         # 0.5 % of its level (a meter's accuracy class), never an absolute constant, so a
         # flat or sparse series, and one in mA or in MW, are judged alike.
         step = self.step if self.changes >= STEP_CHANGES else 0.0
-        scale = max(MAD_TO_SIGMA * self.dev, 0.005 * abs(self.level), step)
+        expected = self.level
+        scale = max(MAD_TO_SIGMA * self.dev, 0.005 * abs(expected), step)
+        b, seasonal = -1, False
+        if t_s is not None:
+            prof = self.profile
+            if prof is None:
+                prof = self.profile = DailyProfile()
+            b = prof.bin_of(t_s)
+            usual = prof.expect(b)
+            if usual is not None:  # this hour of the day is known: judge against it
+                expected, seasonal = usual[0], True
+                scale = max(usual[1], 0.005 * abs(expected), step)
+        residual = x - expected
+        off = self.zeros >= OFF_SHARE  # exact zeros are part of this series' life
+        if off and (x == 0 or (x * expected > 0 and abs(x) < abs(expected))):
+            residual = 0.0  # towards off (PV under a cloud, at dusk) is no anomaly
+        if b >= 0 and not seasonal and self.calm and previous is not None and residual:
+            # Before the profile knows this hour, the recent level lags a daily ramp
+            # (a sunrise, a morning peak), which moves little from one value to the
+            # next; a spike or a step moves far from both (from a previous value that
+            # was judged normal: one in the warm-up or an excursion tells nothing).
+            step_away = x - previous
+            if abs(step_away) < abs(residual):
+                residual = step_away
         if not self.n:
             score = 0.0
         elif scale:
-            score = abs(x - self.level) / scale
+            score = abs(residual) / scale
         else:  # a series that never changed until now
-            score = 0.0 if x == self.level else float("inf")
-        if dt_s > 0 and self.raised:
-            self.raised *= math.exp(-dt_s / DAY_S)
-            self.gain = max(1.0, self.gain * math.exp(-dt_s / DAY_S))
+            score = 0.0 if not residual else float("inf")
+        self.score = score
+        if dt_s > 0:
+            self.zeros += min(1.0, dt_s / DAY_S) * ((x == 0) - self.zeros)
+            if self.raised:
+                self.raised *= math.exp(-dt_s / DAY_S)
+                self.gain = max(1.0, self.gain * math.exp(-dt_s / DAY_S))
         threshold = c.sensitivity * self.gain
-        if self.n >= c.warmup:
+        if b >= 0 and not seasonal:
+            threshold *= UNTRAINED_GAIN
+        judged = self.n >= c.warmup and (self.on >= c.warmup or not off)
+        if judged:
             if not self.anomalous and score > threshold:
                 self.anomalous = True
-                out.append(Finding("anomaly", x, self.level, score))
+                out.append(Finding("anomaly", x, expected, score))
                 self.raised += 1
                 if self.raised > c.budget_per_day:  # its normal tail is wider: learn it
                     self.gain *= 1.5
             elif self.anomalous and score < 0.8 * threshold:
                 self.anomalous = False
-                out.append(Finding("anomaly", x, self.level, score, "cleared"))
-        if self.n >= c.warmup and scale and score != float("inf"):
-            out += self._change_point(x, (x - self.level) / scale)
+                out.append(Finding("anomaly", x, expected, score, "cleared"))
+        self.calm = judged and not self.anomalous
+        # A timed series' shift is judged against its daily profile only: before the
+        # profile knows this hour, a daily peak and a shift look alike.
+        if judged and scale and score != float("inf") and (t_s is None or seasonal):
+            out += self._change_point(x, expected, residual / scale)
         if previous is not None and x != previous:  # learnt after judging this change
             change = abs(x - previous)
             self.step = change if not self.step else min(self.step, change)
             self.changes = min(STEP_CHANGES, self.changes + 1)
-        # Winsorise: an outlier moves the estimate as if it were at the threshold.
+        # Winsorise: an outlier moves the estimates as if it were at the threshold.
         bound = c.sensitivity * scale
-        clipped = self.level + max(-bound, min(bound, x - self.level)) if self.n else x
-        self.level += c.alpha * (clipped - self.level)
-        self.dev += c.alpha * (abs(clipped - self.level) - self.dev)
+        clipped = expected + max(-bound, min(bound, x - expected)) if self.n else x
+        if self.profile is not None and b >= 0:
+            self.profile.add(clipped, b)
+        if not (off and x == 0):  # an off series' level and spread are its on-values'
+            if seasonal:
+                clipped = self.level + max(-bound, min(bound, x - self.level))
+            self.level += c.alpha * (clipped - self.level)
+            self.dev += c.alpha * (abs(clipped - self.level) - self.dev)
         self.n += 1
         return out
 
-    def _change_point(self, x: float, r: float) -> list[Finding]:
+    def anomaly_score(self) -> float:
+        """The last value's score on [0, 1]: the probability that a normal value of this
+        series lies closer to its baseline (a Gaussian residual at the scale the series
+        has taught the detector, its budget's gain included); 0.5 is typical, 0.99999 one
+        in 10^5. Comparable across series, so a backend can pick its own threshold."""
+        if self.score == float("inf"):
+            return 1.0
+        return math.erf(self.score / (self.gain * SQRT2))
+
+    def _change_point(self, x: float, expected: float, r: float) -> list[Finding]:
         """Two-sided CUSUM on the residual in scale units, each clipped to CUSUM_CLIP (an
         outlier, or a short excursion, is the spike path's, not a shift): a level that
         moved by more than CUSUM_K scales and stays is one ``level_shift`` event, after
-        which the baseline restarts at the new level instead of alarming for every
-        point. The series' threshold gain (its false-alarm budget) scales CUSUM_H too."""
+        which the baseline (and the daily profile) restarts at the new level instead of
+        alarming for every point. The series' threshold gain (its false-alarm budget)
+        scales CUSUM_H too."""
         r = max(-CUSUM_CLIP, min(CUSUM_CLIP, r))
         self.up = max(0.0, self.up + r - CUSUM_K)
         self.down = max(0.0, self.down - r - CUSUM_K)
         if max(self.up, self.down) <= CUSUM_H * self.gain:
             return []
-        statistic, before = max(self.up, self.down), self.level
+        statistic = max(self.up, self.down)
+        if self.profile is not None:
+            self.profile.shift(x - expected)
         self.level, self.up, self.down = x, 0.0, 0.0
         out = []
         if self.anomalous:  # the excursion was this shift: it ends as the baseline moves
             self.anomalous = False
-            out.append(Finding("anomaly", x, before, 0.0, "cleared"))
-        out.append(Finding("level_shift", x, before, round(statistic, 2), "event"))
+            out.append(Finding("anomaly", x, expected, 0.0, "cleared"))
+        out.append(Finding("level_shift", x, expected, round(statistic, 2), "event"))
         return out

@@ -8,7 +8,10 @@ absolute floor of one unit. These tests hold the fixes.
 
 from __future__ import annotations
 
+import math
 import random
+
+import pytest
 
 from gateway.anomaly import AnomalyConfig, SeriesDetector
 from tools.eval_corpus import make_series
@@ -71,3 +74,66 @@ def test_a_drift_is_one_level_shift_event_and_a_short_excursion_none() -> None:
     found = [f.kind for _ in range(10) for f in spiky.observe(2000.0, 1.0)]
     found += [f.kind for i in range(30) for f in spiky.observe(1000.0 + (i % 3), 1.0)]
     assert "level_shift" not in found and found.count("anomaly") == 2  # raised, cleared
+
+
+def household(hour: float) -> float:
+    """A load with a morning and a large evening peak, in W."""
+    return 300 + 400 * math.exp(-((hour - 7.5) ** 2) / 2) + 2500 * math.exp(-((hour - 19) ** 2) / 4)
+
+
+def timed(values: list[tuple[float, float]], det: SeriesDetector) -> list[tuple[float, str]]:
+    """(hour since the start, kind) of every raise or event, for (t_s, value) pairs."""
+    return [(t / 3600, f.kind) for t, x in values for f in det.observe(x, 300.0, t)
+            if f.state in ("raised", "event")]
+
+
+def test_an_evening_peak_is_no_anomaly_and_a_flat_evening_is() -> None:
+    """The daily profile: the evening peak multiplies the load by nine within two hours,
+    every day, and raises nothing (the recent level alone put level shifts on it every
+    evening); then one evening stays flat, which nothing but the profile can see."""
+    rng = random.Random(3)
+    t0 = 1_789_948_800  # a midnight, UTC
+    days = [(t0 + i * 300, household(i * 300 / 3600 % 24) * rng.uniform(0.95, 1.05))
+            for i in range(4 * 288)]
+    det = SeriesDetector(AnomalyConfig(sensitivity=5.0))
+    assert timed(days, det) == []
+    flat = [(t0 + i * 300, min(household(i * 300 / 3600 % 24), 800) * rng.uniform(0.95, 1.05))
+            for i in range(4 * 288, 4 * 288 + 288)]  # the morning as usual, no evening
+    found = timed(flat, det)
+    assert found and 17 < found[0][0] % 24 < 22, found  # the first: in the evening
+    assert found[0][1] in ("anomaly", "level_shift")
+
+
+def test_a_pv_channel_at_sunrise_and_under_clouds_raises_nothing() -> None:
+    """PV is exactly 0 all night: the first value of the morning, a cloud taking 80 % of
+    it for half an hour and the dusk are its normal life, from the first day on (they
+    scored up to infinity against the night's zeros); generation at midnight is not."""
+    rng = random.Random(4)
+    t0 = 1_789_948_800
+    values = []
+    for i in range(3 * 288):
+        hour = i * 300 / 3600 % 24
+        sun = max(0.0, math.sin(math.pi * (hour - 6) / 13)) if 6 < hour < 19 else 0.0
+        cloud = 0.2 if 12 <= hour < 12.5 and i // 288 == 1 else 1.0
+        values.append((t0 + i * 300, round(3000 * sun * cloud * rng.uniform(0.97, 1.0), 1)))
+    det = SeriesDetector(AnomalyConfig(sensitivity=5.0))
+    assert timed(values, det) == []
+    night = [(t0 + 3 * 86400 + 300, 2500.0)]
+    assert [k for _, k in timed(night, det)] == ["anomaly"]
+
+
+def test_the_score_on_0_1_is_the_same_for_any_unit_and_orders_the_surprise() -> None:
+    rng = random.Random(5)
+    base = [300 + rng.gauss(0, 20) for _ in range(300)]
+    scores = {}
+    for unit in (1e-3, 1.0, 1e6):
+        det = SeriesDetector(AnomalyConfig(sensitivity=5.0))
+        out = []
+        for x in [*base, 300.0, 330.0, 600.0]:
+            det.observe(x * unit, 60.0)
+            out.append(det.anomaly_score())
+        scores[unit] = out[-3:]
+    assert scores[1e-3] == pytest.approx(scores[1.0]) and scores[1e6] == pytest.approx(scores[1.0])
+    typical, one_sigma, spike = scores[1.0]
+    assert 0.0 <= typical < 0.5 < one_sigma < 0.95 < 0.999999 < spike <= 1.0
+

@@ -1,0 +1,89 @@
+"""A series' daily profile: its usual value and spread for each hour of the day, learnt over days.
+
+``DailyProfile`` keeps 24 hourly bins of time of day (UTC). Within the current bin it
+accumulates the day's mean and spread (Welford); when the bin ends, that day's figures
+are folded into the bin's profile: the mean moves ``ALPHA`` of the way to the day's mean,
+and the spread to the root-sum-square of the day's own spread and its distance from the
+profile, so a bin whose days differ (evenings that vary, a sunrise that moves) learns a
+wider spread than one whose days agree. A bin judges once it has seen ``TRAINED_DAYS``
+days. Its spread is the widest of its own and its trained neighbours': the hour next to a
+ramp (a morning peak, a sunrise that creeps earlier with the season) is judged with the
+ramp's spread, not with the flat hour's; a spread learnt from few days is widened (x2 after
+one day, x1.5 after two). A bin seen only in part (the series' first hour, the hour after
+a gap) is not learnt. Pure arithmetic; memory: 3 x 24 numbers.
+"""
+
+from __future__ import annotations
+
+import math
+
+BINS = 24
+BIN_S = 3600.0
+DAY_S = BINS * BIN_S
+ALPHA = 0.3  # weight of a new day in a bin's profile: about the last three days count
+TRAINED_DAYS = 1
+
+
+class DailyProfile:
+    __slots__ = ("bin", "days", "m", "m2", "mean", "n", "spread", "whole")
+
+    def __init__(self) -> None:
+        self.mean = [0.0] * BINS
+        self.spread = [0.0] * BINS
+        self.days = bytearray(BINS)  # days each bin has seen, up to 255
+        self.bin = -1  # the bin being accumulated, whether it is seen from its start...
+        self.whole = False
+        self.n, self.m, self.m2 = 0, 0.0, 0.0
+
+    @staticmethod
+    def bin_of(t_s: float) -> int:
+        return int(t_s % DAY_S // BIN_S)
+
+    def expect(self, b: int) -> tuple[float, float] | None:
+        """The bin's usual value and spread (a standard deviation), once it is trained."""
+        days = self.days
+        if days[b] < TRAINED_DAYS:
+            return None
+        spread = self.spread
+        before, after = b - 1, (b + 1) % BINS
+        s = spread[b]
+        if days[before] >= TRAINED_DAYS and spread[before] > s:
+            s = spread[before]
+        if days[after] >= TRAINED_DAYS and spread[after] > s:
+            s = spread[after]
+        # A spread learnt from few days is itself uncertain: wider by 1/days (x2 after one
+        # day), as a t-distribution's tails are wider than a normal's for a small sample.
+        return self.mean[b], s * (1 + 1 / days[b])
+
+    def add(self, x: float, b: int) -> None:
+        """One value in bin ``b`` (winsorised by the caller: an outlier counts as if it
+        were at the threshold)."""
+        if b != self.bin:
+            self._fold()
+            # Seen from its start only if it follows the bin before: the series' first
+            # hour, or the one after a gap, is a part of an hour and would bias the bin.
+            self.whole = self.bin >= 0 and b == (self.bin + 1) % BINS
+            self.bin = b
+        self.n += 1
+        d = x - self.m
+        self.m += d / self.n
+        self.m2 += d * (x - self.m)
+
+    def shift(self, delta: float) -> None:
+        """The series moved to another level (a level shift): every bin moves with it."""
+        self.mean = [m + delta for m in self.mean]
+        self.m += delta
+
+    def _fold(self) -> None:
+        b, n = self.bin, self.n
+        if b >= 0 and n and self.whole:
+            std = math.sqrt(self.m2 / n)
+            if not self.days[b]:
+                self.mean[b], self.spread[b] = self.m, std
+            else:
+                gap = self.m - self.mean[b]
+                self.mean[b] += ALPHA * gap
+                self.spread[b] += ALPHA * (math.sqrt(std * std + gap * gap) - self.spread[b])
+            if self.days[b] < 255:
+                self.days[b] += 1
+        self.n, self.m, self.m2 = 0, 0.0, 0.0
