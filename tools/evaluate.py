@@ -8,7 +8,9 @@ ships (``[checks]`` defaults), as the edge checks run it on one channel's quanti
 ``anomaly``, ``rate_of_change`` and ``stuck_value`` raises all count as alarms, since a
 backend sees each as one. Scoring: tools/eval_score.py. The cost per point is measured
 over the whole run (wall time / points). Then the feeder energy balance on the fleet
-simulator's households: quiet weeks and seeded thefts (tools/eval_balance.py).
+simulator's households: quiet weeks and seeded thefts (tools/eval_balance.py). Last, the
+whole edge pipeline (gateway.checks) on simulated feeders: quiet weeks, and labelled
+sags, swells, over-currents, stuck ICs, thefts, dropouts and outages (tools/eval_fleet.py).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, TextIO
 from gateway.anomaly import AnomalyConfig, SeriesDetector
 from gateway.checks import anomaly_config
 from gateway.config import ChecksSection
-from tools import eval_balance
+from tools import eval_balance, eval_fleet
 from tools.eval_corpus import KINDS, Series, corpus
 from tools.eval_score import Tally, score, summarise
 
@@ -40,8 +42,9 @@ def alarms_of(series: Series, cfg: AnomalyConfig) -> tuple[list[int], float]:
     det = SeriesDetector(cfg)
     raised: list[int] = []
     t0 = time.perf_counter()
+    period = series.period_s
     for i, x in enumerate(series.values):
-        if any(f.state in ("raised", "event") for f in det.observe(x, series.period_s)):
+        if any(f.state in ("raised", "event") for f in det.observe(x, period, i * period)):
             raised.append(i)
     return raised, time.perf_counter() - t0
 
@@ -90,15 +93,21 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
                    help="seeds to run: tune (0-9) or report (10-29, the default)")
     p.add_argument("--days", type=float, default=3.0, help="days per series (default 3)")
     p.add_argument("--json", default="build/eval.json", help="where to write the result")
+    p.add_argument("--fleet", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the whole pipeline on simulated feeders too (about 2 minutes)")
     args = p.parse_args(argv)
     result = evaluate(PARTS[args.part], args.days)
     result["part"] = args.part
     result["balance"] = eval_balance.evaluate(PARTS[args.part])
+    if args.fleet:
+        result["fleet"] = eval_fleet.evaluate(PARTS[args.part])
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
     print(table(result), file=out)
     print(eval_balance.table(result["balance"]), file=out)
+    if args.fleet:
+        print(eval_fleet.table(result["fleet"]), file=out)
     return 0
 
 

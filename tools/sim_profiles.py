@@ -14,7 +14,8 @@ quantities its emulated ICs should report at scenario time ``t`` (seconds since 
   is bypassed (theft: it measures only part of its load) makes the feeder see more than
   the meters report.
 - Scenario events change what the ICs see: voltage sag/swell, an over-current, a frequency
-  excursion, a stuck IC (the same values again), a bypass. Link drops and reboots are the
+  excursion, a stuck IC (the same values again), a bypass, a passing cloud (the PV
+  inverters' output falls to a share of the clear sky's for a while). Link drops and reboots are the
   fleet's business (sim_fleet.py).
 
 Compressed time: one scenario ``day_seconds`` is a whole day, so a short demo still shows
@@ -110,6 +111,9 @@ class Grid:
         for dev, h in self.houses.items():
             load = max(0.05, self.load_kw(h, hour) * self.rng.uniform(0.93, 1.07))
             pv = self.pv_output_kw(h, hour) * self.rng.uniform(0.97, 1.0)
+            cloud = applies("cloud", dev)
+            if cloud is not None:
+                pv *= cloud
             volts = NOMINAL_V + 1.5 - 0.6 * load + self.rng.gauss(0, 0.3)
             for kind in ("sag", "swell"):
                 v = applies(kind, dev)

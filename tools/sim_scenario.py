@@ -39,6 +39,7 @@ KINDS = {
     "frequency": "hertz (out of band outside 49.5-50.5)",
     "stuck": "unused: the metering IC repeats its last values",
     "bypass": "share of its real load the tampered meter still measures (theft)",
+    "cloud": "share of the sunshine a passing cloud leaves the PV panels (0..1)",
     "link_drop": "unused: the device's link to the gateway is cut",
     "reboot": "unused: power cut; the device restarts after `duration`",
 }
@@ -121,6 +122,8 @@ def parse(text: str, source: str = "<scenario>", **overrides: Any) -> Scenario:
                             f"{scenario.fleet.line_sensors} line sensors)")
         if ev.kind == "bypass" and not 0 <= ev.value <= 1:
             problems.append(f"event[{i}].value: a bypass keeps a share 0..1 of the load")
+        if ev.kind == "cloud" and not 0 <= ev.value <= 1:
+            problems.append(f"event[{i}].value: a cloud leaves a share 0..1 of the sun")
         kept.append(ev)
     scenario.event = kept
     if problems:

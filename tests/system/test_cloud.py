@@ -392,6 +392,7 @@ def test_real_gateway_output_matches_schemas_in_json_and_cbor(
         anomaly = next(a for a in alarms
                        if (a["kind"], a.get("quantity")) == ("anomaly", "voltage"))
         assert 200 < anomaly["value"] < 300 and 200 < anomaly["baseline"] < 300, anomaly
+        assert 0.99 < anomaly["anomaly_score"] <= 1.0, anomaly
         rich = next(r for r in records[fmt]["readings"] if r["device"] == "mtr-rich")
         assert rich["dropped"] == 3 and rich["channels"][1] == {
             "channel": 1, "name": "pv", "status": ["invalid", "timeout"], "samples": 0,
@@ -422,7 +423,8 @@ def checks_events() -> list[dict[str, Any]]:
                         stuck_periods=3, anomaly_warmup=5, balance_window_s=10,
                         max_rate_v_per_s=20)
     devices = {"m1": Device(b"", site="s1", feeder="F1"),
-               "l1": Device(b"", site="s1", feeder="F1", role="line_sensor")}
+               "l1": Device(b"", site="s1", feeder="F1", role="line_sensor"),
+               "m2": Device(b"", site="s1")}
     checks = EdgeChecks(cfg, devices)
     t0 = 1_700_000_000.0
     # (event, boot, seq) as the pipeline commits them: the frame's, 0, 0 from the tick
@@ -431,12 +433,12 @@ def checks_events() -> list[dict[str, Any]]:
 
     def observe(device: str, now: float, volts: float = 230.0, amps: float = 5.0,
                 watts: float = 1000.0, pf: float = 0.99, hz: float = 50.0,
-                delta_wh: float = 1.0) -> None:
+                delta_wh: float = 1.0, period_ms: int = 1000) -> None:
         nonlocal seq
         ch = Channel(0, 0, {"voltage": int(volts * 1000), "current": int(amps * 1000),
                             "power": int(watts * 1000), "power_factor": int(pf * 1000),
                             "frequency": int(hz * 1000), "energy_delta": int(delta_wh * 1000)})
-        f = Frame(device, 1, seq, seq * 1000, 1000, (ch,), unix_ms=int(now * 1000))
+        f = Frame(device, 1, seq, seq * 1000, period_ms, (ch,), unix_ms=int(now * 1000))
         seq += 1
         events.extend((ev, f.boot, f.seq) for ev in checks.observe(f, now))
 
@@ -444,22 +446,30 @@ def checks_events() -> list[dict[str, Any]]:
         events.extend((ev, 0, 0) for ev in checks.tick(now))
 
     tick(t0)
+    # Periods say what each frame covers of the 10 s balance window (m1: 15 frames of
+    # 0.667 s, l1: 8 of 1.25 s): a window a device did not cover is not judged.
     for i in range(8):  # warm-up with a little noise
         observe("m1", t0 + i * 0.1, volts=230 + i % 3 * 0.2, amps=5 + i % 2 * 0.1,
-                watts=1000 + i % 3)
-        observe("l1", t0 + i * 0.1, delta_wh=2.5)  # 20 Wh at the head, 15 metered
-    observe("m1", t0 + 1, volts=262, amps=12, watts=3000, pf=0.5, hz=50.8)  # all high
-    observe("m1", t0 + 1.1)  # all cleared
-    observe("m1", t0 + 1.2, volts=200, hz=49.2)  # low
-    observe("m1", t0 + 1.3)  # cleared
+                watts=1000 + i % 3, period_ms=667)
+        observe("l1", t0 + i * 0.1, delta_wh=2.5, period_ms=1250)  # 20 Wh at the head, 15 metered
+    observe("m1", t0 + 1, volts=262, amps=12, watts=3000, pf=0.5, hz=50.8,
+            period_ms=667)  # all high
+    observe("m1", t0 + 1.1, period_ms=667)  # all cleared
+    observe("m1", t0 + 1.2, volts=200, hz=49.2, period_ms=667)  # low
+    observe("m1", t0 + 1.3, period_ms=667)  # cleared
     for i in range(3):  # a dead sensor repeating itself: stuck values
-        observe("m1", t0 + 1.4 + i * 0.1, volts=231, amps=4, watts=900)
+        observe("m1", t0 + 1.4 + i * 0.1, volts=231, amps=4, watts=900, period_ms=667)
     tick(t0 + 11)  # silent: offline; the window closes: a loss
-    observe("m1", t0 + 12, delta_wh=2.0)  # back: offline cleared
-    observe("l1", t0 + 12, delta_wh=2.0)
+    observe("m1", t0 + 12, delta_wh=2.0, period_ms=10_000)  # back: offline cleared
+    observe("l1", t0 + 12, delta_wh=2.0, period_ms=10_000)
     tick(t0 + 22)  # balanced now: the loss alarm clears
-    for i in range(45):  # the feeder's power drifts up, 2 W a period: a level shift
-        observe("l1", t0 + 22.1 + i * 0.1, watts=1000 + 2 * i, delta_wh=0.0)
+    # A third meter's power, learnt over three hours of a day (its daily profile), then
+    # drifting up at the same hour the next day, 20 W a minute: a level shift.
+    day = t0 - t0 % 86400
+    for i in range(36):
+        observe("m2", day + 3600 + i * 300, watts=1000 + i % 3, period_ms=300_000)
+    for i in range(45):
+        observe("m2", day + 86400 + 7200 + i * 60, watts=1000 + 20 * i, period_ms=60_000)
     gap_frame = Frame("m1", 1, 40, 40_000, 1000, (Channel(0, 0, {}),))
     events.append((gw_events.gap(gap_frame, 4, int((t0 + 23) * 1000)), 1, 40))
     # The gateway's reports on its inputs (verify.py) and itself (store_file.py, store.py).
@@ -497,8 +507,8 @@ def test_every_alarm_kind_matches_schema_and_cddl(tmp_path: Path) -> None:
                  ("rate_of_change", "raised"), ("rate_of_change", "cleared")]:
         assert want in seen, want
     shift = next(r for r in records if r["kind"] == "level_shift")
-    assert (shift["device"], shift["quantity"]) == ("l1", "power")
-    assert 1000 <= shift["baseline"] < shift["value"] <= 1090, shift  # from, to (W)
+    assert (shift["device"], shift["quantity"]) == ("m2", "power")
+    assert 1000 <= shift["baseline"] < shift["value"] <= 1900, shift  # from, to (W)
     assert shift["score"] > 40  # the CUSUM statistic that made it
     loss = next(r for r in records if r["kind"] == "non_technical_loss")
     assert loss["device"] == "" and loss["feeder"] == "F1" and loss["loss"] > 0.05
@@ -523,7 +533,7 @@ def test_every_alarm_kind_matches_schema_and_cddl(tmp_path: Path) -> None:
     assert spike["quantity"] == "voltage" and spike["value"] == 262.0  # the 262 V frame
     assert 229 < spike["baseline"] < 232, spike
     stuck = {r["quantity"]: r["value"] for r in records  # the dead sensor's, the last ones
-             if (r["kind"], r["state"]) == ("stuck_value", "raised")}
+             if (r["kind"], r["state"], r["device"]) == ("stuck_value", "raised", "m1")}
     assert stuck == {"voltage": 231.0, "current": 4.0, "power": 900.0}, stuck
     ok, err = zcbor_valid("known-alarms-message", cbor2.dumps(records), tmp_path)
     assert ok, err
