@@ -1,4 +1,4 @@
-"""Online anomaly detection per series, in constant memory: robust EWMA, rate, stuck value.
+"""Online anomaly detection per series, in constant memory: robust EWMA, daily profile, rate, stuck.
 
 One ``SeriesDetector`` per (device, channel, quantity) keeps a handful of numbers. A robust
 EWMA tracks the level (mean) and the mean absolute deviation; the score of a new value is
@@ -18,7 +18,18 @@ of this on a labelled corpus. With a ``max_rate`` (per second, in the series' un
 faster than that raises ``rate_of_change`` and the first step within it clears it. A
 non-zero value repeated exactly for ``stuck_after`` periods (a sensor that died showing its
 last value) is stuck until the value changes; zero repeats are not stuck: an idle circuit or
-PV at night reads exactly 0. Every finding carries its evidence: value, baseline and score.
+PV at night reads exactly 0; a stuck series' repeats are neither judged nor learnt.
+
+A timed series (``observe`` given the value's time) also keeps a daily profile
+(seasonal.py: a usual value and spread per hour of the day). Once the profile knows the
+hour, the baseline and scale are the profile's, so an evening peak is normal and a flat
+evening is not, and only then are level shifts judged. Before that, the threshold is
+``UNTRAINED_GAIN`` times higher and a value close to a normal previous one is not an
+anomaly (the recent level lags a daily ramp). A series that was exactly 0 for
+``OFF_SHARE`` of its last day has an off state (PV at night, a sparse counter): a fall
+towards 0 is no anomaly, zeros do not teach the level, and its warm-up counts non-zero
+values. Every finding carries its evidence: value, baseline and score; ``anomaly_score``
+maps the last score onto [0, 1] alike for every series.
 """
 
 from __future__ import annotations
@@ -26,10 +37,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from gateway.seasonal import DailyProfile
+from gateway.seasonal import DAY_S, DailyProfile
 
 MAD_TO_SIGMA = 1.4826
-DAY_S = 86400.0
 CUSUM_K = 0.5  # scales a point may stray before it counts toward a shift
 CUSUM_H = 40.0  # accumulated scales that make a shift (tuned on make eval's tune seeds)
 CUSUM_CLIP = 2.0  # a residual counts at most this many scales: about 27 points make a shift

@@ -72,9 +72,7 @@ class EnergyBalance:
 
     def add(self, feeder: str, device: str, line_sensor: bool, delta_wh: float) -> None:
         """One channel's energy over one reporting period."""
-        w = self.window.get(feeder)
-        if w is None:
-            w = self.window[feeder] = FeederWindow()
+        w = self._window(feeder)
         if line_sensor:
             w.line += delta_wh
             return
@@ -83,14 +81,17 @@ class EnergyBalance:
         if delta_wh > 0:
             w.consumption[device] = w.consumption.get(device, 0.0) + delta_wh
 
-    def covered(self, feeder: str, device: str, seconds: float) -> None:
-        """One frame of a device: ``seconds`` of its reporting period are in this window."""
+    def _window(self, feeder: str) -> FeederWindow:
         w = self.window.get(feeder)
         if w is None:
             w = self.window[feeder] = FeederWindow()
-        c = w.covered.get(device)
+        return w
+
+    def covered(self, feeder: str, device: str, seconds: float) -> None:
+        """One frame of a device: ``seconds`` of its reporting period are in this window."""
+        c = self._window(feeder).covered.get(device)
         if c is None:
-            w.covered[device] = [seconds, seconds]
+            self.window[feeder].covered[device] = [seconds, seconds]
         else:
             c[0] += seconds
             c[1] = max(c[1], seconds)
