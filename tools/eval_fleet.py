@@ -44,7 +44,7 @@ from gateway.config import ChecksSection, Limits, Override
 from gateway.devices import Device
 from gateway.protocol import Channel, Frame, Stat
 from tools.sim_profiles import Grid, Quantities
-from tools.sim_scenario import Event, parse
+from tools.sim_scenario import parse
 
 DAY_S = 86_400.0
 PERIOD_S = 300  # a meter's reporting period here (the shipped firmware's default is 10 s)
@@ -150,6 +150,7 @@ def run(seed: int, days: float = 3.0, meters: int = 20, quiet: bool = False) -> 
     gain = {d: rng.gauss(1.0, 0.0025 if d in lines else 0.005) for d in devices}
     thief = next((t for t in truths if t.event == "theft"), None)
     away = {t.event: t for t in truths if t.event in ("dropout", "outage")}
+    outage, drop = away.get("outage"), away.get("dropout")
     held: dict[str, list[Frame]] = {}  # a dropped-out meter's ring buffer
     boot = dict.fromkeys(devices, 1)
     seq = dict.fromkeys(devices, 0)
@@ -158,9 +159,8 @@ def run(seed: int, days: float = 3.0, meters: int = 20, quiet: bool = False) -> 
         now = T0_MS / 1000 + t
         state = grid.step(t)
         if thief is not None and t > thief.start:
-            _steal(state, thief.device, ids, lines, 0.05)
+            _steal(state, thief.device, ids, lines, 0.05, grid.scenario.fleet.losses)
         for dev, chans in state.items():
-            outage = away.get("outage")
             if outage and outage.start <= t < outage.end:
                 boot[dev] = 2  # the supply is gone: no frames; every device reboots
                 continue
@@ -170,7 +170,6 @@ def run(seed: int, days: float = 3.0, meters: int = 20, quiet: bool = False) -> 
             seq[dev] += 1
             frame = Frame(dev, boot[dev], seq[dev], int(t * 1000), PERIOD_S * 1000, chs,
                           unix_ms=int(now * 1000))
-            drop = away.get("dropout")
             if drop and dev in drop.targets and drop.start <= t < drop.end:
                 held.setdefault(dev, []).append(frame)
                 continue
@@ -183,7 +182,7 @@ def run(seed: int, days: float = 3.0, meters: int = 20, quiet: bool = False) -> 
 
 
 def _steal(state: dict[str, dict[int, Quantities]], thief: str, ids: list[str],
-           lines: list[str], share: float) -> None:
+           lines: list[str], share: float, losses: float) -> None:
     """The thief's meter misses its load, and unmetered load beyond it brings the stolen
     power to ``share`` of the feeder's metered throughput; the feeder head carries it."""
     house = state[thief][0]
@@ -192,8 +191,8 @@ def _steal(state: dict[str, dict[int, Quantities]], thief: str, ids: list[str],
     stolen = max(house.power, share * through)
     for line in lines:
         q = state[line][1]
-        power = q.power + stolen * 1.03
-        state[line][1] = Quantities(q.voltage, abs(power) / (q.voltage * 0.95), power,
+        power = q.power + stolen * (1 + losses)
+        state[line][1] = Quantities(q.voltage, abs(power) / (q.voltage * abs(q.pf)), power,
                                     q.pf, q.frequency)
 
 
@@ -266,5 +265,3 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"{kind:<20}{a['alarms']:>7}{a['false']:>7}{b['alarms']:>8}{b['false']:>7}")
     return "\n".join(lines)
 
-
-__all__ = ["Event", "Run", "Truth", "evaluate", "run", "score", "table"]
