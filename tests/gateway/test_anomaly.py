@@ -12,6 +12,8 @@ import math
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.anomaly import AnomalyConfig, SeriesDetector
 from tools.eval_corpus import make_series
@@ -137,3 +139,19 @@ def test_the_score_on_0_1_is_the_same_for_any_unit_and_orders_the_surprise() -> 
     typical, one_sigma, spike = scores[1.0]
     assert 0.0 <= typical < 0.5 < one_sigma < 0.95 < 0.999999 < spike <= 1.0
 
+
+
+@given(st.lists(st.tuples(st.integers(-(10**10), 10**10), st.integers(1, 7200)),
+                max_size=300))
+@settings(max_examples=200, deadline=None)
+def test_any_series_of_wire_values_is_judged_without_error(values: list[tuple[int, int]]) -> None:
+    """Whatever a verified frame may carry (power in mW within its bounds, any gaps
+    between frames): the detector raises no exception, its score stays on [0, 1] and
+    every finding is one of its kinds."""
+    det = SeriesDetector(AnomalyConfig(sensitivity=5.0, warmup=3, stuck_after=3))
+    t = 1_789_948_800.0
+    for x, gap in values:
+        t += gap
+        for f in det.observe(float(x), float(gap), t):
+            assert f.kind in ("anomaly", "stuck_value", "level_shift", "rate_of_change")
+        assert 0.0 <= det.anomaly_score() <= 1.0
