@@ -29,7 +29,8 @@ anomaly (the recent level lags a daily ramp). A series that was exactly 0 for
 ``OFF_SHARE`` of its last day has an off state (PV at night, a sparse counter): a fall
 towards 0 is no anomaly, zeros do not teach the level, and its warm-up counts non-zero
 values. Every finding carries its evidence: value, baseline and score; ``anomaly_score``
-maps the last score onto [0, 1] alike for every series.
+maps the last score onto [0, 1] by the series' own history of scores (calibration.py),
+so a threshold on it means the same on every series.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from gateway.calibration import ScoreTail
 from gateway.seasonal import DAY_S, DailyProfile
 
 MAD_TO_SIGMA = 1.4826
@@ -45,7 +47,6 @@ CUSUM_H = 40.0  # accumulated scales that make a shift (tuned on make eval's tun
 CUSUM_CLIP = 2.0  # a residual counts at most this many scales: about 27 points make a shift
 STEP_CHANGES = 8  # one large change is no quantisation step: the smallest of 8 may be
 OFF_SHARE = 0.05  # a series whose last day was this much exact 0 has an "off" state
-SQRT2 = math.sqrt(2.0)
 # A timed series judged before its daily profile knows the hour (its first days, after a
 # restart) is judged against its recent level, which lags a daily ramp (a morning peak, a
 # sunrise): only an excursion this many times the threshold is an anomaly then.
@@ -95,6 +96,11 @@ class SeriesDetector:
     on: int = 0  # values that were not 0, up to the warm-up: an off series' own warm-up
     calm: bool = False  # the last value was judged, and normal
     profile: DailyProfile | None = None  # made with the first timed value
+    # The scores it has judged against its daily profile, and against its recent level.
+    tails: tuple[ScoreTail, ScoreTail] = field(default_factory=lambda: (ScoreTail(),
+                                                                       ScoreTail()))
+    judged: float = -1.0  # the last judged score, learnt with the next value
+    seasonal: bool = False  # the last value was judged against the daily profile
 
     def observe(self, x: float, dt_s: float, t_s: float | None = None) -> list[Finding]:
         """Judge one value; ``t_s`` (its time, Unix seconds) enables the daily profile."""
@@ -120,6 +126,9 @@ class SeriesDetector:
                 self.fast = False
                 out.append(Finding("rate_of_change", x, self.last, score, "cleared"))
         previous, self.last = self.last, x
+        if self.judged >= 0:  # after anomaly_score() has read the value before it
+            self.tails[self.seasonal].add(self.judged)
+            self.judged = -1.0
         if was_stuck and self.stuck:  # a dead IC's repeats: nothing to judge or learn
             return out
         if self.n == 0:
@@ -173,6 +182,7 @@ class SeriesDetector:
             threshold *= UNTRAINED_GAIN
         judged = self.n >= c.warmup and (self.on >= c.warmup or not off)
         if judged:
+            self.judged, self.seasonal = score, seasonal
             if not self.anomalous and score > threshold:
                 self.anomalous = True
                 out.append(Finding("anomaly", x, expected, score))
@@ -205,13 +215,12 @@ class SeriesDetector:
         return out
 
     def anomaly_score(self) -> float:
-        """The last value's score on [0, 1]: the probability that a normal value of this
-        series lies closer to its baseline (a Gaussian residual at the scale the series
-        has taught the detector, its budget's gain included); 0.5 is typical, 0.99999 one
-        in 10^5. Comparable across series, so a backend can pick its own threshold."""
-        if self.score == float("inf"):
-            return 1.0
-        return math.erf(self.score / (self.gain * SQRT2))
+        """The last value's score on [0, 1]: the share of this series' own judged values
+        that scored lower (calibration.py; with an exponential tail beyond them), so about
+        1 % of a series' normal values score above 0.99 whatever its unit, scale or shape,
+        and a backend can pick one threshold for all. Until the series has a history, the
+        Gaussian reading of the score."""
+        return self.tails[self.seasonal].calibrated(self.score)
 
     def _change_point(self, x: float, expected: float, r: float) -> list[Finding]:
         """Two-sided CUSUM on the residual in scale units, each clipped to CUSUM_CLIP (an

@@ -24,8 +24,12 @@ the windows not judged).
 With the alarm, ``suspects`` ranks the feeder's meters whose share of the metered
 consumption fell most against their own usual share (an average over earlier windows
 without an alarm): a bypass takes part of a meter's consumption off its register while
-the others' go on, so the thief's share drops. Pure logic; memory: a few numbers per
-feeder and per meter.
+the others' go on, so the thief's share drops. Each suspect's ``missing_wh`` (its usual
+share of the window's consumption less what it reported) can be set against the window's
+``lost_wh`` (the non-technical loss): a tap on the line before any meter is lost energy
+that no suspect's missing Wh accounts for. The list is a ranking, never empty while some
+meter's share fell, not an accusation. Pure logic; memory: a few numbers per feeder and
+per meter.
 """
 
 from __future__ import annotations
@@ -136,6 +140,7 @@ class EnergyBalance:
                 "incomplete_windows": st.incomplete}
             if not st.alarm and (excess > self.threshold or st.cusum >= self.threshold):
                 st.alarm = True
+                evidence["lost_wh"] = round(excess * w.throughput, 1)
                 evidence["suspects"] = self._suspects(st, w)
                 out.append(Verdict(feeder, "raised", evidence))
             elif st.alarm and excess < self.threshold / 2:
@@ -160,12 +165,14 @@ class EnergyBalance:
 
     def _suspects(self, st: FeederState, w: FeederWindow) -> list[dict[str, object]]:
         shares = self._shares(w)
+        total = sum(w.consumption.values())
         drops = []
         for d, usual in st.usual_share.items():
             if usual > 0:
                 drop = (usual - shares.get(d, 0.0)) / usual
+                missing = usual * total - w.consumption.get(d, 0.0)  # Wh off its register
                 if drop > 0:
-                    drops.append((drop, d))
+                    drops.append((drop, d, missing))
         drops.sort(reverse=True)
-        return [{"device": d, "share_drop": round(drop, 3)}
-                for drop, d in drops[:MAX_SUSPECTS]]
+        return [{"device": d, "share_drop": round(drop, 3), "missing_wh": round(missing, 1)}
+                for drop, d, missing in drops[:MAX_SUSPECTS]]

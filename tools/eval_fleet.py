@@ -23,11 +23,14 @@ device, or the feeder and all its meters):
 - ``outage``: the feeder's supply cut for 1 h (every meter and the line sensor silent,
   the meters reboot): ``outage``, right only if no meter of it raises ``offline``.
 
+A theft's alarm names the thief if its first suspect is the bypassed meter.
+
 Sunrise, the load's daily peaks and passing clouds are normal life: an alarm about them
 is false. An alarm is *explained* if it concerns an event's target between the event's
 start and a slack after its end (a sag's ``anomaly`` too: it is about something real); an
 alarm no event explains is false. A *quiet week* has clouds and nothing else. Reported
-per event type: recall (an expected kind raised), classification, median delay (s), and
+per event type: recall (an expected kind raised), classification, median and longest
+delay (s), and
 per alarm kind: alarms, false alarms per device-day. Pure logic over the simulator.
 """
 
@@ -210,7 +213,7 @@ def score(runs: list[Run]) -> dict[str, Any]:
             k["false"] += not any(_about(a, tr) for tr in r.truths)
         for tr in r.truths:
             row = per_event.setdefault(tr.event, {"events": 0, "detected": 0, "right": 0,
-                                                  "delays": []})
+                                                  "named": 0, "delays": []})
             mine = [a for a in raised if _about(a, tr)]
             hits = [a for a in mine if a.kind in EXPECTS[tr.event]]
             row["events"] += 1
@@ -218,10 +221,17 @@ def score(runs: list[Run]) -> dict[str, Any]:
                 row["detected"] += 1
                 row["delays"].append(hits[0].time_ms / 1000 - T0_MS / 1000 - tr.start)
                 row["right"] += not any(a.kind in WRONG.get(tr.event, ()) for a in mine)
+                suspects = hits[0].evidence.get("suspects")
+                row["named"] += isinstance(suspects, list) and bool(suspects) \
+                    and suspects[0]["device"] == tr.device
     events = {e: {"events": v["events"], "recall": round(v["detected"] / v["events"], 3),
                   "classified_right": round(v["right"] / v["events"], 3),
                   "median_delay_s": round(statistics.median(v["delays"]))
-                  if v["delays"] else None} for e, v in sorted(per_event.items())}
+                  if v["delays"] else None,
+                  "max_delay_s": round(max(v["delays"])) if v["delays"] else None,
+                  **({"named_first": round(v["named"] / v["detected"], 3)}
+                     if e == "theft" and v["detected"] else {})}
+              for e, v in sorted(per_event.items())}
     kinds = {k: {**v, "false_per_device_day": round(v["false"] / device_days, 4)}
              for k, v in sorted(per_kind.items())}
     false = sum(v["false"] for v in per_kind.values())
@@ -253,11 +263,13 @@ def table(result: dict[str, Any]) -> str:
              f"event runs ({e['runs']}, feeders of {'/'.join(map(str, result['fleet_sizes']))}"
              f" meters, 4 days): {e['false_alarms']} false alarms "
              f"({e['false_per_device_day']} per device-day)",
-             f"{'event':<14}{'events':>7}{'recall':>8}{'classified':>11}{'delay s':>9}"]
+             f"{'event':<14}{'events':>7}{'recall':>8}{'classified':>11}{'delay s':>9}"
+             f"{'max s':>8}{'named 1st':>11}"]
     for name, row in e["events"].items():
-        delay = "-" if row["median_delay_s"] is None else str(row["median_delay_s"])
+        delay, most, named = ("-" if row.get(k) is None else str(row[k])
+                              for k in ("median_delay_s", "max_delay_s", "named_first"))
         lines.append(f"{name:<14}{row['events']:>7}{row['recall']:>8}"
-                     f"{row['classified_right']:>11}{delay:>9}")
+                     f"{row['classified_right']:>11}{delay:>9}{most:>8}{named:>11}")
     lines.append(f"{'alarm kind':<20}{'quiet':>7}{'false':>7}{'events':>8}{'false':>7}")
     for kind in sorted(set(q["alarm_kinds"]) | set(e["alarm_kinds"])):
         a = q["alarm_kinds"].get(kind, {"alarms": 0, "false": 0})

@@ -7,7 +7,8 @@ gateway's own ``gateway.anomaly.SeriesDetector`` with the configuration the gate
 ships (``[checks]`` defaults), as the edge checks run it on one channel's quantity;
 ``anomaly``, ``rate_of_change`` and ``stuck_value`` raises all count as alarms, since a
 backend sees each as one. Scoring: tools/eval_score.py. The cost per point is measured
-over the whole run (wall time / points). Then the feeder energy balance on the fleet
+over the whole run (wall time / points). Whether ``anomaly_score`` is calibrated is
+measured on the same series (tools/eval_calibration.py). Then the feeder energy balance on the fleet
 simulator's households: quiet weeks and seeded thefts (tools/eval_balance.py). Last, the
 whole edge pipeline (gateway.checks) on simulated feeders: quiet weeks, and labelled
 sags, swells, over-currents, stuck ICs, thefts, dropouts and outages (tools/eval_fleet.py).
@@ -25,6 +26,8 @@ from gateway.anomaly import AnomalyConfig, SeriesDetector
 from gateway.checks import anomaly_config
 from gateway.config import ChecksSection
 from tools import eval_balance, eval_fleet
+from tools.eval_calibration import Calibration
+from tools.eval_calibration import table as calibration_table
 from tools.eval_corpus import KINDS, Series, corpus
 from tools.eval_score import Tally, score, summarise
 
@@ -54,6 +57,7 @@ def evaluate(seeds: range, days: float = 3.0) -> dict[str, Any]:
     per_series: list[dict[str, Tally]] = []
     per_kind: dict[str, list[dict[str, Tally]]] = {k: [] for k in KINDS}
     points, seconds = 0, 0.0
+    calibration = Calibration()
     for s in corpus(seeds, days):
         raised, took = alarms_of(s, cfg)
         tallies = score(raised, s.labels, s.days)
@@ -61,6 +65,7 @@ def evaluate(seeds: range, days: float = 3.0) -> dict[str, Any]:
         per_kind[s.kind].append(tallies)
         points += len(s.values)
         seconds += took
+        calibration.add(s, cfg)
     return {
         "detector": "gateway.anomaly.SeriesDetector (shipped defaults)",
         "series": len(per_series),
@@ -68,6 +73,7 @@ def evaluate(seeds: range, days: float = 3.0) -> dict[str, Any]:
         "us_per_point": round(seconds / points * 1e6, 2) if points else None,
         "by_event": summarise(per_series),
         "by_kind": {k: summarise(v)["all"] for k, v in per_kind.items()},
+        "calibration": calibration.result(),
     }
 
 
@@ -105,6 +111,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
     print(table(result), file=out)
+    print(calibration_table(result["calibration"]), file=out)
     print(eval_balance.table(result["balance"]), file=out)
     if args.fleet:
         print(eval_fleet.table(result["fleet"]), file=out)

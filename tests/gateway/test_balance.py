@@ -69,6 +69,27 @@ def test_the_bypassed_meter_is_the_first_suspect() -> None:
     suspects = ev["suspects"]
     assert state == "raised" and isinstance(suspects, list)
     assert suspects[0]["device"] == thief and suspects[0]["share_drop"] > 0.5
+    # Its missing energy accounts for most of what was lost; nobody else's does.
+    lost = ev["lost_wh"]
+    assert isinstance(lost, float) and suspects[0]["missing_wh"] > 0.7 * lost
+    assert all(s["missing_wh"] < 0.2 * lost for s in suspects[1:])
+
+
+def test_a_tap_before_the_meters_is_lost_energy_no_suspect_accounts_for() -> None:
+    """The same feeder, but 8 % more is drawn from the line before any meter: the alarm
+    is raised, and the suspects' missing energy (their ordinary ups and downs) is a small
+    part of what was lost, which tells a backend not to blame the first of them."""
+    rng = random.Random(7)
+    usual = {f"m{i:02d}": rng.uniform(50, 400) for i in range(20)}
+    b = EnergyBalance(threshold=0.05, technical_loss=0.03)
+    for _ in range(10):
+        load = {d: u * rng.uniform(0.9, 1.1) for d, u in usual.items()}
+        assert window(b, sum(load.values()) * 1.03, load) == []
+    load = {d: u * rng.uniform(0.9, 1.1) for d, u in usual.items()}
+    (state, ev), = window(b, sum(load.values()) * 1.11, load)
+    suspects, lost = ev["suspects"], ev["lost_wh"]
+    assert state == "raised" and isinstance(suspects, list) and isinstance(lost, float)
+    assert all(s["missing_wh"] < 0.3 * lost for s in suspects)
 
 
 def test_a_meters_dropout_and_its_ring_buffer_are_no_loss() -> None:

@@ -51,16 +51,23 @@ def test_a_small_evaluation_runs_end_to_end(tmp_path: Path) -> None:
     balance = result["balance"]
     assert balance["quiet_weeks"] == 10 and balance["quiet_false_alarms"] == 0
     assert balance["quiet_legacy_windows_alarmed"] > 0  # the unsigned balance's noise
-    full = balance["thefts"]["100% of one meter's load"]
-    assert full["runs"] == 10 and full["found_within_2_windows"] >= 0.5
+    small = balance["thefts"]["5 % (meter bypassed)"]
+    assert small["runs"] == 10 and small["found_within_2_windows"] >= 0.8
+    assert small["named_first"] >= 0.8
+    calibration = result["calibration"]
+    assert set(calibration) == {*KINDS, "all"}
+    assert 0.002 < calibration["all"]["calibrated"]["0.99"] < 0.05
 
 
 def test_the_balance_names_the_thief_and_stays_quiet_without_one() -> None:
     """One seeded feeder through gateway.balance: a week without theft raises nothing; a
-    meter that stops counting its load is flagged, and named first."""
+    meter that stops counting its load while a hidden circuit brings the theft to 5 % or
+    20 % of the feeder's throughput is flagged, and named first."""
     assert eval_balance.run(3, 7.0)["false"] == 0
-    theft = eval_balance.run(3, 4.0, bypass=1.0)
-    assert theft["found"] and theft["named"] and theft["false"] == 0
+    for share in (0.05, 0.2):
+        theft = eval_balance.run(3, 4.0, share)
+        assert theft["found"] and theft["named"] and theft["false"] == 0
+        assert share * 0.9 < theft["stolen_share"] < share * 1.3
 
 
 def test_a_quiet_week_through_the_whole_pipeline_raises_nothing() -> None:
@@ -82,3 +89,5 @@ def test_every_labelled_event_is_found_and_told_apart() -> None:
     assert set(result["events"]) == set(eval_fleet.EXPECTS)
     for event, row in result["events"].items():
         assert row["recall"] == 1.0 and row["classified_right"] == 1.0, (event, row)
+    assert result["events"]["theft"]["named_first"] == 1.0
+    assert result["events"]["theft"]["max_delay_s"] <= 2 * 3600  # two balance windows
