@@ -21,16 +21,20 @@ last value) is stuck until the value changes; zero repeats are not stuck: an idl
 PV at night reads exactly 0; a stuck series' repeats are neither judged nor learnt.
 
 A timed series (``observe`` given the value's time) also keeps a daily profile
-(seasonal.py: a usual value and spread per hour of the day). Once the profile knows the
-hour, the baseline and scale are the profile's, so an evening peak is normal and a flat
-evening is not, and only then are level shifts judged. Before that, the threshold is
-``UNTRAINED_GAIN`` times higher and a value close to a normal previous one is not an
-anomaly (the recent level lags a daily ramp). A series that was exactly 0 for
-``OFF_SHARE`` of its last day has an off state (PV at night, a sparse counter): a fall
-towards 0 is no anomaly, zeros do not teach the level, and its warm-up counts non-zero
-values. Every finding carries its evidence: value, baseline and score; ``anomaly_score``
-maps the last score onto [0, 1] by the series' own history of scores (calibration.py),
-so a threshold on it means the same on every series.
+(seasonal.py: a usual value and spread per hour of the day). Its first day (``learn_s``)
+is its warm-up: nothing is judged before the profile has seen each hour once (a morning
+peak on an installation's first day is no anomaly). Once the profile knows the hour, the
+baseline and scale are the profile's, so an evening peak is normal and a flat evening is
+not, and only then are level shifts judged. An hour the profile still does not know
+after that (the first day had a gap) is judged with a threshold ``UNTRAINED_GAIN`` times
+higher and a value close to a normal previous one is not an anomaly (the recent level
+lags a daily ramp). A series that was exactly 0 for ``OFF_SHARE`` of its last day has an
+off state (PV at night, a sparse counter): a fall towards 0 is no anomaly, zeros do not
+teach the level, and its warm-up counts non-zero values. Every finding carries its
+evidence: value, baseline and score; ``anomaly_score`` maps the last score onto [0, 1]
+by the series' own history of scores (calibration.py), so a threshold on it means the
+same on every series. ``state``/``from_state`` carry all of it across a gateway restart
+(detector_state.py).
 """
 
 from __future__ import annotations
@@ -53,6 +57,13 @@ OFF_SHARE = 0.05  # a series whose last day was this much exact 0 has an "off" s
 UNTRAINED_GAIN = 2.0
 
 
+_INTS = ("n", "repeats", "changes", "on")
+_BOOLS = ("stuck", "anomalous", "fast", "calm", "seasonal")
+_SCALARS = ("n", "level", "dev", "last", "repeats", "stuck", "anomalous", "fast", "step",
+            "changes", "gain", "raised", "up", "down", "score", "zeros", "on", "calm",
+            "judged", "seasonal", "born")
+
+
 @dataclass(frozen=True, slots=True)
 class Finding:
     kind: str  # "anomaly" | "rate_of_change" | "stuck_value" | "level_shift"
@@ -72,6 +83,9 @@ class AnomalyConfig:
     # Anomaly alarms a series may raise per day before its threshold rises (a series whose
     # normal life has bursts teaches the detector its own tail); the rise decays back.
     budget_per_day: float = 2.0
+    # A timed series' first seconds are only learnt, not judged (its daily profile's
+    # first day: a morning peak on an installation's first day is no anomaly).
+    learn_s: float = DAY_S
 
 
 @dataclass(slots=True)
@@ -101,6 +115,7 @@ class SeriesDetector:
                                                                        ScoreTail()))
     judged: float = -1.0  # the last judged score, learnt with the next value
     seasonal: bool = False  # the last value was judged against the daily profile
+    born: float | None = None  # the time of its first timed value (Unix s)
 
     def observe(self, x: float, dt_s: float, t_s: float | None = None) -> list[Finding]:
         """Judge one value; ``t_s`` (its time, Unix seconds) enables the daily profile."""
@@ -148,6 +163,7 @@ class SeriesDetector:
             prof = self.profile
             if prof is None:
                 prof = self.profile = DailyProfile()
+                self.born = t_s
             b = prof.bin_of(t_s)
             usual = prof.expect(b)
             if usual is not None:  # this hour of the day is known: judge against it
@@ -181,6 +197,9 @@ class SeriesDetector:
         if b >= 0 and not seasonal:
             threshold *= UNTRAINED_GAIN
         judged = self.n >= c.warmup and (self.on >= c.warmup or not off)
+        if b >= 0 and not seasonal and t_s is not None and self.born is not None \
+                and t_s - self.born < c.learn_s:
+            judged = False  # its first day: nothing known of its daily life yet
         if judged:
             self.judged, self.seasonal = score, seasonal
             if not self.anomalous and score > threshold:
@@ -205,7 +224,8 @@ class SeriesDetector:
         bound = c.sensitivity * scale
         clipped = expected + max(-bound, min(bound, x - expected)) if self.n else x
         if self.profile is not None and b >= 0:
-            self.profile.add(clipped, b)
+            # Before it knows the hour, the recent level is no reference to clip against.
+            self.profile.add(clipped if seasonal else x, b)
         if not (off and x == 0):  # an off series' level and spread are its on-values'
             if seasonal:
                 clipped = self.level + max(-bound, min(bound, x - self.level))
@@ -213,6 +233,46 @@ class SeriesDetector:
             self.dev += c.alpha * (abs(clipped - self.level) - self.dev)
         self.n += 1
         return out
+
+    def state(self) -> list[float]:
+        """Everything it has learnt, as numbers, for detector_state.py to save across a
+        restart: a gateway restarted without it would judge a day with no profile."""
+        out = [float("nan") if v is None else float(v)
+               for v in (getattr(self, name) for name in _SCALARS)]
+        out.append(float(self.profile is not None))
+        if self.profile is not None:
+            out += self.profile.state()
+        return out + self.tails[0].state() + self.tails[1].state()
+
+    @classmethod
+    def from_state(cls, cfg: AnomalyConfig, v: list[float]) -> SeriesDetector:
+        """The detector ``state()`` described; ValueError if ``v`` cannot be one (a
+        damaged file: every number is checked before it is used)."""
+        k = len(_SCALARS)
+        if len(v) <= k:
+            raise ValueError("not a detector")
+        det = cls(cfg)
+        for name, x in zip(_SCALARS, v[:k], strict=True):
+            if math.isnan(x) and name in ("last", "born"):
+                continue
+            if not math.isfinite(x) and not (name == "score" and x == math.inf):
+                raise ValueError(f"detector {name}: {x}")
+            if name in _INTS:
+                if x != int(x) or x < 0:
+                    raise ValueError(f"detector {name}: {x}")
+                setattr(det, name, int(x))
+            else:
+                setattr(det, name, bool(x) if name in _BOOLS else x)
+        rest, tail = v[k + 1:], ScoreTail.STATE_LEN
+        if v[k] == 1.0:
+            det.profile = DailyProfile.from_state(rest[:DailyProfile.STATE_LEN])
+            rest = rest[DailyProfile.STATE_LEN:]
+        elif v[k] != 0.0:
+            raise ValueError("detector: profile flag")
+        if len(rest) != 2 * tail:
+            raise ValueError("detector: length")
+        det.tails = (ScoreTail.from_state(rest[:tail]), ScoreTail.from_state(rest[tail:]))
+        return det
 
     def anomaly_score(self) -> float:
         """The last value's score on [0, 1]: the share of this series' own judged values

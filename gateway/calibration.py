@@ -35,6 +35,22 @@ class ScoreTail:
         self.total = [0.0] * (len(EDGES) + 1)  # the sum of the scores in each bin
         self.n = 0.0
 
+    STATE_LEN = 2 * (len(EDGES) + 1) + 1
+
+    def state(self) -> list[float]:
+        return [*self.count, *self.total, self.n]
+
+    @classmethod
+    def from_state(cls, v: list[float]) -> ScoreTail:
+        """The history ``state()`` described; ValueError if ``v`` cannot be one."""
+        k = len(EDGES) + 1
+        if len(v) != cls.STATE_LEN or not all(math.isfinite(x) and x >= 0 for x in v) \
+                or not v[-1] <= HISTORY or abs(sum(v[:k]) - v[-1]) > 1e-6 * (1 + v[-1]):
+            raise ValueError("not a score history")
+        t = cls()
+        t.count, t.total, t.n = v[:k], v[k:2 * k], v[-1]
+        return t
+
     def add(self, s: float) -> None:
         if not math.isfinite(s):
             return

@@ -35,6 +35,7 @@ from gateway.config import ChecksSection, Limits
 from gateway.devices import Device, Devices
 from gateway.outages import GRACE_PERIODS, Outage, Outages, Silence
 from gateway.protocol import Frame, Stat
+from gateway.seasonal import DAY_S
 from gateway.thresholds import Thresholds
 from gateway.voltage_quality import Record as VoltageRecord
 from gateway.voltage_quality import VoltageQuality
@@ -63,6 +64,7 @@ def anomaly_config(cfg: ChecksSection, max_rate: float | None = None) -> Anomaly
     """One quantity's detector settings from [checks] (``max_rate`` in wire units per
     second); ``make eval`` (tools/evaluate.py) measures the detector with these too."""
     return AnomalyConfig(cfg.anomaly_sensitivity, cfg.anomaly_warmup, max_rate=max_rate,
+                         learn_s=cfg.anomaly_profile_days * DAY_S,
                          stuck_after=cfg.stuck_periods)
 
 
@@ -89,6 +91,16 @@ class EdgeChecks:
         self.voltage = VoltageQuality(cfg.limits.nominal_voltage, cfg.limits.voltage_band)
         self.raised = 0
         self.findings_open: set[tuple[str, str, int, str]] = set()  # anomalies, stuck
+
+    def restore(self, detectors: dict[tuple[str, int, str], SeriesDetector]) -> None:
+        """Detectors saved before a restart (detector_state.py), with today's settings."""
+        for (device, channel, qty), det in detectors.items():
+            if qty in self.anomaly_cfg:
+                det.cfg = self.anomaly_cfg[qty]
+                self.detectors[device, channel, qty] = det
+
+    def anomaly_config(self, qty: str) -> AnomalyConfig:
+        return self.anomaly_cfg.get(qty, self.anomaly_cfg["voltage"])
 
     def set_devices(self, devices: Devices) -> None:
         for d, info in devices.items():

@@ -156,6 +156,8 @@ class ChecksSection:
     offline_after_periods: float = field(default=3.0, metadata=rng(1, 1000))
     anomaly_sensitivity: float = field(default=5.0, metadata=rng(1, 100))
     anomaly_warmup: int = field(default=30, metadata=rng(2, 100_000))
+    # Days a series is learnt before it is judged: its daily profile's first day.
+    anomaly_profile_days: float = field(default=1.0, metadata=rng(0, 7))
     stuck_periods: int = field(default=30, metadata=rng(2, 100_000))
     # rate_of_change: the fastest plausible change between two readings, per second
     # (0 = off). A step faster than that is a fault or an event worth a look.

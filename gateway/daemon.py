@@ -18,6 +18,7 @@ from gateway import devices, sdnotify
 from gateway.checks import EdgeChecks
 from gateway.config import Config, ConfigError, load
 from gateway.dedup import DurableMarks
+from gateway.detector_state import DetectorState
 from gateway.hold import Hold
 from gateway.homeassistant import Discovery
 from gateway.inbox import Inbox
@@ -59,7 +60,8 @@ class Daemon:
         self.pipeline = Pipeline(self.store, registry, inbox,
                                  commit_interval_ms=cfg.store.commit_interval_ms,
                                  checks=checks, hold=hold, durable=durable,
-                                 listeners=listeners)
+                                 listeners=listeners,
+                                 detector_state=DetectorState(f"{cfg.store_path}.detectors"))
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._http: ThreadingHTTPServer | None = None  # /metrics and /status

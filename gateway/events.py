@@ -5,7 +5,8 @@ gateway makes about itself and its inputs: frames lost upstream (``gap``), a dev
 authentic frames are being refused as replays (``replay_rejected``, raised and cleared),
 a device whose counters went back and whose newer clock proved its frames new
 (``counter_reset``), a damaged store (``store_corrupt``: what was moved aside, lost and
-salvaged), records that failed their checksum on the medium (``record_corrupt``). Each
+salvaged), records that failed their checksum on the medium (``record_corrupt``), the
+anomaly detectors' saved state found damaged (``detector_state_lost``). Each
 builder returns one record in the shape docs/cloud.md and docs/schemas/alarm.schema.json
 define; ``records.alarm`` gives it its id.
 """
@@ -56,6 +57,11 @@ def store_corrupt(r: Recovery) -> Alarm:
     return _event("store_corrupt", "", r.time_ms, feeder="", cause=r.cause, detail=r.detail,
                   moved_to=r.moved_to, lost_commits=r.lost_commits, salvaged=r.salvaged,
                   dropped=r.dropped)
+
+
+def detector_state_lost(detail: str, now_ms: int) -> Alarm:
+    """The detectors' saved state was damaged (detector_state.py): they start afresh."""
+    return _event("detector_state_lost", "", now_ms, feeder="", detail=detail)
 
 
 def record_corrupt(bad: Sequence[Stored], now_ms: int) -> Alarm:

@@ -44,6 +44,7 @@ from gateway import events, records
 from gateway.alarm import Alarm
 from gateway.checks import EdgeChecks
 from gateway.dedup import Deduplicator, DurableMarks, Ident
+from gateway.detector_state import DetectorState
 from gateway.devices import Device, Devices
 from gateway.hold import Ack as HeldAck
 from gateway.hold import Hold
@@ -79,12 +80,14 @@ class Pipeline:
                  commit_interval_ms: int = 50, max_batch: int = 2000,
                  checks: EdgeChecks | None = None, hold: Hold | None = None,
                  durable: DurableMarks | None = None,
-                 listeners: Sequence[Listener] = ()) -> None:
+                 listeners: Sequence[Listener] = (),
+                 detector_state: DetectorState | None = None) -> None:
         """``hold``: readings wait there for the cloud (its ``durable`` marks are the
         committer's); ``listeners`` hear of each batch, in this order."""
         self.store = store
         self.inbox = inbox
         self.checks = checks
+        self.kept = detector_state if checks is not None else None
         self.hold = hold
         self.listeners = tuple(listeners)
         self.alarms = 0
@@ -123,6 +126,13 @@ class Pipeline:
             self.verifier.set_devices(new)
 
     def start(self) -> None:
+        if self.checks is not None and self.kept is not None:
+            detectors, problem = self.kept.load(self.checks.anomaly_config)
+            self.checks.restore(detectors)
+            log.info("detectors: %d restored from %s", len(detectors), self.kept.path)
+            if problem is not None:
+                log.error("detectors start afresh: %s", problem)
+                self._commit_events([events.detector_state_lost(problem, int(time.time() * 1000))])
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -142,6 +152,8 @@ class Pipeline:
                     events = []
                 if events:
                     self._commit_events(events)
+                if self.kept is not None:
+                    self.kept.keep(self.checks.detectors)
             failures = 0
             while batch:
                 try:
@@ -165,6 +177,8 @@ class Pipeline:
             self.writer.save_marks()
             if not batch and self._stop.is_set():
                 self.writer.save_marks(force=True)
+                if self.checks is not None and self.kept is not None:
+                    self.kept.keep(self.checks.detectors, force=True)
                 return
             if self.writer.abandoned:
                 return

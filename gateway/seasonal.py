@@ -69,6 +69,29 @@ class DailyProfile:
         self.m += d / self.n
         self.m2 += d * (x - self.m)
 
+    STATE_LEN = 3 * BINS + 5
+
+    def state(self) -> list[float]:
+        """Everything it has learnt, as numbers (detector_state.py saves them)."""
+        return [*self.mean, *self.spread, *self.days, float(self.bin), float(self.whole),
+                float(self.n), self.m, self.m2]
+
+    @classmethod
+    def from_state(cls, v: list[float]) -> DailyProfile:
+        """The profile ``state()`` described; ValueError if ``v`` cannot be one."""
+        if len(v) != cls.STATE_LEN or not all(math.isfinite(x) for x in v):
+            raise ValueError("not a daily profile")
+        p = cls()
+        p.mean, p.spread = v[:BINS], v[BINS:2 * BINS]
+        days, (b, whole, n) = v[2 * BINS:3 * BINS], v[3 * BINS:3 * BINS + 3]
+        if not all(d == int(d) and 0 <= d <= 255 for d in days) or min(p.spread) < 0 \
+                or b != int(b) or not -1 <= b < BINS or n != int(n) or n < 0:
+            raise ValueError("not a daily profile")
+        p.days = bytearray(int(d) for d in days)
+        p.bin, p.whole, p.n = int(b), bool(whole), int(n)
+        p.m, p.m2 = v[-2], v[-1]
+        return p
+
     def shift(self, delta: float) -> None:
         """The series moved to another level (a level shift): every bin moves with it."""
         self.mean = [m + delta for m in self.mean]

@@ -56,6 +56,7 @@ offline_after_periods = 3
 stuck_periods = 6
 anomaly_warmup = 15
 anomaly_sensitivity = 8   # a day in four minutes moves fast; 5 suits a real day
+anomaly_profile_days = 0  # judge from the first readings, not after a (4-minute) day
 balance_window_s = 20     # with the shipped balance_threshold (0.02)
 
 [checks.limits]

@@ -106,6 +106,26 @@ def test_an_evening_peak_is_no_anomaly_and_a_flat_evening_is() -> None:
     assert found[0][1] in ("anomaly", "level_shift")
 
 
+def test_a_series_first_day_is_learnt_not_judged() -> None:
+    """A house's first day on a new gateway: 0.37 A all night, then the kettle and the
+    shower at 08:50 (4.3 A). Nothing knows yet that mornings look like that: make eval's
+    only false alarm in 20 quiet weeks was this, judged against the night's level. From
+    the second day on, the same jump at an hour that is always quiet is an anomaly."""
+    rng = random.Random(6)
+    t0 = 1_789_948_800
+    def load(i: int) -> float:
+        hour = i * 300 / 3600 % 24
+        return (4.3 if 8.8 <= hour < 9.3 else 0.37) * rng.uniform(0.97, 1.03)
+    day0 = [(t0 + i * 300, load(i)) for i in range(288)]
+    assert timed(day0, SeriesDetector(AnomalyConfig(sensitivity=5.0))) == []
+    eager = SeriesDetector(AnomalyConfig(sensitivity=5.0, learn_s=0))
+    assert [k for _, k in timed(day0, eager)][:1] == ["anomaly"]  # as it was before
+    det = SeriesDetector(AnomalyConfig(sensitivity=5.0))
+    later = [(t0 + i * 300, load(i)) for i in range(3 * 288)]
+    later[2 * 288 + 36] = (later[2 * 288 + 36][0], 4.3)  # day 2, 03:00
+    assert [(round(h % 24), k) for h, k in timed(later, det)] == [(3, "anomaly")]
+
+
 def test_a_pv_channel_at_sunrise_and_under_clouds_raises_nothing() -> None:
     """PV is exactly 0 all night: the first value of the morning, a cloud taking 80 % of
     it for half an hour and the dusk are its normal life, from the first day on (they

@@ -21,7 +21,8 @@ DEVICES = {"m1": Device(b"", site="s1", feeder="F1"),
 
 
 def checks(extra: str = "") -> EdgeChecks:
-    cfg = parse("[uplink]\nenabled = false\n[checks]\n" + extra, env={})
+    cfg = parse("[uplink]\nenabled = false\n[checks]\nanomaly_profile_days = 0\n" + extra,
+                env={})
     return EdgeChecks(cfg.checks, DEVICES)
 
 

@@ -219,6 +219,7 @@ CHECKS = """
 [checks]
 stuck_periods = 2
 anomaly_warmup = 2
+anomaly_profile_days = 0
 [checks.limits]
 min_duration_s = 0
 [[devices]]
@@ -420,7 +421,8 @@ def test_real_gateway_output_matches_schemas_in_json_and_cbor(
 def checks_events() -> list[dict[str, Any]]:
     """Run the real edge checks over a scripted series; return the uplink alarm records."""
     cfg = ChecksSection(limits=Limits(min_duration_s=0, max_current=10, max_power=2000),
-                        stuck_periods=3, anomaly_warmup=5, balance_window_s=10,
+                        stuck_periods=3, anomaly_warmup=5, anomaly_profile_days=0,
+                        balance_window_s=10,
                         max_rate_v_per_s=20)
     devices = {"m1": Device(b"", site="s1", feeder="F1"),
                "l1": Device(b"", site="s1", feeder="F1", role="line_sensor"),
@@ -486,6 +488,9 @@ def checks_events() -> list[dict[str, Any]]:
         lost_commits=135, salvaged=65, dropped=0, time_ms=int((t0 + 24) * 1000))), 0, 0))
     events.append((gw_events.record_corrupt(
         [Stored(12, 1, "m1", 1, 7, int(t0 * 1000), b"{}")], int((t0 + 25) * 1000)), 0, 0))
+    events.append((gw_events.detector_state_lost(
+        "/var/lib/gridedge/store.db.detectors: checksum mismatch; moved to "
+        "store.db.detectors.corrupt", int((t0 + 26) * 1000)), 0, 0))
     return [json.loads(gw_records.alarm(ev, boot, s).body) for ev, boot, s in events]
 
 
@@ -502,7 +507,8 @@ def test_every_alarm_kind_matches_schema_and_cddl(tmp_path: Path) -> None:
                  ("offline", "cleared"), ("non_technical_loss", "raised"),
                  ("non_technical_loss", "cleared"), ("gap", "event"),
                  ("store_corrupt", "event"), ("record_corrupt", "event"),
-                 ("replay_rejected", "raised"), ("replay_rejected", "cleared"),
+                 ("detector_state_lost", "event"), ("replay_rejected", "raised"),
+                 ("replay_rejected", "cleared"),
                  ("counter_reset", "event"), ("level_shift", "event"),
                  ("rate_of_change", "raised"), ("rate_of_change", "cleared")]:
         assert want in seen, want
@@ -517,7 +523,8 @@ def test_every_alarm_kind_matches_schema_and_cddl(tmp_path: Path) -> None:
     assert len({r["id"] for r in records}) == len(records)
     for r in records:
         _fields, boot, seq = id_parts(r)
-        if r["kind"] in ("non_technical_loss", "store_corrupt", "record_corrupt") or \
+        if r["kind"] in ("non_technical_loss", "store_corrupt", "record_corrupt",
+                         "detector_state_lost") or \
                 (r["kind"], r["state"]) == ("offline", "raised"):
             assert (boot, seq) == (0, 0), r
         else:
