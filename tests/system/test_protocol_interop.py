@@ -111,13 +111,13 @@ def cddl_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def zcbor_valid(cddl: Path, message: bytes, tmp: Path) -> bool:
+def zcbor_valid(cddl: Path, message: bytes, tmp: Path, rule: str = "gridedge-frame") -> bool:
     """Validate with the zcbor CLI (hex input: its binary-file input path is broken in 0.9)."""
     data = tmp / "frame.cborhex"
     data.write_text(message.hex())
     zcbor = Path(sys.executable).parent / "zcbor"
     proc = subprocess.run(
-        [str(zcbor), "validate", "-c", str(cddl), "-t", "gridedge-frame", "-i", str(data)],
+        [str(zcbor), "validate", "-c", str(cddl), "-t", rule, "-i", str(data)],
         capture_output=True, text=True, timeout=60,
     )
     return proc.returncode == 0
@@ -184,6 +184,20 @@ def test_frames_validate_against_cddl(
 ) -> None:
     for hexmsg in firmware_build(fw, SAMPLES)["messages"]:
         assert zcbor_valid(cddl_path, bytes.fromhex(hexmsg), tmp_path)
+
+
+def test_commands_validate_against_cddl(cddl_path: Path, tmp_path: Path) -> None:
+    """The gateway's sealed commands are what section 8 says, and a frame is no command."""
+    from gateway.command import Command
+
+    key = bytes(range(32))
+    for c in (Command(DEVICE, 1, 1_789_948_860_000, b"c1", "reboot"),
+              Command(DEVICE, 2**40, 1_789_948_860_000, bytes(16), "relay",
+                      {"state": "off", "seconds": 600})):
+        assert zcbor_valid(cddl_path, c.seal(key), tmp_path, "gridedge-command")
+        assert not zcbor_valid(cddl_path, c.seal(key), tmp_path)
+    assert not zcbor_valid(cddl_path, Command(DEVICE, 1, 5, b"c1", "x").seal(key), tmp_path,
+                           "gridedge-command")  # an expiry that is no Unix ms
 
 
 @pytest.mark.parametrize(
