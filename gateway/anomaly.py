@@ -21,20 +21,20 @@ last value) is stuck until the value changes; zero repeats are not stuck: an idl
 PV at night reads exactly 0; a stuck series' repeats are neither judged nor learnt.
 
 A timed series (``observe`` given the value's time) also keeps a daily profile
-(seasonal.py: a usual value and spread per hour of the day). Its first day (``learn_s``)
-is its warm-up: nothing is judged before the profile has seen each hour once (a morning
-peak on an installation's first day is no anomaly). Once the profile knows the hour, the
-baseline and scale are the profile's, so an evening peak is normal and a flat evening is
-not, and only then are level shifts judged. An hour the profile still does not know
-after that (the first day had a gap) is judged with a threshold ``UNTRAINED_GAIN`` times
-higher and a value close to a normal previous one is not an anomaly (the recent level
-lags a daily ramp). A series that was exactly 0 for ``OFF_SHARE`` of its last day has an
-off state (PV at night, a sparse counter): a fall towards 0 is no anomaly, zeros do not
-teach the level, and its warm-up counts non-zero values. Every finding carries its
-evidence: value, baseline and score; ``anomaly_score`` maps the last score onto [0, 1]
-by the series' own history of scores (calibration.py), so a threshold on it means the
-same on every series. ``state``/``from_state`` carry all of it across a gateway restart
-(detector_state.py).
+(seasonal.py: a usual value and spread per hour of the day, for weekdays and weekends
+apart). Its first day (``learn_s``) is its warm-up: nothing is judged before the profile
+has seen each hour once (a morning peak on an installation's first day is no anomaly).
+Once the profile knows the hour, the baseline and scale are the profile's, so an evening
+peak is normal and a flat evening is not, and only then are level shifts judged. An hour
+the profile still does not know after that (the first day had a gap) is judged with a
+threshold ``UNTRAINED_GAIN`` times higher and a value close to a normal previous one is
+not an anomaly (the recent level lags a daily ramp). A series that was exactly 0 for
+``OFF_SHARE`` of its last day has an off state (PV at night, a sparse counter): a fall
+towards 0 is no anomaly, zeros do not teach the level, and its warm-up counts non-zero
+values. Every finding carries its evidence: value, baseline and score; ``anomaly_score``
+maps the last score onto [0, 1] by the series' own history of scores (calibration.py),
+so a threshold on it means the same on every series. ``state``/``from_state`` carry all
+of it across a gateway restart (detector_state.py).
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ class SeriesDetector:
         step = self.step if self.changes >= STEP_CHANGES else 0.0
         expected = self.level
         scale = max(MAD_TO_SIGMA * self.dev, 0.005 * abs(expected), step)
-        b, seasonal = -1, False
+        b, seasonal, borrowed = -1, False, False
         if t_s is not None:
             prof = self.profile
             if prof is None:
@@ -168,6 +168,9 @@ class SeriesDetector:
             usual = prof.expect(b)
             if usual is not None:  # this hour of the day is known: judge against it
                 expected, seasonal = usual[0], True
+                # Its first weekend is judged by its weekdays' hours (seasonal.py), as
+                # before weekends had their own; the value, unclipped, teaches its own.
+                borrowed = prof.borrowed(b)
                 scale = max(usual[1], 0.005 * abs(expected), step)
         residual = x - expected
         off = self.zeros >= OFF_SHARE  # exact zeros are part of this series' life
@@ -225,7 +228,7 @@ class SeriesDetector:
         clipped = expected + max(-bound, min(bound, x - expected)) if self.n else x
         if self.profile is not None and b >= 0:
             # Before it knows the hour, the recent level is no reference to clip against.
-            self.profile.add(clipped if seasonal else x, b)
+            self.profile.add(clipped if seasonal and not borrowed else x, b)
         if not (off and x == 0):  # an off series' level and spread are its on-values'
             if seasonal:
                 clipped = self.level + max(-bound, min(bound, x - self.level))

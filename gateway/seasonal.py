@@ -1,6 +1,10 @@
 """A series' daily profile: its usual value and spread for each hour of the day, learnt over days.
 
-``DailyProfile`` keeps 24 hourly bins of time of day (UTC). Within the current bin it
+``DailyProfile`` keeps 24 hourly bins of time of day (UTC) for weekdays and 24 for
+weekends (Saturday and Sunday, UTC): a household's Saturday morning is not its Tuesday
+morning. A day type's bin judges alone once it has seen ``OWN_DAYS`` days; until then the
+other type's bin of the same hour stands in if it has seen more (a series' first weekend
+is judged by its weekdays). Within the current bin it
 accumulates the day's mean and spread (Welford); when the bin ends, that day's figures
 are folded into the bin's profile: the mean moves ``ALPHA`` of the way to the day's mean,
 and the spread to the root-sum-square of the day's own spread and its distance from the
@@ -10,16 +14,18 @@ days. Its spread is the widest of its own and its trained neighbours': the hour 
 ramp (a morning peak, a sunrise that creeps earlier with the season) is judged with the
 ramp's spread, not with the flat hour's; a spread learnt from few days is widened (x2 after
 one day, x1.5 after two). A bin seen only in part (the series' first hour, the hour after
-a gap) is not learnt. Pure arithmetic; memory: 3 x 24 numbers.
+a gap) is not learnt. Pure arithmetic; memory: 3 x 48 numbers.
 """
 
 from __future__ import annotations
 
 import math
 
-BINS = 24
+HOURS = 24
+BINS = 2 * HOURS  # weekday hours, then weekend hours
 BIN_S = 3600.0
-DAY_S = BINS * BIN_S
+DAY_S = HOURS * BIN_S
+OWN_DAYS = 2  # days a day type's own bin must have seen before it judges alone
 ALPHA = 0.3  # weight of a new day in a bin's profile: about the last three days count
 TRAINED_DAYS = 1
 
@@ -37,15 +43,28 @@ class DailyProfile:
 
     @staticmethod
     def bin_of(t_s: float) -> int:
-        return int(t_s % DAY_S // BIN_S)
+        """The bin of a time: its hour (UTC), plus HOURS on a Saturday or a Sunday (day 0
+        of Unix time, 1970-01-01, was a Thursday)."""
+        weekend = (int(t_s // DAY_S) + 3) % 7 >= 5
+        return int(t_s % DAY_S // BIN_S) + HOURS * weekend
+
+    def borrowed(self, b: int) -> bool:
+        """Whether ``expect(b)`` stands in with the other day type's bin."""
+        other = (b + HOURS) % BINS
+        return self.days[b] < OWN_DAYS and self.days[other] > self.days[b]
 
     def expect(self, b: int) -> tuple[float, float] | None:
-        """The bin's usual value and spread (a standard deviation), once it is trained."""
+        """The bin's usual value and spread (a standard deviation), once it is trained:
+        the day type's own bin, or the other type's if the own one has seen fewer than
+        OWN_DAYS days and the other more."""
         days = self.days
+        if self.borrowed(b):
+            b = (b + HOURS) % BINS
         if days[b] < TRAINED_DAYS:
             return None
         spread = self.spread
-        before, after = b - 1, (b + 1) % BINS
+        base = b - b % HOURS  # the neighbours are the same day type's
+        before, after = base + (b - 1) % HOURS, base + (b + 1) % HOURS
         s = spread[b]
         if days[before] >= TRAINED_DAYS and spread[before] > s:
             s = spread[before]
@@ -62,7 +81,7 @@ class DailyProfile:
             self._fold()
             # Seen from its start only if it follows the bin before: the series' first
             # hour, or the one after a gap, is a part of an hour and would bias the bin.
-            self.whole = self.bin >= 0 and b == (self.bin + 1) % BINS
+            self.whole = self.bin >= 0 and b % HOURS == (self.bin + 1) % HOURS
             self.bin = b
         self.n += 1
         d = x - self.m

@@ -106,6 +106,32 @@ def test_an_evening_peak_is_no_anomaly_and_a_flat_evening_is() -> None:
     assert found[0][1] in ("anomaly", "level_shift")
 
 
+def test_weekends_have_their_own_profile() -> None:
+    """A household up at 07:00 on weekdays and brunching at 11:00 at weekends. Judged by
+    one daily profile, every weekend morning was an anomaly. After its first weekend
+    (judged by its weekdays, as before: it alarms, and the Monday after it settles the
+    level shifts it made), the weekends are normal, and a Saturday that looks like a
+    workday is what stands out."""
+    rng = random.Random(8)
+    t0 = 1_789_948_800  # Monday, 00:00 UTC
+
+    def load(day: int, hour: float, workday: bool) -> float:
+        peak = (6.5 <= hour < 8) if workday else (10 <= hour < 12.5)
+        return (2500 if peak else 300) * rng.uniform(0.9, 1.1)
+
+    det = SeriesDetector(AnomalyConfig(sensitivity=5.0))
+    found = []
+    for i in range(21 * 288):
+        day, hour = divmod(i * 300 / 3600, 24)
+        workday = day % 7 < 5 or day == 19  # the third Saturday is a workday
+        for f in det.observe(load(int(day), hour, workday), 300.0, t0 + i * 300):
+            if f.state in ("raised", "event"):
+                found.append((int(day), int(hour), f.kind))
+    assert {d for d, _, _ in found if d >= 8} == {19}, found
+    # That Saturday: the 06:30 peak, and no brunch at 10:00.
+    assert [(h, k) for d, h, k in found if d == 19] == [(6, "anomaly"), (10, "anomaly")]
+
+
 def test_a_series_first_day_is_learnt_not_judged() -> None:
     """A house's first day on a new gateway: 0.37 A all night, then the kettle and the
     shower at 08:50 (4.3 A). Nothing knows yet that mornings look like that: make eval's

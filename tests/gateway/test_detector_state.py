@@ -22,7 +22,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.anomaly import AnomalyConfig, SeriesDetector
+from gateway.calibration import ScoreTail
 from gateway.detector_state import MAGIC, DetectorState, decode, encode
+from gateway.seasonal import BINS, DailyProfile
 from gateway.store import Store
 from gateway.store_rows import ALARM, TELEMETRY
 from tests.support.brokers import Mosquitto
@@ -70,6 +72,8 @@ def with_numbers(numbers: list[float]) -> bytes:
 
 
 GOOD = trained(3).state()
+# Where the profile's days-seen counts start: after the means and spreads of every bin.
+DAYS = len(GOOD) - 2 * ScoreTail.STATE_LEN - DailyProfile.STATE_LEN + 2 * BINS
 DAMAGE = {
     "truncated": lambda b: b[:-100],
     "a flipped bit": lambda b: b[:60] + bytes([b[60] ^ 4]) + b[61:],
@@ -77,7 +81,7 @@ DAMAGE = {
     "empty": lambda b: b"",
     "another version": lambda b: b[:4] + b"\x02" + b[5:],
     "a NaN level, checksum fixed": lambda b: with_numbers([GOOD[0], math.nan, *GOOD[2:]]),
-    "a bin seen 300 days": lambda b: with_numbers([*GOOD[:22 + 48], 300.0, *GOOD[71:]]),
+    "a bin seen 300 days": lambda b: with_numbers([*GOOD[:DAYS], 300.0, *GOOD[DAYS + 1:]]),
     "one number short": lambda b: with_numbers(GOOD[:-1]),
     "a negative count": lambda b: with_numbers([-5.0, *GOOD[1:]]),
 }
