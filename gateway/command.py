@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import cbor2
@@ -42,7 +43,7 @@ class Command:
     expires_ms: int
     id: bytes
     op: str
-    args: dict[str, Arg] = field(default_factory=dict)
+    args: Mapping[str, Arg] = field(default_factory=dict)
 
     def seal(self, device_key: bytes) -> bytes:
         """The command's message, MACed with the device's downlink key."""
@@ -51,7 +52,7 @@ class Command:
         body: dict[int, object] = {C_DEVICE: self.device, C_COUNTER: self.counter,
                                    C_EXPIRES: self.expires_ms, C_ID: self.id, C_OP: self.op}
         if self.args:
-            body[C_ARGS] = self.args
+            body[C_ARGS] = dict(self.args)
         payload = cbor2.dumps(body, canonical=True)
         msg = Mac0.sign(derive(device_key, DOWN_LABEL), self.device.encode(), payload)
         if len(msg) > MAX_COMMAND:

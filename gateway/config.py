@@ -195,6 +195,15 @@ class HomeAssistantSection:
 
 
 @dataclass
+class CommandsSection:
+    """Commands from the cloud to the meters (commander.py): off until an operator key is
+    trusted. A key is an Ed25519 public key, 64 hex digits (``gridedge operator-key``)."""
+
+    enabled: bool = False
+    operator_keys: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Config:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     local: LocalBroker = field(default_factory=LocalBroker)
@@ -205,9 +214,14 @@ class Config:
     metrics: MetricsSection = field(default_factory=MetricsSection)
     checks: ChecksSection = field(default_factory=ChecksSection)
     homeassistant: HomeAssistantSection = field(default_factory=HomeAssistantSection)
+    commands: CommandsSection = field(default_factory=CommandsSection)
 
     def device_keys(self) -> dict[str, bytes]:
         return {d.id: bytes.fromhex(d.key) for d in self.devices}
+
+    @property
+    def commands_path(self) -> Path:
+        return Path(self.gateway.state_dir) / "commands.db"
 
     @property
     def store_path(self) -> Path:
@@ -254,6 +268,15 @@ def cross_checks(cfg: Config, problems: list[str]) -> None:
         topic_name("homeassistant.discovery_prefix", cfg.homeassistant.discovery_prefix,
                    problems)
         topic_name("homeassistant.state_prefix", cfg.homeassistant.state_prefix, problems)
+    for i, k in enumerate(cfg.commands.operator_keys):
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", k):
+            problems.append(f"commands.operator_keys[{i}]: an Ed25519 public key, 64 hex "
+                            "digits (gridedge operator-key prints it)")
+    if cfg.commands.enabled and not cfg.commands.operator_keys:
+        problems.append("commands.operator_keys: required while commands.enabled is true "
+                        "(a command must be signed by a key this gateway trusts)")
+    if cfg.commands.enabled and not cfg.uplink.enabled:
+        problems.append("commands.enabled: commands come from the cloud: needs uplink.enabled")
 
 
 def _inherit_limits(cfg: Config, raw: dict[str, Any]) -> None:

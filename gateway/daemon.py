@@ -14,8 +14,12 @@ import threading
 from http.server import ThreadingHTTPServer
 from types import FrameType
 
-from gateway import devices, sdnotify
+from gateway import devices, records, sdnotify
+from gateway.alarm import Alarm
 from gateway.checks import EdgeChecks
+from gateway.command_auth import Authority
+from gateway.command_queue import CommandQueue
+from gateway.commander import Commander
 from gateway.config import Config, ConfigError, load
 from gateway.dedup import DurableMarks
 from gateway.detector_state import DetectorState
@@ -62,6 +66,7 @@ class Daemon:
                                  checks=checks, hold=hold, durable=durable,
                                  listeners=listeners,
                                  detector_state=DetectorState(f"{cfg.store_path}.detectors"))
+        self.commander = self._commander(cfg, registry) if cfg.commands.enabled else None
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._http: ThreadingHTTPServer | None = None  # /metrics and /status
@@ -73,6 +78,16 @@ class Daemon:
         for reader in self.serial:
             probes[reader.source] = (lambda r: lambda: r.progress)(reader)
         self.watchdog = sdnotify.Watchdog(probes)
+
+    def _commander(self, cfg: Config, registry: devices.Devices) -> Commander:
+        keys = [bytes.fromhex(k) for k in cfg.commands.operator_keys]
+        authority = Authority(cfg.gateway.id, keys, set(registry))
+
+        def record(event: Alarm) -> None:
+            self.store.commit([records.alarm(event)])
+
+        return Commander(cfg.uplink, cfg.local, cfg.gateway.id, authority,
+                         CommandQueue(cfg.commands_path), registry, record)
 
     def stats(self) -> Stats:
         """The one snapshot of the daemon's figures (gateway/stats.py)."""
@@ -123,6 +138,8 @@ class Daemon:
         self.pipeline.set_devices(registry)
         if self.pipeline.checks is not None:
             self.pipeline.checks.set_devices(registry)
+        if self.commander is not None:
+            self.commander.set_devices(registry)
         logging.getLogger().setLevel(new.gateway.log_level.upper())
         for section in ("local", "uplink", "store", "serial", "metrics", "homeassistant"):
             if getattr(new, section) != getattr(self.cfg, section):
@@ -143,6 +160,8 @@ class Daemon:
             reader.start()
         if self.uplink is not None:
             self.uplink.start()
+        if self.commander is not None:
+            self.commander.start()
         log.info("gateway %s running: store %s, %d devices", self.cfg.gateway.id,
                  self.cfg.store_path, len(self.cfg.devices))
         sdnotify.notify("READY=1")
@@ -153,6 +172,8 @@ class Daemon:
         for reader in self.serial:
             reader.stop()
         self.pipeline.stop()
+        if self.commander is not None:
+            self.commander.stop()
         if self.uplink is not None:
             self.uplink.stop()
         if self._http is not None:

@@ -111,6 +111,24 @@ def _provision(args: argparse.Namespace) -> int:
     return 0
 
 
+def _operator_key(args: argparse.Namespace) -> int:
+    from tools import command
+
+    return command.make_key(Path(args.file))
+
+
+def _command(args: argparse.Namespace) -> int:
+    from tools import command
+
+    opts = command.Options(
+        host=args.host, port=args.port, gateway=args.gateway, device=args.device, op=args.op,
+        key_file=Path(args.key_file), args=command.parse_args(args.arg), tls=args.tls,
+        ca=args.ca, user=args.user, password_env=args.password_env,
+        prefix=args.prefix.rstrip("/"), expires_s=args.expires, timeout=args.timeout,
+        id=args.id or "")
+    return command.run(opts)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gridedge",
@@ -285,6 +303,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds the broker keeps a --client-id session after a disconnect "
                    "(default 3600)")
     p.set_defaults(func=_tail)
+
+    p = sub.add_parser(
+        "operator-key",
+        help="make an operator's command-signing key (Ed25519) in FILE and print the public "
+        "key a gateway trusts in [commands] operator_keys")
+    p.add_argument("file", help="where to write the private key (never overwritten)")
+    p.set_defaults(func=_operator_key)
+
+    p = sub.add_parser(
+        "command", parents=[cloud],
+        help="sign a command with an operator key, send it to a gateway for one device, "
+        "print its answers; exit 0 once delivered, 1 if rejected or expired, 3 on timeout")
+    p.add_argument("--key-file", required=True, help="the operator key (gridedge operator-key)")
+    p.add_argument("--gateway", required=True, metavar="ID", help="the gateway's id")
+    p.add_argument("--device", required=True, metavar="ID", help="the device's id")
+    p.add_argument("--expires", type=float, default=3600.0, metavar="S",
+                   help="seconds the command may wait for its device (default 3600)")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                   help="seconds to wait for a final answer (default 30)")
+    p.add_argument("--id", help="the command's id (default: random); the key of idempotency")
+    p.add_argument("op", choices=["relay", "set", "reboot", "time", "read"],
+                   help="the operation")
+    p.add_argument("arg", nargs="*", metavar="NAME=VALUE",
+                   help="its arguments, e.g. state=off seconds=900")
+    p.set_defaults(func=_command)
     return parser
 
 

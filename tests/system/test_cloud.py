@@ -48,6 +48,7 @@ from referencing import Registry, Resource
 
 from gateway import events as gw_events
 from gateway import records as gw_records
+from gateway.alarm import Alarm
 from gateway.checks import EdgeChecks
 from gateway.config import ChecksSection, Limits
 from gateway.devices import Device
@@ -80,7 +81,7 @@ from tools import tail
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "docs" / "schemas"
-NAMES = ("reading", "alarm", "status", "health")
+NAMES = ("reading", "alarm", "status", "health", "command", "command_result")
 
 
 # ---------------------------------------------------------------- schemas and the CDDL
@@ -488,6 +489,9 @@ def checks_events() -> list[dict[str, Any]]:
         lost_commits=135, salvaged=65, dropped=0, time_ms=int((t0 + 24) * 1000))), 0, 0))
     events.append((gw_events.record_corrupt(
         [Stored(12, 1, "m1", 1, 7, int(t0 * 1000), b"{}")], int((t0 + 25) * 1000)), 0, 0))
+    events.append((Alarm("command_rejected", "event", "", int((t0 + 27) * 1000), feeder="",
+                         evidence={"reason": "bad_signature", "request_id": "dr-1",
+                                   "target": "m1", "detail": "by 5b4f0bb2a7c1d9e3"}), 0, 0))
     events.append((gw_events.detector_state_lost(
         "/var/lib/gridedge/store.db.detectors: checksum mismatch; moved to "
         "store.db.detectors.corrupt", int((t0 + 26) * 1000)), 0, 0))
@@ -507,7 +511,8 @@ def test_every_alarm_kind_matches_schema_and_cddl(tmp_path: Path) -> None:
                  ("offline", "cleared"), ("non_technical_loss", "raised"),
                  ("non_technical_loss", "cleared"), ("gap", "event"),
                  ("store_corrupt", "event"), ("record_corrupt", "event"),
-                 ("detector_state_lost", "event"), ("replay_rejected", "raised"),
+                 ("detector_state_lost", "event"), ("command_rejected", "event"),
+                 ("replay_rejected", "raised"),
                  ("replay_rejected", "cleared"),
                  ("counter_reset", "event"), ("level_shift", "event"),
                  ("rate_of_change", "raised"), ("rate_of_change", "cleared")]:
@@ -524,7 +529,7 @@ def test_every_alarm_kind_matches_schema_and_cddl(tmp_path: Path) -> None:
     for r in records:
         _fields, boot, seq = id_parts(r)
         if r["kind"] in ("non_technical_loss", "store_corrupt", "record_corrupt",
-                         "detector_state_lost") or \
+                         "detector_state_lost", "command_rejected") or \
                 (r["kind"], r["state"]) == ("offline", "raised"):
             assert (boot, seq) == (0, 0), r
         else:

@@ -1,0 +1,219 @@
+"""Commands from the cloud to the meters: take, verify, queue, deliver, expire, answer.
+
+Two MQTT clients, each with paho's own loop thread. On the **cloud** broker (the uplink's
+settings, its own client id ``<client>-commands`` and a persistent session, so requests
+sent while the gateway is away wait for it) it subscribes to ``<base>/commands`` at QoS 1.
+Each request is checked (command_auth.py: an operator's Ed25519 signature, for this
+gateway), queued (command_queue.py, durable; a repeated id is answered, not queued twice)
+and answered. On the **local** broker it follows the devices' retained
+``gridedge/v1/dev/+/status`` and publishes each queued command, sealed with the device's
+downlink key (command.py), to ``gridedge/v1/dev/<device>/cmd`` at QoS 1 once the device
+is online; the broker's PUBACK makes it ``delivered``. Every second the queue expires what
+is past its time. Answers are JSON on the request's MQTT 5 response topic (with its
+correlation data) or on ``<base>/command_results``: ``{"id", "device", "state", "reason"?,
+"counter"?, "time"}`` with state ``accepted``, ``rejected``, ``delivered`` or ``expired``.
+A refusal is counted by reason and logged once a minute per reason at most; a request
+that is unsigned, signed by an unknown key or wrongly signed (someone tried) is also
+stored as a ``command_rejected`` event for the cloud's alarms topic.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.alarm import Alarm
+from gateway.command import Command
+from gateway.command_auth import SECURITY, Authority, Refused
+from gateway.command_queue import CommandQueue, Entry, Full
+from gateway.config import LocalBroker, UplinkSection
+from gateway.devices import Devices
+from gateway.payloads import iso_ms
+
+log = logging.getLogger(__name__)
+STATUS = "gridedge/v1/dev/+/status"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Commander:
+    def __init__(self, uplink: UplinkSection, local: LocalBroker, gateway: str,
+                 authority: Authority, queue: CommandQueue, devices: Devices,
+                 record: Callable[[Alarm], None]) -> None:
+        """``record``: stores an event for the cloud's alarms topic."""
+        self.base = f"{uplink.topic_prefix}/{gateway}"
+        self.requests = f"{self.base}/commands"
+        self.results = f"{self.base}/command_results"
+        self.authority, self.queue, self.devices, self.record = authority, queue, devices, record
+        self.refused: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter()
+        self.online: set[str] = set()
+        self._said: dict[str, float] = {}  # reason -> when it was last logged
+        self._sent: dict[int, Entry] = {}  # local message id -> the command it carries
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, name="commands", daemon=True)
+        client_id = (uplink.client_id or f"gridedge-{gateway}") + "-commands"
+        self._v5 = uplink.protocol == "mqtt5"
+        self.cloud = _client(client_id, self._v5, uplink, uplink.username, uplink.password)
+        self.cloud.on_connect = self._cloud_connected
+        self.cloud.on_message = self._request
+        self.listening = threading.Event()  # the cloud broker granted the subscription
+        self.cloud.on_subscribe = lambda *_: self.listening.set()
+        self._cloud_at = (uplink.host, uplink.port)
+        self.local = _client(f"{local.client_id}-commands", False, None, local.username,
+                             local.password)
+        self.local.on_connect = self._local_connected
+        self.local.on_message = self._status
+        self.local.on_publish = self._published
+        self.following = threading.Event()  # the local broker granted the status topic
+        self.local.on_subscribe = lambda *_: self.following.set()
+        self._local_at = (local.host, local.port)
+
+    def set_devices(self, devices: Devices) -> None:
+        self.devices = devices
+        self.authority.devices = set(devices)
+
+    def start(self) -> None:
+        if self._v5:  # a session that keeps the requests sent while the gateway is away
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 7 * 86_400
+            self.cloud.connect_async(*self._cloud_at, keepalive=30, clean_start=False,
+                                     properties=props)
+        else:
+            self.cloud.connect_async(*self._cloud_at, keepalive=30)
+        self.local.connect_async(*self._local_at, keepalive=30)
+        for client in (self.cloud, self.local):
+            client.loop_start()
+        self._ticker.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for client in (self.cloud, self.local):
+            client.disconnect()
+            client.loop_stop()
+        self._ticker.join(5)
+        self.queue.close()
+
+    # -- the cloud side ---------------------------------------------------------------
+    def _cloud_connected(self, client: mqtt.Client, *_: Any) -> None:
+        client.subscribe(self.requests, qos=1)
+
+    def _local_connected(self, client: mqtt.Client, *_: Any) -> None:
+        client.subscribe(STATUS, qos=1)
+
+    def _request(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        props = getattr(msg, "properties", None)
+        reply = getattr(props, "ResponseTopic", "") or ""
+        if not _topic_ok(reply):
+            reply = ""
+        correlation = bytes(getattr(props, "CorrelationData", b"") or b"")[:64]
+        try:
+            req = self.authority.check(bytes(msg.payload))
+        except Refused as e:
+            self._refuse(e, reply, correlation)
+            return
+        try:
+            entry, new = self.queue.add(req, reply=reply, correlation=correlation)
+        except Full as e:
+            self._refuse(Refused("queue_full", str(e), req.id, req.device), reply, correlation)
+            return
+        self.counts["accepted" if new else "repeated"] += 1
+        self._answer(entry, "accepted" if new else entry.state)
+        if entry.device in self.online:
+            self._deliver(entry.device)
+
+    def _refuse(self, e: Refused, reply: str, correlation: bytes) -> None:
+        self.refused[e.reason] += 1
+        if time.monotonic() - self._said.get(e.reason, -60.0) >= 60.0:
+            self._said[e.reason] = time.monotonic()
+            log.warning("command refused (%s): %s [%d so far]", e.reason, e.detail,
+                        self.refused[e.reason])
+        self._publish_answer(reply, correlation, {
+            "id": e.request_id, "device": e.device, "state": "rejected", "reason": e.reason,
+            "time": iso_ms(now_ms())})
+        if e.reason in SECURITY:
+            self.record(Alarm("command_rejected", "event", "", now_ms(), feeder="",
+                              evidence={"reason": e.reason, "request_id": e.request_id,
+                                        "target": e.device, "detail": e.detail[:200]}))
+
+    def _answer(self, entry: Entry, state: str) -> None:
+        body: dict[str, object] = {"id": entry.id, "device": entry.device, "state": state,
+                                   "counter": entry.counter, "time": iso_ms(now_ms())}
+        self._publish_answer(entry.reply, entry.correlation, body)
+
+    def _publish_answer(self, reply: str, correlation: bytes, body: dict[str, object]) -> None:
+        props = None
+        if correlation and self._v5:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.CorrelationData = correlation
+        self.cloud.publish(reply or self.results, json.dumps(body), qos=1, properties=props)
+
+    # -- the local side ---------------------------------------------------------------
+    def _status(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        device = msg.topic.split("/")[3] if msg.topic.count("/") == 4 else ""
+        if device not in self.devices:
+            return
+        if msg.payload == b"online":
+            self.online.add(device)
+            self._deliver(device)
+        else:
+            self.online.discard(device)
+
+    def _deliver(self, device: str) -> None:
+        key = self.devices[device].key
+        with self._lock:
+            for entry in self.queue.pending(device, now_ms()):
+                if any(e.id == entry.id and e.device == device for e in self._sent.values()):
+                    continue  # on its way
+                sealed = Command(device, entry.counter, entry.expires_ms, entry.id.encode(),
+                                 entry.op, entry.args).seal(key)
+                info = self.local.publish(f"gridedge/v1/dev/{device}/cmd", sealed, qos=1)
+                self._sent[info.mid] = entry
+
+    def _published(self, _c: mqtt.Client, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
+        with self._lock:
+            entry = self._sent.pop(mid, None)
+        if entry is not None:
+            self.queue.mark(entry.device, entry.id, "delivered")
+            self.counts["delivered"] += 1
+            self._answer(entry, "delivered")
+
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0):
+            for entry in self.queue.expire(now_ms()):
+                self.counts["expired"] += 1
+                self._answer(entry, "expired")
+
+
+def _client(client_id: str, v5: bool, tls: UplinkSection | None, username: str,
+            password: str) -> mqtt.Client:
+    if v5:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=mqtt.MQTTv5)
+    else:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=mqtt.MQTTv311, clean_session=False)
+    if tls is not None and tls.tls:
+        client.tls_set(ca_certs=tls.ca_file, certfile=tls.client_cert or None,
+                       keyfile=tls.client_key or None)
+    if username:
+        client.username_pw_set(username, password or None)
+    client.reconnect_delay_set(1, 30)
+    return client
+
+
+def _topic_ok(topic: str) -> bool:
+    return 0 < len(topic) <= 256 and not any(c in topic for c in "+#\x00")

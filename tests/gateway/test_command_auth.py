@@ -1,0 +1,95 @@
+"""Operator-signed command requests (gateway/command_auth.py): only a trusted operator's
+signature, for this gateway, over exactly what will run, makes a request."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.command_auth import REASONS, SECURITY, Authority, Refused, key_id, sign
+
+OPERATOR = bytes(range(32))
+INTRUDER = bytes(range(1, 33))
+NOW = 1_789_948_800_000
+
+
+def public(private: bytes) -> bytes:
+    return Ed25519PrivateKey.from_private_bytes(private).public_key().public_bytes(
+        Encoding.Raw, PublicFormat.Raw)
+
+
+AUTH = Authority("gw-1", [public(OPERATOR)], {"mtr-1", "mtr-2"})
+
+
+def request(key: bytes = OPERATOR, gateway: str = "gw-1", **over: object) -> bytes:
+    fields = {"rid": "c1", "device": "mtr-1", "op": "relay",
+              "args": {"state": "off", "seconds": 600}, "expires_ms": NOW + 60_000}
+    fields.update(over)
+    return json.dumps(sign(key, gateway, **fields)).encode()  # type: ignore[arg-type]
+
+
+def refused(payload: bytes) -> str:
+    with pytest.raises(Refused) as e:
+        AUTH.check(payload, NOW)
+    return e.value.reason
+
+
+def test_a_signed_request_for_this_gateway_is_accepted() -> None:
+    r = AUTH.check(request(), NOW)
+    assert (r.id, r.device, r.op, r.args, r.operator) == (
+        "c1", "mtr-1", "relay", {"state": "off", "seconds": 600}, key_id(public(OPERATOR)))
+
+
+def edited(payload: bytes, **changes: object) -> bytes:
+    obj = json.loads(payload)
+    obj.update(changes)
+    return json.dumps(obj).encode()
+
+
+def test_every_way_to_get_it_wrong_has_its_reason() -> None:
+    good = request()
+    assert refused(edited(good, signature="")) == "unsigned"
+    assert refused(edited(good, operator=None)) == "unsigned"
+    assert refused(request(INTRUDER)) == "unknown_operator"
+    # A trusted operator's signature, but over something else, or for another gateway.
+    assert refused(edited(good, args={"state": "on", "seconds": 600})) == "bad_signature"
+    assert refused(edited(good, device="mtr-2")) == "bad_signature"
+    assert refused(edited(good, expires=NOW + 120_000)) == "bad_signature"
+    assert refused(request(gateway="gw-2")) == "bad_signature"
+    assert refused(edited(good, signature=base64.b64encode(b"x" * 64).decode())) == \
+        "bad_signature"
+    assert refused(edited(good, signature="not base64!")) == "bad_signature"
+    # Signed, and refused for what it says.
+    assert refused(request(device="mtr-9")) == "unknown_device"
+    assert refused(request(op="format-disk", args={})) == "unknown_op"
+    assert refused(request(args={"state": "dim"})) == "bad_args"
+    assert refused(request(op="reboot", args={"now": True})) == "bad_args"
+    assert refused(request(expires_ms=NOW - 1)) == "expired"
+    assert refused(request(expires_ms=NOW + 8 * 86_400_000)) == "too_far"
+    assert refused(b"[1, 2]") == "malformed"
+    assert refused(b"{" * 5000) == "malformed"
+    assert refused(b"[" * 3000 + b"]" * 3000) == "malformed"
+    assert refused(request(rid="a/b")) == "malformed"
+    assert set(REASONS) >= SECURITY
+
+
+@given(st.binary(max_size=600) | st.text(max_size=300).map(str.encode))
+@settings(max_examples=400, deadline=None)
+def test_any_bytes_are_refused_with_a_reason(data: bytes) -> None:
+    assert refused(data) in REASONS
+
+
+@given(st.dictionaries(st.sampled_from(["id", "device", "op", "args", "expires",
+                                        "operator", "signature", "x"]),
+                       st.none() | st.booleans() | st.integers() | st.floats()
+                       | st.text(max_size=20) | st.lists(st.integers(), max_size=3)
+                       | st.dictionaries(st.text(max_size=5), st.integers(), max_size=3)))
+@settings(max_examples=400, deadline=None)
+def test_any_json_object_is_refused_with_a_reason(obj: dict[str, object]) -> None:
+    assert refused(json.dumps(obj).encode()) in REASONS

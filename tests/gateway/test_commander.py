@@ -1,0 +1,167 @@
+"""Commands from a real cloud broker to a device on a real local broker, through the
+gateway's commander (gateway/commander.py): signed requests are queued durably, delivered
+sealed when the device is online and answered on the MQTT 5 response topic; the rest is
+refused, counted and reported."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from jsonschema import Draft202012Validator
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.alarm import Alarm
+from gateway.command_auth import sign
+from gateway.commander import Commander
+from tests.support.brokers import Mosquitto
+from tests.support.command_parts import GW, OPERATOR, Meter, start_commander
+from tests.support.fwrunner import REPO, firmware_module
+from tests.support.gateway_fixtures import device_key
+from tests.support.mqtt_capture import wait_for
+
+command = firmware_module("gemeter.command")
+RESULT = Draft202012Validator(
+    json.loads((REPO / "docs" / "schemas" / "command_result.schema.json").read_text()),
+    format_checker=Draft202012Validator.FORMAT_CHECKER)
+REQUEST = Draft202012Validator(
+    json.loads((REPO / "docs" / "schemas" / "command.schema.json").read_text()))
+
+
+class Operator:
+    """The control room: an MQTT 5 client that signs, publishes with a response topic and
+    correlation data, and collects the answers."""
+
+    def __init__(self, port: int) -> None:
+        self.answers: list[tuple[str, dict[str, Any], bytes]] = []
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                  client_id=f"ops-{uuid.uuid4().hex[:6]}", protocol=mqtt.MQTTv5)
+        self.client.on_message = lambda _c, _u, m: self.answers.append((
+            m.topic, json.loads(m.payload),
+            bytes(getattr(m.properties, "CorrelationData", b"") or b"")))
+        done = threading.Event()
+        self.client.on_subscribe = lambda *_: done.set()
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.client.subscribe([("ops/replies", 1), (f"gridedge/v1/gw/{GW}/command_results", 1)])
+        assert done.wait(10)
+
+    def send(self, request: dict[str, Any] | bytes, correlation: bytes = b"") -> None:
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.ResponseTopic = "ops/replies"
+        if correlation:
+            props.CorrelationData = correlation
+        if not isinstance(request, bytes) and "signature" in request:
+            REQUEST.validate(request)  # what the docs say a request is, as signed here
+        payload = request if isinstance(request, bytes) else json.dumps(request)
+        self.client.publish(f"gridedge/v1/gw/{GW}/commands", payload, qos=1,
+                            properties=props).wait_for_publish(10)
+
+    def states(self, cid: str) -> list[str]:
+        return [a["state"] for _t, a, _c in list(self.answers) if a.get("id") == cid]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+        for _t, answer, _c in self.answers:  # every answer the gateway gave, in any test
+            RESULT.validate(answer)
+
+
+@pytest.fixture
+def parts(tmp_path: Path, local: Mosquitto, cloud: Mosquitto
+          ) -> Iterator[tuple[Commander, Operator, list[Alarm]]]:
+    events: list[Alarm] = []
+    c = start_commander(tmp_path, local, cloud, events)
+    ops = Operator(cloud.port)
+    yield c, ops, events
+    ops.close()
+    c.stop()
+
+
+def signed(cid: str, device: str = "mtr-1", op: str = "relay", expires_in_s: float = 60,
+           **args: Any) -> dict[str, Any]:
+    return sign(OPERATOR, GW, cid, device, op, args or ({"state": "off", "seconds": 900}
+                                                         if op == "relay" else {}),
+                int((time.time() + expires_in_s) * 1000))
+
+
+def test_a_signed_command_reaches_the_online_meter_sealed_for_it(
+        parts: tuple[Commander, Operator, list[Alarm]], local: Mosquitto) -> None:
+    c, ops, _events = parts
+    meter = Meter(local.port, "mtr-1")
+    try:
+        meter.status("online")
+        assert wait_for(lambda: "mtr-1" in c.online, 10)
+        ops.send(signed("c1"), correlation=b"corr-1")
+        assert wait_for(lambda: ops.states("c1") == ["accepted", "delivered"], 10), ops.answers
+        assert all(t == "ops/replies" and corr == b"corr-1" for t, a, corr in ops.answers)
+        assert wait_for(lambda: len(meter.got) == 1, 10)
+        opened = command.Commands("mtr-1", device_key("mtr-1")).open(meter.got[0],
+                                                                      int(time.time() * 1000))
+        assert (opened["op"], opened["id"], opened["args"]) == (
+            "relay", b"c1", {"state": "off", "seconds": 900})
+        ops.send(signed("c1"))  # the same id again: answered, not queued twice
+        assert wait_for(lambda: ops.states("c1")[2:] == ["delivered"], 10), ops.answers
+        time.sleep(0.3)
+        assert len(meter.got) == 1 and c.counts["repeated"] == 1
+    finally:
+        meter.close()
+
+
+def test_unsigned_and_forged_commands_are_refused_counted_and_reported(
+        parts: tuple[Commander, Operator, list[Alarm]]) -> None:
+    c, ops, events = parts
+    forged = signed("c2")
+    forged["args"] = {"state": "on", "seconds": 900}  # changed after signing
+    unsigned = {k: v for k, v in signed("c3").items() if k != "signature"}
+    intruder = sign(bytes(32), GW, "c4", "mtr-1", "reboot", {}, int(time.time() * 1000) + 60_000)
+    for request in (forged, unsigned, intruder):
+        ops.send(request)
+    ops.send(b"not json")
+    assert wait_for(lambda: len(ops.answers) == 4, 10), ops.answers
+    assert [a["reason"] for _t, a, _c in ops.answers] == [
+        "bad_signature", "unsigned", "unknown_operator", "malformed"]
+    assert all(a["state"] == "rejected" for _t, a, _c in ops.answers)
+    assert dict(c.refused) == {"bad_signature": 1, "unsigned": 1, "unknown_operator": 1,
+                               "malformed": 1}
+    assert [(e.kind, e.evidence["reason"]) for e in events] == [
+        ("command_rejected", "bad_signature"), ("command_rejected", "unsigned"),
+        ("command_rejected", "unknown_operator")]
+    assert c.queue.counts() == {}
+
+
+def test_an_offline_meter_gets_its_command_when_it_comes_back_even_after_a_restart(
+        tmp_path: Path, local: Mosquitto, cloud: Mosquitto) -> None:
+    """Queued for an offline meter, then the gateway restarts; the meter comes online and
+    gets it. Another command for it expires meanwhile and is answered so."""
+    events: list[Alarm] = []
+    c = start_commander(tmp_path, local, cloud, events)
+    ops = Operator(cloud.port)
+    meter = Meter(local.port, "mtr-2")
+    try:
+        meter.status("offline")
+        ops.send(signed("late", "mtr-2", "reboot"))
+        ops.send(signed("soon", "mtr-2", "time", expires_in_s=1.5))
+        assert wait_for(lambda: ops.states("late") == ["accepted"]
+                        and ops.states("soon") == ["accepted"], 10)
+        assert wait_for(lambda: ops.states("soon") == ["accepted", "expired"], 10)
+        c.stop()
+        c = start_commander(tmp_path, local, cloud, events)
+        assert ops.states("late") == ["accepted"] and meter.got == []
+        meter.status("online")
+        assert wait_for(lambda: ops.states("late") == ["accepted", "delivered"], 10)
+        assert wait_for(lambda: len(meter.got) == 1, 10)
+        opened = command.Commands("mtr-2", device_key("mtr-2")).open(meter.got[0])
+        assert opened["op"] == "reboot" and opened["id"] == b"late"
+    finally:
+        meter.close()
+        ops.close()
+        c.stop()
