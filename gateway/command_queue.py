@@ -121,6 +121,10 @@ class CommandQueue:
         return Entry(req.device, req.id, counter, req.op, req.args, req.expires_ms,
                      "queued", reply, correlation), True
 
+    def get(self, device: str, cid: str) -> Entry | None:
+        with self._lock:
+            return self._get(device, cid)
+
     def _get(self, device: str, cid: str) -> Entry | None:
         row = self.db.execute(f"SELECT {COLUMNS} FROM commands WHERE device = ? AND id = ?",
                               (device, cid)).fetchone()

@@ -39,6 +39,7 @@ from gateway.command_queue import CommandQueue, Entry, Full
 from gateway.config import LocalBroker, UplinkSection
 from gateway.devices import Devices
 from gateway.payloads import iso_ms
+from gateway.protocol import Frame
 
 log = logging.getLogger(__name__)
 STATUS = "gridedge/v1/dev/+/status"
@@ -71,7 +72,7 @@ class Commander:
         self.cloud.on_connect = self._cloud_connected
         self.cloud.on_message = self._request
         self.listening = threading.Event()  # the cloud broker granted the subscription
-        self.cloud.on_subscribe = lambda *_: self.listening.set()
+        self.cloud.on_subscribe = self._listening
         self._cloud_at = (uplink.host, uplink.port)
         self.local = _client(f"{local.client_id}-commands", False, None, local.username,
                              local.password)
@@ -110,6 +111,11 @@ class Commander:
     # -- the cloud side ---------------------------------------------------------------
     def _cloud_connected(self, client: mqtt.Client, *_: Any) -> None:
         client.subscribe(self.requests, qos=1)
+
+    def _listening(self, *_: Any) -> None:
+        if not self.listening.is_set():
+            log.info("commands: listening on %s", self.requests)
+        self.listening.set()
 
     def _local_connected(self, client: mqtt.Client, *_: Any) -> None:
         client.subscribe(STATUS, qos=1)
@@ -190,6 +196,24 @@ class Commander:
             self.queue.mark(entry.device, entry.id, "delivered")
             self.counts["delivered"] += 1
             self._answer(entry, "delivered")
+
+    def committed(self, frames: list[Frame], devices: Devices) -> None:
+        """A batch is stored (pipeline.Listener): the devices' results of commands
+        (key 9 of their frames) answered, and their commands marked done/failed."""
+        for frame in frames:
+            for cid, state, reason in frame.results:
+                entry = self.queue.get(frame.device_id, cid.decode("ascii", "replace"))
+                if entry is None:
+                    continue  # not ours (sent before this queue, or by a test)
+                if state != "refused" or reason != "duplicate":  # a duplicate: not news
+                    self.queue.mark(entry.device, entry.id, state)
+                self.counts[state] += 1
+                body: dict[str, object] = {
+                    "id": entry.id, "device": entry.device, "state": state,
+                    "counter": entry.counter, "time": iso_ms(now_ms())}
+                if reason:
+                    body["reason"] = reason
+                self._publish_answer(entry.reply, entry.correlation, body)
 
     def _tick(self) -> None:
         while not self._stop.wait(1.0):

@@ -61,12 +61,14 @@ class Daemon:
                                        lambda: ingest.connects))
         registry = devices.from_config(cfg)
         checks = EdgeChecks(cfg.checks, registry) if cfg.checks.enabled else None
+        self.commander = self._commander(cfg, registry) if cfg.commands.enabled else None
+        if self.commander is not None:  # the devices' results of commands
+            listeners.append(self.commander)
         self.pipeline = Pipeline(self.store, registry, inbox,
                                  commit_interval_ms=cfg.store.commit_interval_ms,
                                  checks=checks, hold=hold, durable=durable,
                                  listeners=listeners,
                                  detector_state=DetectorState(f"{cfg.store_path}.detectors"))
-        self.commander = self._commander(cfg, registry) if cfg.commands.enabled else None
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._http: ThreadingHTTPServer | None = None  # /metrics and /status

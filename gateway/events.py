@@ -59,6 +59,15 @@ def store_corrupt(r: Recovery) -> Alarm:
                   dropped=r.dropped)
 
 
+def command_results(frame: Frame, now_ms: int) -> Alarm:
+    """What a device did with the commands it received since its last frame."""
+    return _event("command_results", frame.device_id, now_ms, boot=frame.boot,
+                  seq=frame.seq, results=[
+                      {"id": cid.decode("ascii", "replace"), "state": state,
+                       **({"reason": reason} if reason else {})}
+                      for cid, state, reason in frame.results])
+
+
 def detector_state_lost(detail: str, now_ms: int) -> Alarm:
     """The detectors' saved state was damaged (detector_state.py): they start afresh."""
     return _event("detector_state_lost", "", now_ms, feeder="", detail=detail)

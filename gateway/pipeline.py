@@ -230,6 +230,9 @@ class Pipeline:
                                      frame.boot, frame.seq))
         if ok.late:
             self.late += 1
+        if frame.results:  # stored with the frame: forwarded and de-duplicated with it
+            out.append(records.alarm(events.command_results(frame, int(now * 1000)),
+                                     frame.boot, frame.seq))
         if self.checks is not None:
             try:
                 alarms = self.checks.observe(frame, now)

@@ -29,7 +29,10 @@ MAX_CHANNELS = 8
 DEVICE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,32}")
 
 # Reading map keys (docs/protocol.md, "Reading frame").
-F_VERSION, F_DEVICE, F_BOOT, F_SEQ, F_UPTIME, F_TIME, F_PERIOD, F_DROPPED, F_CHANNELS = range(9)
+F_VERSION, F_DEVICE, F_BOOT, F_SEQ, F_UPTIME, F_TIME, F_PERIOD, F_DROPPED, F_CHANNELS, \
+    F_RESULTS = range(10)
+RESULT_STATES = ("done", "failed", "refused")
+MAX_RESULTS = 8
 C_INDEX, C_STATUS = 0, 1
 
 U32 = 2**32 - 1
@@ -122,6 +125,8 @@ class Frame:
     channels: tuple[Channel, ...]
     unix_ms: int | None = None
     dropped: int = 0
+    # Commands the device handled since its last frame: (id, state, reason or "").
+    results: tuple[tuple[bytes, str, str], ...] = ()
 
     @property
     def identity(self) -> tuple[str, int, int]:
@@ -178,6 +183,21 @@ def _channel(raw: Any, pos: int) -> Channel:
     return Channel(index, status, values)
 
 
+def _results(raw: Any) -> tuple[tuple[bytes, str, str], ...]:
+    """Command results: [[id (1..16 bytes), "done"|"failed"|"refused", reason?], ...]."""
+    if not isinstance(raw, list) or len(raw) > MAX_RESULTS:
+        raise ProtocolError(Reason.MALFORMED, f"results must be an array of 0..{MAX_RESULTS}")
+    out = []
+    for r in raw:
+        if not (isinstance(r, list) and len(r) in (2, 3) and isinstance(r[0], bytes)
+                and 1 <= len(r[0]) <= 16 and r[1] in RESULT_STATES
+                and (len(r) == 2 or (isinstance(r[2], str) and len(r[2]) <= 64))):
+            raise ProtocolError(Reason.MALFORMED, "a command result must be [id, state, "
+                                "reason?]")
+        out.append((r[0], r[1], r[2] if len(r) == 3 else ""))
+    return tuple(out)
+
+
 def parse_reading(reading: Any, device_id: str) -> Frame:
     """Validate an authenticated reading map and turn it into a Frame."""
     if not isinstance(reading, dict):
@@ -204,6 +224,7 @@ def parse_reading(reading: Any, device_id: str) -> Frame:
             channels=channels,
             unix_ms=None if unix_ms is None else _int(unix_ms, UNIX_MS_MIN, UNIX_MS_MAX, "unix_ms"),
             dropped=_int(reading.get(F_DROPPED, 0), 0, U32, "dropped"),
+            results=_results(reading.get(F_RESULTS, [])),
         )
     except ProtocolError as e:
         e.device_id = device_id
@@ -268,6 +289,8 @@ def reading_map(frame: Frame) -> dict[int, Any]:
         out[F_TIME] = frame.unix_ms
     if frame.dropped:
         out[F_DROPPED] = frame.dropped
+    if frame.results:
+        out[F_RESULTS] = [[i, s, r] if r else [i, s] for i, s, r in frame.results]
     return out
 
 

@@ -60,6 +60,8 @@ class App:
         self.heap_live = [None, None, None]  # first, min after warm-up, max after warm-up
         self.heap_free_min = None
         self.busy_us = [0, 0]  # total, max
+        self.cmd_recent = []  # ids of the last commands accepted (command.py)
+        self.commands_refused = 0
 
     def energy(self):
         totals = dict(self.state.energy_mwh)
@@ -79,9 +81,11 @@ class App:
             now = time.ticks_ms()
             self.uptime_ms += time.ticks_diff(now, last)
             last = now
-            if self.sampler.due():
+            results = self._commands() if getattr(self.link, "inbox", None) else None
+            if self.sampler.due() or results:  # a command's result goes up at once
                 self.ring.push(self.sampler.report(
-                    self.boot, self.seq, self.uptime_ms, self.clock.unix_ms(), self.ring.dropped))
+                    self.boot, self.seq, self.uptime_ms, self.clock.unix_ms(), self.ring.dropped,
+                    results))
                 self.seq += 1
                 self.state.checkpoint(self.energy(), self.checkpoint_s)
                 gc.collect()  # once per report: the heap figures below are then live data
@@ -101,6 +105,34 @@ class App:
                 due = time.ticks_ms()
         self.state.checkpoint(self.energy(), self.checkpoint_s, force=True)
         return self.stats()
+
+    def _commands(self):
+        """Open and run the commands the link received; their results, for the frame.
+        The command code is loaded only while there is a command (it stays off the heap
+        otherwise). The counter is saved before a command runs: a replay after a power
+        cut is still refused."""
+        from gemeter.command import CommandError, Commands
+
+        cmds = Commands(self.device_id, self.key, self.state.cmd)
+        cmds.recent = self.cmd_recent
+        results = []
+        inbox = self.link.inbox
+        while inbox:
+            try:
+                c = cmds.open(inbox.pop(0), self.clock.unix_ms())
+            except CommandError as e:
+                self.commands_refused += 1
+                if len(e.args) > 1:  # authentic, not run: say why
+                    results.append((e.args[1], "refused", e.args[0]))
+                continue
+            self.state.cmd = c["counter"]
+            self.state.save()
+            if c["op"] == "read":  # the frame that carries this result is the reading
+                results.append((c["id"], "done", None))
+            else:
+                results.append((c["id"], "failed", "unsupported"))
+        unload(("command",))
+        return results
 
     def _note_heap(self, live, free):
         if self.heap_free_min is None or free < self.heap_free_min:
@@ -130,4 +162,5 @@ class App:
             "link_connects": getattr(self.link, "connects", 0),
             "link_failures": getattr(self.link, "failures", 0),
             "link_error": repr(getattr(self.link, "last_error", None)),
+            "commands_refused": self.commands_refused,
         }

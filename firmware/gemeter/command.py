@@ -36,7 +36,8 @@ _C_ARGS = const(6)
 
 
 class CommandError(ValueError):
-    """``args[0]`` is the reason (see the module docstring)."""
+    """``args[0]`` is the reason (see the module docstring); ``args[1]``, when the command
+    was authentic, its id."""
 
 
 def derive(key, label):
@@ -169,12 +170,13 @@ class Commands:
             raise CommandError("malformed")
         if body.get(_C_DEVICE) != self.device_id:
             raise CommandError("wrong_device")
+        # Authentic from here: a refusal carries the command's id, for its result.
         if cid in self.recent:
-            raise CommandError("duplicate")
+            raise CommandError("duplicate", cid)
         if counter <= self.counter:
-            raise CommandError("replayed")
+            raise CommandError("replayed", cid)
         if now_ms is not None and now_ms > expires:
-            raise CommandError("expired")
+            raise CommandError("expired", cid)
         self.counter = counter
         self.recent.append(cid)
         if len(self.recent) > _RECENT:

@@ -45,6 +45,7 @@ _F_TIME = const(5)  # unix time in ms, only when synchronised
 _F_PERIOD = const(6)  # length of the reporting period, ms
 _F_DROPPED = const(7)  # frames dropped from the RAM ring since boot
 _F_CHANNELS = const(8)
+_F_RESULTS = const(9)  # results of commands (command.py): [[id, state, reason?], ...]
 
 
 class FrameError(ValueError):
@@ -144,15 +145,18 @@ class FrameBuilder:
         self._out = bytearray()
         self._len = bytearray()  # the payload's byte-string head
 
-    def build(self, boot, seq, uptime_ms, period_ms, channels, unix_ms=None, dropped=0):
+    def build(self, boot, seq, uptime_ms, period_ms, channels, unix_ms=None, dropped=0,
+              results=None):
         """Encode and MAC one frame (bytes). channels: 1..MAX_CHANNELS objects that each
-        append their channel map with ``cbor_into(buf)`` (aggregate.ChannelAggregate)."""
+        append their channel map with ``cbor_into(buf)`` (aggregate.ChannelAggregate);
+        results: (command id bytes, state str, reason str or None) of commands handled
+        since the last frame."""
         if not 1 <= len(channels) <= MAX_CHANNELS:
             raise FrameError("a frame carries 1..%d channels" % MAX_CHANNELS)
         payload = self._payload
         payload[:] = b""  # emptied, not freed
         # The reading map, its keys in numeric order; _F_TIME and _F_DROPPED only when set.
-        head(payload, 5, 7 + (unix_ms is not None) + (dropped != 0))
+        head(payload, 5, 7 + (unix_ms is not None) + (dropped != 0) + bool(results))
         payload.append(_F_VERSION)
         payload.append(_VERSION)
         payload.append(_F_DEVICE)
@@ -167,6 +171,16 @@ class FrameBuilder:
         head(payload, 4, len(channels))
         for c in channels:
             c.cbor_into(payload)
+        if results:
+            payload.append(_F_RESULTS)
+            head(payload, 4, len(results))
+            for cid, state, reason in results:
+                head(payload, 4, 2 if reason is None else 3)
+                _bytes(payload, cid)
+                for text in (state, reason):
+                    if text is not None:
+                        head(payload, 3, len(text))
+                        payload.extend(text.encode())
         length = self._len
         length[:] = b""
         head(length, 2, len(payload))

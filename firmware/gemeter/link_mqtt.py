@@ -16,12 +16,19 @@ would, but bounded and non-blocking for the sampling loop):
   whenever /ca.der is on the board, ``on`` insists on it (no CA: the link stays down with
   that error), ``off`` is plaintext. User name and password when set.
 - At most ``burst`` frames per service call, so a backlog does not starve sampling.
+- Commands (command.py): a persistent session (clean_session off) subscribed at QoS 1 to
+  ``gridedge/v1/dev/<id>/cmd``, so the broker keeps what the gateway sends while the
+  meter is away; each service call takes what has arrived into ``inbox`` (at most
+  ``MAX_INBOX`` messages of at most ``MAX_COMMAND`` bytes; more are dropped and counted
+  in ``dropped_commands``: the gateway sends again what it does not hear back about).
 """
 
 import os
 import sys
 import time
 
+MAX_INBOX = 4
+MAX_COMMAND = 512
 BACKOFF_MIN_MS = 1000
 BACKOFF_MAX_MS = 60000
 SOCKET_TIMEOUT_S = 5
@@ -83,6 +90,9 @@ class MQTTLink:
         # umqtt.simple writes these straight to the socket: bytes, not str.
         self.topic = b"gridedge/v1/dev/%s/frame" % device.encode()
         self.status_topic = b"gridedge/v1/dev/%s/status" % device.encode()
+        self.cmd_topic = b"gridedge/v1/dev/%s/cmd" % device.encode()
+        self.inbox = []  # commands received, for the app
+        self.dropped_commands = 0
         self.client_id = b"gridedge-" + device.encode()
         self.wifi = wifi
         self.clock = clock
@@ -121,7 +131,16 @@ class MQTTLink:
             keepalive=cfg.get("mqtt_keepalive_s"), ssl=tls,
         )
         client.set_last_will(self.status_topic, b"offline", retain=True, qos=1)
+        client.set_callback(self._received)
         return client
+
+    def _received(self, topic, msg):
+        # umqtt calls this from wait_msg (here, or while a publish waits for its PUBACK).
+        if topic == self.cmd_topic and len(msg) <= MAX_COMMAND and \
+                len(self.inbox) < MAX_INBOX:
+            self.inbox.append(bytes(msg))
+        else:
+            self.dropped_commands += 1
 
     def _timeout(self, client):
         # umqtt.simple's wait_msg() puts the socket back to blocking-forever: set the
@@ -133,7 +152,9 @@ class MQTTLink:
         if self.wifi is not None and not self.wifi.ensure():
             raise OSError(113, "Wi-Fi not connected")  # EHOSTUNREACH
         client = self._new_client()
-        client.connect(clean_session=True)
+        client.connect(clean_session=False)
+        self._timeout(client)
+        client.subscribe(self.cmd_topic, qos=1)
         self._timeout(client)
         client.publish(self.status_topic, b"online", retain=True, qos=1)
         self.client = client
@@ -180,6 +201,8 @@ class MQTTLink:
                 ring.pop()
                 self.sent += 1
                 self.last_tx = time.ticks_ms()
+            client.check_msg()  # a command that came meanwhile, if any (non-blocking)
+            self._timeout(client)
             keepalive_ms = self.cfg.get("mqtt_keepalive_s") * 1000
             if time.ticks_diff(time.ticks_ms(), self.last_tx) >= keepalive_ms // 2:
                 client.ping()

@@ -153,6 +153,7 @@ def _parts(app, paths):
     if app.state.problem:  # the console's show says it too, until this start repairs it
         print("problem: " + app.state.problem)
     app.builder = frame.FrameBuilder(settings["device_id"], key)
+    app.device_id, app.key = settings["device_id"], key  # for commands (command.py)
     app.clock = Clock()
     app.link = open_link(desc, settings, paths, app.clock)
     app.wdt_ms = desc.get("wdt_timeout_ms", 8000)

@@ -37,7 +37,8 @@ def _count(v):
 
 
 def _read(path):
-    """(n, boot, energy) of one copy, None if there is no such file, False if unreadable."""
+    """(n, boot, energy, cmd) of one copy, None if there is no such file, False if
+    unreadable."""
     try:
         with open(path, "rb") as f:
             data = f.read(_MAX_BYTES + 1)
@@ -49,8 +50,10 @@ def _read(path):
             return False
         rec = json.loads(line)
         n, boot, energy = rec["n"], rec["boot"], _energy(rec["energy_mwh"])
-        if _count(n) and _count(boot) and boot <= 0xFFFFFFFF and energy is not None:
-            return n, boot, energy
+        cmd = rec.get("cmd", 0)  # copies written before commands have none
+        if _count(n) and _count(boot) and boot <= 0xFFFFFFFF and energy is not None \
+                and _count(cmd):
+            return n, boot, energy, cmd
     except (ValueError, TypeError, KeyError, AttributeError):
         pass
     return False
@@ -71,9 +74,11 @@ def _fill(st):
     good = [i for i in (0, 1) if got[i]]
     if good:
         new = max(good, key=lambda i: got[i][0])
-        st.n, boot, st.energy_mwh = got[new]
+        st.n, boot, st.energy_mwh, _cmd = got[new]
         st.next = 1 - new
         st.boot = max(got[i][1] for i in good)
+        # A replayed command must stay refused whichever copy survived: the highest.
+        st.cmd = max(got[i][3] for i in good)
         other = got[1 - new]
         if other is False or (other is None and st.n > 1):
             # the lost copy may have been the newer one, with the next boot number

@@ -203,3 +203,41 @@ def test_keepalive_pings_when_idle(
     log = (tmp_path / "broker" / "mosquitto.log").read_text()
     assert stats["link_connects"] == 1 and stats["link_failures"] == 0, stats
     assert f"Received PINGREQ from gridedge-{DEVICE}" in log
+
+
+def test_a_read_command_comes_back_done_in_a_frame_at_once(
+    fw: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """The gateway's sealed ``read`` reaches the meter on its command topic; the meter
+    answers with a frame at once (its period is 60 s) carrying the result. The same
+    command again is refused as a duplicate, one with a used counter as replayed, and a
+    forged one leaves no result (it is only counted)."""
+    from gateway.command import Command
+
+    capture = Capture(mosquitto.port)
+    meter = mqtt_meter(vboard, tmp_path, mosquitto, report_interval_s=60)
+    proc = start_app(fw, vboard, meter, 80)  # 8 s at 100 ms a sample
+    try:
+        assert capture.wait(lambda: b"online" in capture.payloads("/status"), 20)
+        expires = int(time.time() * 1000) + 60_000
+        read = Command(DEVICE, 5, expires, b"r1", "read").seal(KEY)
+        publish = Capture(mosquitto.port, topic="unused/#")
+        for msg in (read, read, Command(DEVICE, 5, expires, b"r2", "read").seal(KEY),
+                    Command(DEVICE, 6, expires, b"r3", "read").seal(bytes(32)),
+                    Command(DEVICE, 7, expires, b"r4", "relay", {"state": "off"}).seal(KEY)):
+            publish.client.publish(f"gridedge/v1/dev/{DEVICE}/cmd", msg,
+                                   qos=1).wait_for_publish(10)
+            time.sleep(0.3)
+        publish.close()
+        assert capture.wait(lambda: sum(len(f.results) for f in decode_all(
+            capture.payloads("/frame"))) >= 4, 10)
+    finally:
+        stats = finish(proc)
+    frames = decode_all(capture.payloads("/frame"))
+    capture.close()
+    results = [r for f in frames for r in f.results]
+    assert results == [(b"r1", "done", ""), (b"r1", "refused", "duplicate"),
+                       (b"r2", "refused", "replayed"), (b"r4", "failed", "unsupported")]
+    assert stats["commands_refused"] == 3  # the duplicate, the replay, the forgery
+    # Each result came in a frame of its own, long before the 60-s period ended.
+    assert all(f.period_ms < 5000 for f in frames if f.results)

@@ -5,74 +5,23 @@ refused, counted and reported."""
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from jsonschema import Draft202012Validator
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from gateway.alarm import Alarm
 from gateway.command_auth import sign
 from gateway.commander import Commander
 from tests.support.brokers import Mosquitto
-from tests.support.command_parts import GW, OPERATOR, Meter, start_commander
-from tests.support.fwrunner import REPO, firmware_module
+from tests.support.command_parts import GW, OPERATOR, Meter, Operator, start_commander
+from tests.support.fwrunner import firmware_module
 from tests.support.gateway_fixtures import device_key
 from tests.support.mqtt_capture import wait_for
 
 command = firmware_module("gemeter.command")
-RESULT = Draft202012Validator(
-    json.loads((REPO / "docs" / "schemas" / "command_result.schema.json").read_text()),
-    format_checker=Draft202012Validator.FORMAT_CHECKER)
-REQUEST = Draft202012Validator(
-    json.loads((REPO / "docs" / "schemas" / "command.schema.json").read_text()))
-
-
-class Operator:
-    """The control room: an MQTT 5 client that signs, publishes with a response topic and
-    correlation data, and collects the answers."""
-
-    def __init__(self, port: int) -> None:
-        self.answers: list[tuple[str, dict[str, Any], bytes]] = []
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                  client_id=f"ops-{uuid.uuid4().hex[:6]}", protocol=mqtt.MQTTv5)
-        self.client.on_message = lambda _c, _u, m: self.answers.append((
-            m.topic, json.loads(m.payload),
-            bytes(getattr(m.properties, "CorrelationData", b"") or b"")))
-        done = threading.Event()
-        self.client.on_subscribe = lambda *_: done.set()
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        self.client.subscribe([("ops/replies", 1), (f"gridedge/v1/gw/{GW}/command_results", 1)])
-        assert done.wait(10)
-
-    def send(self, request: dict[str, Any] | bytes, correlation: bytes = b"") -> None:
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        props.ResponseTopic = "ops/replies"
-        if correlation:
-            props.CorrelationData = correlation
-        if not isinstance(request, bytes) and "signature" in request:
-            REQUEST.validate(request)  # what the docs say a request is, as signed here
-        payload = request if isinstance(request, bytes) else json.dumps(request)
-        self.client.publish(f"gridedge/v1/gw/{GW}/commands", payload, qos=1,
-                            properties=props).wait_for_publish(10)
-
-    def states(self, cid: str) -> list[str]:
-        return [a["state"] for _t, a, _c in list(self.answers) if a.get("id") == cid]
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-        for _t, answer, _c in self.answers:  # every answer the gateway gave, in any test
-            RESULT.validate(answer)
 
 
 @pytest.fixture

@@ -492,6 +492,9 @@ def checks_events() -> list[dict[str, Any]]:
     events.append((Alarm("command_rejected", "event", "", int((t0 + 27) * 1000), feeder="",
                          evidence={"reason": "bad_signature", "request_id": "dr-1",
                                    "target": "m1", "detail": "by 5b4f0bb2a7c1d9e3"}), 0, 0))
+    done = Frame("m1", 1, 40, 40_000, 1000, (Channel(0, 0, {}),),
+                 results=((b"dr-1", "done", ""), (b"dr-2", "failed", "unsupported")))
+    events.append((gw_events.command_results(done, int((t0 + 28) * 1000)), 1, 40))
     events.append((gw_events.detector_state_lost(
         "/var/lib/gridedge/store.db.detectors: checksum mismatch; moved to "
         "store.db.detectors.corrupt", int((t0 + 26) * 1000)), 0, 0))
@@ -512,6 +515,7 @@ def test_every_alarm_kind_matches_schema_and_cddl(tmp_path: Path) -> None:
                  ("non_technical_loss", "cleared"), ("gap", "event"),
                  ("store_corrupt", "event"), ("record_corrupt", "event"),
                  ("detector_state_lost", "event"), ("command_rejected", "event"),
+                 ("command_results", "event"),
                  ("replay_rejected", "raised"),
                  ("replay_rejected", "cleared"),
                  ("counter_reset", "event"), ("level_shift", "event"),

@@ -17,7 +17,12 @@ class socket(_socket.socket):
     def read(self, n):
         data = b""
         while len(data) < n:
-            chunk = self.recv(n - len(data))
+            try:
+                chunk = self.recv(n - len(data))
+            except BlockingIOError:  # MicroPython: a non-blocking read with nothing is None
+                if data:
+                    raise
+                return None
             if not chunk:
                 return data
             data += chunk
