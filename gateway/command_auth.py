@@ -69,9 +69,10 @@ def signed_bytes(gateway: str, rid: str, device: str, op: str, args: dict[str, A
 
 
 def _relay(args: dict[str, ArgValue]) -> bool:
-    seconds = args.get("seconds")
-    return args.get("state") in ("on", "off") and set(args) <= {"state", "seconds"} and (
-        seconds is None or (type(seconds) is int and 1 <= seconds <= MAX_EXPIRY_S))
+    seconds, name = args.get("seconds"), args.get("name")
+    return args.get("state") in ("on", "off") and set(args) <= {"state", "seconds", "name"} \
+        and (seconds is None or (type(seconds) is int and 1 <= seconds <= MAX_EXPIRY_S)) \
+        and (name is None or (isinstance(name, str) and 0 < len(name) <= 16))
 
 
 def _set(args: dict[str, ArgValue]) -> bool:

@@ -91,6 +91,12 @@ class App:
                 gc.collect()  # once per report: the heap figures below are then live data
                 self._note_heap(gc.mem_alloc(), gc.mem_free())
             self.link.service(self.ring)
+            if self.relay_due is not None and \
+                    time.ticks_diff(time.ticks_ms(), self.relay_due) >= 0:
+                from gemeter import relay  # a timed switch ends: loaded for that only
+
+                relay.tick(self)
+                unload(("relay",))
             busy = time.ticks_diff(time.ticks_us(), t0)
             self.busy_us[0] += busy
             if busy > self.busy_us[1]:
@@ -107,32 +113,14 @@ class App:
         return self.stats()
 
     def _commands(self):
-        """Open and run the commands the link received; their results, for the frame.
-        The command code is loaded only while there is a command (it stays off the heap
-        otherwise). The counter is saved before a command runs: a replay after a power
-        cut is still refused."""
-        from gemeter.command import CommandError, Commands
+        """Run the commands the link received (cmdrun.py, loaded only while there are
+        any: it stays off the heap otherwise); their results, for the frame."""
+        from gemeter import cmdrun
 
-        cmds = Commands(self.device_id, self.key, self.state.cmd)
-        cmds.recent = self.cmd_recent
-        results = []
-        inbox = self.link.inbox
-        while inbox:
-            try:
-                c = cmds.open(inbox.pop(0), self.clock.unix_ms())
-            except CommandError as e:
-                self.commands_refused += 1
-                if len(e.args) > 1:  # authentic, not run: say why
-                    results.append((e.args[1], "refused", e.args[0]))
-                continue
-            self.state.cmd = c["counter"]
-            self.state.save()
-            if c["op"] == "read":  # the frame that carries this result is the reading
-                results.append((c["id"], "done", None))
-            else:
-                results.append((c["id"], "failed", "unsupported"))
-        unload(("command",))
-        return results
+        try:
+            return cmdrun.run(self)
+        finally:
+            unload(("cmdrun", "command", "relay"))
 
     def _note_heap(self, live, free):
         if self.heap_free_min is None or free < self.heap_free_min:

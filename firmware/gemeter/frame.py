@@ -149,8 +149,8 @@ class FrameBuilder:
               results=None):
         """Encode and MAC one frame (bytes). channels: 1..MAX_CHANNELS objects that each
         append their channel map with ``cbor_into(buf)`` (aggregate.ChannelAggregate);
-        results: (command id bytes, state str, reason str or None) of commands handled
-        since the last frame."""
+        results: the CBOR array of the results of commands handled since the last frame
+        (cmdrun.py encodes it: this code stays off the meter's heap between commands)."""
         if not 1 <= len(channels) <= MAX_CHANNELS:
             raise FrameError("a frame carries 1..%d channels" % MAX_CHANNELS)
         payload = self._payload
@@ -173,14 +173,7 @@ class FrameBuilder:
             c.cbor_into(payload)
         if results:
             payload.append(_F_RESULTS)
-            head(payload, 4, len(results))
-            for cid, state, reason in results:
-                head(payload, 4, 2 if reason is None else 3)
-                _bytes(payload, cid)
-                for text in (state, reason):
-                    if text is not None:
-                        head(payload, 3, len(text))
-                        payload.extend(text.encode())
+            payload.extend(results)
         length = self._len
         length[:] = b""
         head(length, 2, len(payload))

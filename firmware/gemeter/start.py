@@ -154,6 +154,14 @@ def _parts(app, paths):
         print("problem: " + app.state.problem)
     app.builder = frame.FrameBuilder(settings["device_id"], key)
     app.device_id, app.key = settings["device_id"], key  # for commands (command.py)
+    app.relays, app.relay_due = None, None
+    if desc.get("relays"):  # closed at start unless a saved state says otherwise
+        from gemeter import relay
+
+        app.relays = {name: [r["pin"], r.get("on", 1), True, None, None]
+                      for name, r in desc["relays"].items()}
+        relay.restore(app, app.state.relay)  # the boot's save writes what is driven
+        unload(("relay",))
     app.clock = Clock()
     app.link = open_link(desc, settings, paths, app.clock)
     app.wdt_ms = desc.get("wdt_timeout_ms", 8000)

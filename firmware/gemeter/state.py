@@ -13,7 +13,7 @@ Two copies, /state.a.json and /state.b.json. Each save writes the whole state, n
 one above the newest copy, into the *other* copy: the newest copy is never the one being
 written, so a write torn by a power cut, or a copy corrupted on the flash, loses at most
 that one save. A copy is a line of JSON (``n``, the save's number; ``boot``;
-``energy_mwh``; ``cmd``, the last command counter accepted) and a line with its check, the first 4 bytes of the line's SHA-256 in hex;
+``energy_mwh``; ``cmd``, the last command counter accepted; ``relay``, relay.py's) and a line with its check, the first 4 bytes of the line's SHA-256 in hex;
 a copy that fails its check or holds anything else is unreadable. One write per save, as
 with a single file (no temporary file and rename: the other copy is the fallback).
 
@@ -41,6 +41,7 @@ class State:
         self.boot = 0
         self.energy_mwh = {}  # channel index (str) -> mWh
         self.cmd = 0  # the counter of the last command accepted (command.py)
+        self.relay = {}  # relay name -> [on, state a pending timed switch restores]
         self.writes = 0
         self.problem = None
         self.n = 0  # number of the newest save
@@ -67,7 +68,7 @@ class State:
     def _write(self):
         n = self.n + 1
         line = json.dumps({"n": n, "boot": self.boot, "energy_mwh": self.energy_mwh,
-                           "cmd": self.cmd}).encode()
+                           "cmd": self.cmd, "relay": self.relay}).encode()
         with open(self.copies[self.next], "wb") as f:
             f.write(line)
             f.write(b"\n")

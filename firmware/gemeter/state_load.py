@@ -51,12 +51,24 @@ def _read(path):
         rec = json.loads(line)
         n, boot, energy = rec["n"], rec["boot"], _energy(rec["energy_mwh"])
         cmd = rec.get("cmd", 0)  # copies written before commands have none
+        relay = _relay(rec.get("relay", {}))
         if _count(n) and _count(boot) and boot <= 0xFFFFFFFF and energy is not None \
-                and _count(cmd):
-            return n, boot, energy, cmd
+                and _count(cmd) and relay is not None:
+            return n, boot, energy, cmd, relay
     except (ValueError, TypeError, KeyError, AttributeError):
         pass
     return False
+
+
+def _relay(d):
+    # name -> [on, back]: booleans, back also None (no timed switch pending)
+    out = {}
+    for k, v in d.items():
+        if not (isinstance(v, list) and len(v) == 2 and v[0] in (True, False)
+                and v[1] in (True, False, None)):
+            return None
+        out[str(k)] = v
+    return out
 
 
 def _energy(d):
@@ -74,7 +86,7 @@ def _fill(st):
     good = [i for i in (0, 1) if got[i]]
     if good:
         new = max(good, key=lambda i: got[i][0])
-        st.n, boot, st.energy_mwh, _cmd = got[new]
+        st.n, boot, st.energy_mwh, _cmd, st.relay = got[new]
         st.next = 1 - new
         st.boot = max(got[i][1] for i in good)
         # A replayed command must stay refused whichever copy survived: the highest.

@@ -224,7 +224,7 @@ def test_a_read_command_comes_back_done_in_a_frame_at_once(
         publish = Capture(mosquitto.port, topic="unused/#")
         for msg in (read, read, Command(DEVICE, 5, expires, b"r2", "read").seal(KEY),
                     Command(DEVICE, 6, expires, b"r3", "read").seal(bytes(32)),
-                    Command(DEVICE, 7, expires, b"r4", "relay", {"state": "off"}).seal(KEY)):
+                    Command(DEVICE, 7, expires, b"r4", "reboot").seal(KEY)):
             publish.client.publish(f"gridedge/v1/dev/{DEVICE}/cmd", msg,
                                    qos=1).wait_for_publish(10)
             time.sleep(0.3)

@@ -67,13 +67,13 @@ def test_each_save_writes_the_copy_that_is_not_the_newest(
     first = boot(fw, tmp_path, {"0": 1000})
     assert first == {"loaded": 0, "energy_mwh": {}, "problem": None, "boot": 1, "writes": 2}
     assert [record(tmp_path, n) for n in COPIES] == [
-        {"n": 1, "boot": 1, "energy_mwh": {}, "cmd": 0},
-        {"n": 2, "boot": 1, "energy_mwh": {"0": 1000}, "cmd": 0}]
+        {"n": 1, "boot": 1, "energy_mwh": {}, "cmd": 0, "relay": {}},
+        {"n": 2, "boot": 1, "energy_mwh": {"0": 1000}, "cmd": 0, "relay": {}}]
     second = boot(fw, tmp_path)  # a power cut before the final checkpoint
     assert second["boot"] == 2 and second["energy_mwh"] == {"0": 1000}
     assert second["writes"] == 1  # one write per save: flash wear as with one file
     assert record(tmp_path, "state.a.json") == {"n": 3, "boot": 2, "energy_mwh": {"0": 1000},
-                                                "cmd": 0}
+                                                "cmd": 0, "relay": {}}
     assert newest(tmp_path) == "state.a.json"
     assert boot(fw, tmp_path)["boot"] == 3 and newest(tmp_path) == "state.b.json"
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
