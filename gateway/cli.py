@@ -102,6 +102,33 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_commands(args: argparse.Namespace) -> int:
+    import sqlite3
+    import time
+
+    from gateway.command_queue import listing
+    from gateway.payloads import iso_ms
+
+    cfg = load(args.config)
+    try:
+        rows = listing(cfg.commands_path)
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"{cfg.commands_path}: {e}") from None
+    if not args.all:
+        recent = int(time.time() * 1000) - 86_400_000
+        rows = [r for r in rows if r["state"] == "queued" or int(str(r["updated_ms"])) > recent]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'device':<20} {'id':<16} {'op':<8} {'state':<10} {'expires':<24} args")
+    for r in rows:
+        print(f"{r['device']!s:<20} {r['id']!s:<16} {r['op']!s:<8} {r['state']!s:<10} "
+              f"{iso_ms(int(str(r['expires_ms']))):<24} {r['args']}")
+    print(f"{len(rows)} command(s) in {cfg.commands_path}"
+          + ("" if args.all else " (waiting, or changed in the last 24 h; --all for every one)"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from gateway.protocol import VERSION
 
@@ -157,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
                         parents=[late_config])
     d.add_argument("id", help="device id")
     p.set_defaults(func=cmd_devices)
+    p = sub.add_parser("commands", help="the command queue: what waits for each device, "
+                       "what was delivered, expired, done or failed")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=config_help)
+    p.add_argument("--json", action="store_true", help="one JSON document instead of a table")
+    p.add_argument("--all", action="store_true", help="every command kept (7 days), not "
+                   "only those waiting or changed in the last 24 h")
+    p.set_defaults(func=cmd_commands)
     return parser
 
 

@@ -160,6 +160,18 @@ class CommandQueue:
             return dict(self.db.execute("SELECT state, count(*) FROM commands GROUP BY state"))
 
 
+def listing(path: str | Path) -> list[dict[str, object]]:
+    """Every command in a queue file, newest first, read-only (the running gateway owns
+    the file: this never writes, moves or repairs it)."""
+    if not Path(path).exists():
+        return []
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        rows = db.execute("SELECT device, id, op, args, state, counter, expires_ms, "
+                          "updated_ms FROM commands ORDER BY updated_ms DESC").fetchall()
+    keys = ("device", "id", "op", "args", "state", "counter", "expires_ms", "updated_ms")
+    return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
 def _entry(row: tuple[str, str, int, str, str, int, str, str, bytes]) -> Entry:
     device, cid, counter, op, args, expires, state, reply, correlation = row
     return Entry(device, cid, counter, op, json.loads(args), expires, state, reply,
