@@ -314,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "command", parents=[cloud],
         help="sign a command with an operator key, send it to a gateway for one device, "
-        "print its answers; exit 0 once delivered, 1 if rejected or expired, 3 on timeout")
+        "print its answers; exit 0 once the device has done it, 1 if it is rejected, "
+        "expires, is refused or fails, 3 on timeout")
     p.add_argument("--key-file", required=True, help="the operator key (gridedge operator-key)")
     p.add_argument("--gateway", required=True, metavar="ID", help="the gateway's id")
     p.add_argument("--device", required=True, metavar="ID", help="the device's id")

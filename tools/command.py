@@ -6,9 +6,10 @@ An operator's key is an Ed25519 private key in a file (64 hex digits, mode 0600)
 device (gateway/command_auth.py: the signature covers the gateway, the id, the device,
 the operation, its arguments and the expiry), publishes it with MQTT 5 to
 ``<prefix>/<gateway>/commands`` with a response topic of its own and a correlation id,
-prints each answer as a line of JSON, and exits with the outcome: 0 once the command is
-delivered, 1 if it is rejected or expires, 3 if no final answer comes within
-``--timeout`` (the command may still be delivered later: its id says which).
+prints each answer as a line of JSON, and exits with the outcome: 0 once the device says
+it is done, 1 if the gateway rejects it, it expires, or the device refuses it or fails, 3
+if no final answer comes within ``--timeout`` (the command may still be delivered and
+done later: its id says which).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from paho.mqtt.properties import Properties
 from gateway.command_auth import ArgValue, key_id, sign
 from tools.errors import ToolError
 
-FINAL = {"delivered": 0, "rejected": 1, "expired": 1}
+FINAL = {"done": 0, "failed": 1, "refused": 1, "rejected": 1, "expired": 1}
 
 
 def make_key(path: Path, out: TextIO | None = None) -> int:
@@ -145,8 +146,8 @@ def run(o: Options, out: TextIO | None = None) -> int:
         client.publish(f"{o.prefix}/{o.gateway}/commands", json.dumps(request), qos=1,
                        properties=props).wait_for_publish(10)
         if not done.wait(o.timeout):
-            print(f"gridedge command: no final answer for {cid} within {o.timeout:g} s",
-                  file=sys.stderr)
+            print(f"gridedge command: no final answer for {cid} within {o.timeout:g} s "
+                  "(its answers so far are above)", file=sys.stderr)
             return 3
         return outcome[0]
     finally:

@@ -12,7 +12,9 @@ everything, in the order that loses nothing: fleet, gateway (drains), brokers.
 
 from __future__ import annotations
 
+import io
 import json
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -66,7 +68,12 @@ max_current = 40
 [[checks.override]]    # the feeder head carries the whole street
 device = "line-01"
 limits = {{ max_current = 400 }}
+
+[commands]             # the demo's control room signs with an operator key made for it
+enabled = true
+operator_keys = ["{operator}"]
 """
+COMMAND_AT_S = 12.0  # the demo's command goes out when the meters are up and reporting
 
 
 class Recorder:
@@ -137,8 +144,10 @@ def run(duration: float, workdir: Path, out: TextIO, scenario_path: Path = DEFAU
     cloud = Mosquitto(workdir / "cloud").start()
     config = workdir / "gateway.toml"
     metrics_port = free_port()
+    key_file = workdir / "operator.key"
     config.write_text(GATEWAY_TOML.format(state=workdir / "state", local=local.port,
-                                          cloud=cloud.port, metrics=metrics_port))
+                                          cloud=cloud.port, metrics=metrics_port,
+                                          operator=operator_key(key_file)))
     fleet = Fleet(scenario, workdir / "fleet", "mqtt", ("127.0.0.1", local.port))
     register(fleet, config)
     recorder = Recorder(cloud.port)
@@ -166,6 +175,8 @@ def run(duration: float, workdir: Path, out: TextIO, scenario_path: Path = DEFAU
     out.flush()
     fleet.start()
     t0 = time.monotonic()
+    control = ControlRoom(cloud.port, key_file, scenario.meter_ids()[0])
+    control.start()
     cpu0, own0 = fleet.cpu_seconds(), time.process_time()
     try:
         if monitor:
@@ -185,6 +196,7 @@ def run(duration: float, workdir: Path, out: TextIO, scenario_path: Path = DEFAU
         fleet.stop()
         time.sleep(0.5)
         summary = recorder.summary()
+        summary["command"] = control.result()
         recorder.close()
         local.stop()
         cloud.stop()
@@ -195,6 +207,53 @@ def run(duration: float, workdir: Path, out: TextIO, scenario_path: Path = DEFAU
                    cloud_port=cloud.port, workdir=str(workdir))
     (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def operator_key(path: Path) -> str:
+    """A new operator key pair for the demo: the private half in ``path``, the public
+    half (hex) returned for the gateway's [commands] operator_keys."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    private = secrets.token_bytes(32)
+    path.write_text(private.hex() + "\n")
+    path.chmod(0o600)
+    return Ed25519PrivateKey.from_private_bytes(private).public_key().public_bytes(
+        Encoding.Raw, PublicFormat.Raw).hex()
+
+
+class ControlRoom:
+    """At COMMAND_AT_S, ``gridedge command``'s own code sends one signed command: the first
+    meter's relay off for 10 s. Its answers, for the summary."""
+
+    def __init__(self, cloud_port: int, key_file: Path, device: str) -> None:
+        from tools.command import Options
+
+        self.options = Options(host="127.0.0.1", port=cloud_port, gateway="demo-gw",
+                               device=device, op="relay", key_file=key_file,
+                               args={"state": "off", "seconds": 10}, timeout=20,
+                               id="demo-relay-1")
+        self.what = f"relay off for 10 s to {device}"
+        self.answers = io.StringIO()
+        self.rc: int | None = None
+        self._thread = threading.Thread(target=self._send, name="control-room", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _send(self) -> None:
+        from tools.command import run
+
+        time.sleep(COMMAND_AT_S)
+        try:
+            self.rc = run(self.options, out=self.answers)
+        except Exception as e:
+            self.answers.write(json.dumps({"state": f"error: {e}"}) + "\n")
+
+    def result(self) -> dict[str, Any]:
+        states = [json.loads(line).get("state", "?")
+                  for line in self.answers.getvalue().splitlines() if line.strip()]
+        return {"what": self.what, "states": states, "exit": self.rc}
 
 
 def watch_command(cloud_port: int) -> str:
@@ -209,6 +268,11 @@ def report(summary: dict[str, Any], out: TextIO) -> None:
     out.write(f"  scenario events played: {len(summary['events'])}; each device's firmware "
               f"process used {summary['cpu_per_device_pct']} % of a core; the virtual "
               f"boards {summary['simulator_cpu_pct']} % of a core in all\n")
+    c = summary.get("command") or {}
+    if c:
+        done = " (the meter opened its relay, and closed it again itself)" \
+            if "done" in c["states"] else ""
+        out.write(f"  command: {c['what']}: {' -> '.join(c['states']) or 'no answer'}{done}\n")
     out.write("to watch a demo's cloud traffic, run the command it prints at start (each "
               "demo picks free ports), e.g.\n"
               f"  {watch_command(summary['cloud_port'])}\n")

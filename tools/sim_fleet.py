@@ -37,6 +37,7 @@ FIRMWARE = resources.firmware()
 MACHINE_SHIM = resources.machine_shim()
 BOARD = "esp32-devkitc"
 TICK_S = 0.25
+RELAY_PIN = "pin25"  # boards/esp32-devkitc.json relays.load
 
 
 class FleetError(ToolError):
@@ -125,10 +126,15 @@ class SimDevice:
         if rig.ade is None:
             raise FleetError(f"board {BOARD} has no ADE7953: the fleet's meters need one")
         self.pzem, self.ade, self.gateway_uart = rig.pzem, rig.ade, rig.gateway_uart
+        # The board's relay (boards/esp32-devkitc.json: GPIO 25, closed at 1) switches the
+        # house's circuit, which the PZEM measures: open, the house draws nothing.
+        self.relay_closed = True
+        board.on_pin(RELAY_PIN, lambda level: setattr(self, "relay_closed", bool(level)))
 
     def apply(self, q: dict[int, Quantities], energy_s: float) -> None:
         """Set what the ICs measure now; let energy_s seconds of energy accumulate."""
-        m = q[0]
+        m = q[0] if self.relay_closed else Quantities(q[0].voltage, 0.0, 0.0, 1.0,
+                                                        q[0].frequency)
         self.pzem.set_reading(voltage=m.voltage, current=m.current, power=m.power,
                               frequency=m.frequency, pf=m.pf)
         self.ade.voltage, self.ade.frequency = q[1].voltage, q[1].frequency
@@ -234,6 +240,17 @@ class Fleet:
     def _apply(self, t: float, dt: float) -> None:
         state = self.grid.step(t)
         speed = self.scenario.fleet.energy_speedup
+        # A house whose relay is open draws nothing, and the feeder head carries that much
+        # less (with the cables' losses): the energy balance sees no loss.
+        cut = sum(state[d][0].power for d, sim in self.devices.items() if not sim.relay_closed
+                  and d in state and 0 in state[d])
+        if cut:
+            losses = self.scenario.fleet.losses
+            for line in self.scenario.line_sensor_ids():
+                q = state[line][1]
+                power = q.power - cut * (1 + losses)
+                state[line][1] = Quantities(q.voltage, abs(power) / (q.voltage * abs(q.pf)),
+                                            power, q.pf, q.frequency)
         for dev, sim in self.devices.items():
             stuck = self.grid.stuck(dev, t)
             sim.apply(state[dev], 0.0 if stuck else dt * speed)

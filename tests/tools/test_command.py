@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.alarm import Alarm
 from gateway.command_auth import key_id
+from gateway.protocol import Channel, Frame
 from tests.support.brokers import Mosquitto
 from tests.support.command_parts import GW, OPERATOR, Meter, start_commander
 from tests.support.fwrunner import firmware_module
@@ -52,13 +54,20 @@ def test_a_command_is_delivered_or_rejected_and_says_so(
     try:
         meter.status("online")
         assert wait_for(lambda: "mtr-1" in c.online, 10)
+        # The fake meter cannot act: its result comes as the gateway would get it, in a
+        # frame, once the command has reached it.
+        def result() -> None:
+            if wait_for(lambda: len(meter.got) == 1, 10):
+                c.committed([Frame("mtr-1", 1, 9, 9000, 1000, (Channel(0, 0, {}),),
+                                   results=((b"cli-1", "done", ""),))], {})
+        threading.Thread(target=result, daemon=True).start()
         t0 = time.perf_counter()
         assert cli.main([*base, "--key-file", str(good), "--id", "cli-1", "relay",
                          "state=off", "seconds=900"]) == 0
         took = time.perf_counter() - t0
         lines = capsys.readouterr().out.splitlines()
         assert [line.split('"state": ')[1].split('"')[1] for line in lines] == [
-            "accepted", "delivered"]
+            "accepted", "delivered", "done"]
         assert wait_for(lambda: len(meter.got) == 1, 10)
         opened = command.Commands("mtr-1", device_key("mtr-1")).open(meter.got[0])
         assert opened["args"] == {"state": "off", "seconds": 900} and took < 5
