@@ -24,7 +24,7 @@ from gateway.cose import Mac0
 DOWN_LABEL = b"gridedge/v1 down"
 MAX_COMMAND = 512  # bytes of one command message, as the firmware accepts
 MAX_ID = 16
-C_DEVICE, C_COUNTER, C_EXPIRES, C_ID, C_OP, C_ARGS = 1, 2, 3, 4, 5, 6
+C_DEVICE, C_COUNTER, C_EXPIRES, C_ID, C_OP, C_ARGS, C_SENT = 1, 2, 3, 4, 5, 6, 7
 
 Arg = int | str | bool | bytes | None
 
@@ -44,6 +44,7 @@ class Command:
     id: bytes
     op: str
     args: Mapping[str, Arg] = field(default_factory=dict)
+    sent_ms: int | None = None  # the gateway's clock as it seals it (the ``time`` command)
 
     def seal(self, device_key: bytes) -> bytes:
         """The command's message, MACed with the device's downlink key."""
@@ -53,6 +54,8 @@ class Command:
                                    C_EXPIRES: self.expires_ms, C_ID: self.id, C_OP: self.op}
         if self.args:
             body[C_ARGS] = dict(self.args)
+        if self.sent_ms is not None:
+            body[C_SENT] = self.sent_ms
         payload = cbor2.dumps(body, canonical=True)
         msg = Mac0.sign(derive(device_key, DOWN_LABEL), self.device.encode(), payload)
         if len(msg) > MAX_COMMAND:

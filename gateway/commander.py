@@ -185,7 +185,7 @@ class Commander:
                 if any(e.id == entry.id and e.device == device for e in self._sent.values()):
                     continue  # on its way
                 sealed = Command(device, entry.counter, entry.expires_ms, entry.id.encode(),
-                                 entry.op, entry.args).seal(key)
+                                 entry.op, entry.args, now_ms()).seal(key)
                 info = self.local.publish(f"gridedge/v1/dev/{device}/cmd", sealed, qos=1)
                 self._sent[info.mid] = entry
 

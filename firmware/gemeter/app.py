@@ -61,6 +61,7 @@ class App:
         self.heap_free_min = None
         self.busy_us = [0, 0]  # total, max
         self.cmd_recent = []  # ids of the last commands accepted (command.py)
+        self.reboot_at = None  # uptime of a reboot command, until its result is sent
         self.commands_refused = 0
 
     def energy(self):
@@ -91,6 +92,11 @@ class App:
                 gc.collect()  # once per report: the heap figures below are then live data
                 self._note_heap(gc.mem_alloc(), gc.mem_free())
             self.link.service(self.ring)
+            if self.reboot_at is not None and (self.ring.peek() is None or
+                                               self.uptime_ms - self.reboot_at > 10000):
+                # A reboot command's result is out (or 10 s have passed): restart.
+                self.state.checkpoint(self.energy(), self.checkpoint_s, force=True)
+                machine.reset()
             if self.relay_due is not None and \
                     time.ticks_diff(time.ticks_ms(), self.relay_due) >= 0:
                 from gemeter import relay  # a timed switch ends: loaded for that only

@@ -4,7 +4,9 @@ Loaded by the app only while its link holds commands, and unloaded after, so the
 that runs them is never in the meter's heap between commands. The counter is saved
 before a command acts: a replay after a power cut is still refused. ``read`` is done by
 the frame that carries its result (the app sends it at once); ``relay`` switches the
-board's relay (relay.py); the other operations answer ``failed``/``unsupported`` for now.
+board's relay (relay.py); ``time`` sets the clock to the gateway's, sealed in the command;
+``reboot`` restarts the board once its result is sent; ``set`` answers
+``failed``/``unsupported`` for now.
 """
 
 from gemeter.command import CommandError, Commands
@@ -31,6 +33,13 @@ def run(app):
             results.append((c["id"], "done", None))
         elif c["op"] == "relay":
             results.append((c["id"],) + _relay(app, c["args"]))
+        elif c["op"] == "time" and c["sent"] is not None:
+            offset = app.clock.set(c["sent"])
+            results.append((c["id"], "done", "set" if offset is None else
+                            "offset %d ms" % offset))
+        elif c["op"] == "reboot":
+            app.reboot_at = app.uptime_ms  # once this result is sent (app.py)
+            results.append((c["id"], "done", None))
         else:
             results.append((c["id"], "failed", "unsupported"))
     return _encode(results) if results else None

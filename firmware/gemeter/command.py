@@ -33,6 +33,7 @@ _C_EXPIRES = const(3)  # unix ms
 _C_ID = const(4)  # 1..16 bytes, chosen by the sender, carried back by the result
 _C_OP = const(5)
 _C_ARGS = const(6)
+_C_SENT = const(7)  # the gateway's clock when it sealed the command (unix ms), optional
 
 
 class CommandError(ValueError):
@@ -164,9 +165,10 @@ class Commands:
         if not isinstance(body, dict):
             raise CommandError("malformed")
         cid, counter, expires = body.get(_C_ID), body.get(_C_COUNTER), body.get(_C_EXPIRES)
-        op, args = body.get(_C_OP), body.get(_C_ARGS, {})
+        op, args, sent = body.get(_C_OP), body.get(_C_ARGS, {}), body.get(_C_SENT)
         if not (isinstance(cid, bytes) and 1 <= len(cid) <= 16 and _uint(counter)
-                and _uint(expires) and isinstance(op, str) and isinstance(args, dict)):
+                and _uint(expires) and isinstance(op, str) and isinstance(args, dict)
+                and (sent is None or _uint(sent))):
             raise CommandError("malformed")
         if body.get(_C_DEVICE) != self.device_id:
             raise CommandError("wrong_device")
@@ -181,7 +183,8 @@ class Commands:
         self.recent.append(cid)
         if len(self.recent) > _RECENT:
             self.recent.pop(0)
-        return {"id": cid, "counter": counter, "expires": expires, "op": op, "args": args}
+        return {"id": cid, "counter": counter, "expires": expires, "op": op, "args": args,
+                "sent": sent}
 
 
 def _uint(v):

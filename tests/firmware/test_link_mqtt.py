@@ -224,7 +224,8 @@ def test_a_read_command_comes_back_done_in_a_frame_at_once(
         publish = Capture(mosquitto.port, topic="unused/#")
         for msg in (read, read, Command(DEVICE, 5, expires, b"r2", "read").seal(KEY),
                     Command(DEVICE, 6, expires, b"r3", "read").seal(bytes(32)),
-                    Command(DEVICE, 7, expires, b"r4", "reboot").seal(KEY)):
+                    Command(DEVICE, 7, expires, b"r4", "set", {"key": "x", "value": 1}
+                            ).seal(KEY)):
             publish.client.publish(f"gridedge/v1/dev/{DEVICE}/cmd", msg,
                                    qos=1).wait_for_publish(10)
             time.sleep(0.3)
@@ -241,3 +242,36 @@ def test_a_read_command_comes_back_done_in_a_frame_at_once(
     assert stats["commands_refused"] == 3  # the duplicate, the replay, the forgery
     # Each result came in a frame of its own, long before the 60-s period ended.
     assert all(f.period_ms < 5000 for f in frames if f.results)
+
+
+def test_time_sets_the_clock_and_reboot_restarts_after_its_result(
+    fw: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """``time`` carries the gateway's clock sealed in the command (the unix port's host
+    keeps its own: the result says the offset); ``reboot`` sends its result, then the
+    board restarts (the virtual board's machine.reset exits with 75)."""
+    from gateway.command import Command
+
+    capture = Capture(mosquitto.port)
+    meter = mqtt_meter(vboard, tmp_path, mosquitto, report_interval_s=60)
+    proc = start_app(fw, vboard, meter, 200)
+    try:
+        assert capture.wait(lambda: b"online" in capture.payloads("/status"), 20)
+        expires = int(time.time() * 1000) + 60_000
+        for cmd in (Command(DEVICE, 1, expires, b"t1", "time",
+                            sent_ms=int(time.time() * 1000) + 5000),
+                    Command(DEVICE, 2, expires, b"b1", "reboot")):
+            capture.client.publish(f"gridedge/v1/dev/{DEVICE}/cmd", cmd.seal(KEY),
+                                   qos=1).wait_for_publish(10)
+            time.sleep(0.5)
+        assert proc.wait(timeout=30) == 75  # machine.reset()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    capture.wait(lambda: sum(len(f.results) for f in decode_all(
+        capture.payloads("/frame"))) >= 2, 10)
+    results = [r for f in decode_all(capture.payloads("/frame")) for r in f.results]
+    capture.close()
+    (t_id, t_state, t_reason), reboot = results
+    assert (t_id, t_state, reboot) == (b"t1", "done", (b"b1", "done", ""))
+    assert t_reason.startswith("offset ") and 4000 < int(t_reason.split()[1]) < 6000

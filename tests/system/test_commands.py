@@ -53,6 +53,16 @@ def test_read_goes_down_and_its_result_comes_back_up(
                     if r["kind"] == "command_results"]
         assert event["device"] == DEVICE and event["results"] == [{"id": "rt-1",
                                                                    "state": "done"}]
+        # time: the gateway seals its own clock into the command; the meter's result
+        # says what it corrected (the unix port's host clock: about nothing).
+        ops.send(sign(OPERATOR, GW, "rt-2", DEVICE, "time", {},
+                      int(time.time() * 1000) + 60_000))
+        assert wait_for(lambda: ops.states("rt-2") == ["accepted", "delivered", "done"], 20), \
+            ops.answers
+        (answer,) = [a for _t, a, _c in ops.answers if a["id"] == "rt-2" and
+                     a["state"] == "done"]
+        assert answer["reason"].startswith("offset ") and \
+            abs(int(answer["reason"].split()[1])) < 2000, answer
     finally:
         proc.kill()
         proc.wait(10)

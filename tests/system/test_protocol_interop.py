@@ -193,7 +193,8 @@ def test_commands_validate_against_cddl(cddl_path: Path, tmp_path: Path) -> None
     key = bytes(range(32))
     for c in (Command(DEVICE, 1, 1_789_948_860_000, b"c1", "reboot"),
               Command(DEVICE, 2**40, 1_789_948_860_000, bytes(16), "relay",
-                      {"state": "off", "seconds": 600})):
+                      {"state": "off", "seconds": 600}),
+              Command(DEVICE, 3, 1_789_948_860_000, b"t", "time", sent_ms=1_789_948_800_000)):
         assert zcbor_valid(cddl_path, c.seal(key), tmp_path, "gridedge-command")
         assert not zcbor_valid(cddl_path, c.seal(key), tmp_path)
     assert not zcbor_valid(cddl_path, Command(DEVICE, 1, 5, b"c1", "x").seal(key), tmp_path,
