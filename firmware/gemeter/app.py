@@ -60,9 +60,6 @@ class App:
         self.heap_live = [None, None, None]  # first, min after warm-up, max after warm-up
         self.heap_free_min = None
         self.busy_us = [0, 0]  # total, max
-        self.cmd_recent = []  # ids of the last commands accepted (command.py)
-        self.reboot_at = None  # uptime of a reboot command, until its result is sent
-        self.commands_refused = 0
 
     def energy(self):
         totals = dict(self.state.energy_mwh)
@@ -82,27 +79,20 @@ class App:
             now = time.ticks_ms()
             self.uptime_ms += time.ticks_diff(now, last)
             last = now
-            results = self._commands() if getattr(self.link, "inbox", None) else None
+            results = None
+            if getattr(self.link, "inbox", None):
+                results = self._commands(False)
             if self.sampler.due() or results:  # a command's result goes up at once
                 self.ring.push(self.sampler.report(
                     self.boot, self.seq, self.uptime_ms, self.clock.unix_ms(), self.ring.dropped,
                     results))
                 self.seq += 1
+                if self.ctl[2] is not None or self.ctl[3] is not None:
+                    self._commands(True)  # a reboot or a timed relay switch is pending
                 self.state.checkpoint(self.energy(), self.checkpoint_s)
                 gc.collect()  # once per report: the heap figures below are then live data
                 self._note_heap(gc.mem_alloc(), gc.mem_free())
             self.link.service(self.ring)
-            if self.reboot_at is not None and (self.ring.peek() is None or
-                                               self.uptime_ms - self.reboot_at > 10000):
-                # A reboot command's result is out (or 10 s have passed): restart.
-                self.state.checkpoint(self.energy(), self.checkpoint_s, force=True)
-                machine.reset()
-            if self.relay_due is not None and \
-                    time.ticks_diff(time.ticks_ms(), self.relay_due) >= 0:
-                from gemeter import relay  # a timed switch ends: loaded for that only
-
-                relay.tick(self)
-                unload(("relay",))
             busy = time.ticks_diff(time.ticks_us(), t0)
             self.busy_us[0] += busy
             if busy > self.busy_us[1]:
@@ -118,15 +108,16 @@ class App:
         self.state.checkpoint(self.energy(), self.checkpoint_s, force=True)
         return self.stats()
 
-    def _commands(self):
+    def _commands(self, due=False):
         """Run the commands the link received (cmdrun.py, loaded only while there are
-        any: it stays off the heap otherwise); their results, for the frame."""
+        any: it stays off the heap otherwise); their results, for the frame. ``due``: at
+        a report, what a command left pending (a reboot, a timed relay switch)."""
         from gemeter import cmdrun
 
         try:
-            return cmdrun.run(self)
+            return cmdrun.due(self) if due else cmdrun.run(self)
         finally:
-            unload(("cmdrun", "command", "relay"))
+            unload(("cmdrun", "command", "relay", "config"))
 
     def _note_heap(self, live, free):
         if self.heap_free_min is None or free < self.heap_free_min:
@@ -156,5 +147,5 @@ class App:
             "link_connects": getattr(self.link, "connects", 0),
             "link_failures": getattr(self.link, "failures", 0),
             "link_error": repr(getattr(self.link, "last_error", None)),
-            "commands_refused": self.commands_refused,
+            "commands_refused": self.ctl[1],
         }

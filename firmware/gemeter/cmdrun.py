@@ -5,8 +5,10 @@ that runs them is never in the meter's heap between commands. The counter is sav
 before a command acts: a replay after a power cut is still refused. ``read`` is done by
 the frame that carries its result (the app sends it at once); ``relay`` switches the
 board's relay (relay.py); ``time`` sets the clock to the gateway's, sealed in the command;
-``reboot`` restarts the board once its result is sent; ``set`` answers
-``failed``/``unsupported`` for now.
+``reboot`` restarts the board once its result is sent (``due``, at a report, as the end
+of a timed relay switch); ``set`` changes one setting in
+the config file with the console's checks (it applies at the next start; the device id,
+which its key is bound to, is not changed remotely, and a secret is never echoed).
 """
 
 from gemeter.command import CommandError, Commands
@@ -15,15 +17,18 @@ from gemeter.command import CommandError, Commands
 def run(app):
     """The results of the commands in ``app.link.inbox``, as the CBOR array that is key 9
     of the next frame: [[id, state, reason?], ...]; None if there are none."""
-    cmds = Commands(app.device_id, app.key, app.state.cmd)
-    cmds.recent = app.cmd_recent
+    ctl = app.ctl  # [recent ids, refused, reboot at, relay due]
+    with open(_root(app) + "key.bin", "rb") as f:  # the key file, as start.Paths has it
+        key = f.read()
+    cmds = Commands(app.builder.device_id, key, app.state.cmd)
+    cmds.recent = ctl[0]
     results = []
     inbox = app.link.inbox
     while inbox:
         try:
             c = cmds.open(inbox.pop(0), app.clock.unix_ms())
         except CommandError as e:
-            app.commands_refused += 1
+            ctl[1] += 1
             if len(e.args) > 1:  # authentic, not run: say why
                 results.append((e.args[1], "refused", e.args[0]))
             continue
@@ -34,11 +39,13 @@ def run(app):
         elif c["op"] == "relay":
             results.append((c["id"],) + _relay(app, c["args"]))
         elif c["op"] == "time" and c["sent"] is not None:
-            offset = app.clock.set(c["sent"])
+            offset = _set_clock(app.clock, c["sent"])
             results.append((c["id"], "done", "set" if offset is None else
                             "offset %d ms" % offset))
+        elif c["op"] == "set":
+            results.append((c["id"],) + _set(app, c["args"]))
         elif c["op"] == "reboot":
-            app.reboot_at = app.uptime_ms  # once this result is sent (app.py)
+            ctl[2] = app.uptime_ms  # the board restarts once this result is sent (due)
             results.append((c["id"], "done", None))
         else:
             results.append((c["id"], "failed", "unsupported"))
@@ -59,6 +66,77 @@ def _encode(results):
                 head(buf, 3, len(text))
                 buf.extend(text.encode())
     return bytes(buf)
+
+
+def due(app):
+    """At a report: restart once a reboot's result has left the ring (or 10 s after it);
+    end the timed relay switches whose time has come."""
+    ctl = app.ctl
+    if ctl[2] is not None and (app.ring.peek() is None or app.uptime_ms - ctl[2] > 10000):
+        import machine
+
+        app.state.checkpoint(app.energy(), app.checkpoint_s, force=True)
+        machine.reset()
+    if ctl[3] is not None:
+        import time
+
+        if time.ticks_diff(time.ticks_ms(), ctl[3]) >= 0:
+            from gemeter import relay
+
+            relay.tick(app)
+
+
+def _root(app):
+    # The device's folder (start.Paths): where its state copies are ("" on a board).
+    return app.state.copies[0][:-len("state.a.json")]
+
+
+def _set_clock(clock, unix_ms):
+    """Set the RTC to a time the gateway vouched for; on the unix port the host keeps the
+    clock. The offset it corrected, ms (None if the clock was not known before)."""
+    import sys
+    import time
+
+    from gemeter.timesync import EPOCH_OFFSET_S
+
+    now = clock.unix_ms()
+    if sys.platform != "linux":
+        import machine
+
+        t = time.gmtime(unix_ms // 1000 - EPOCH_OFFSET_S)
+        machine.RTC().datetime((t[0], t[1], t[2], t[6], t[3], t[4], t[5],
+                                unix_ms % 1000 * 1000))
+    clock.synced = True
+    clock.syncs += 1
+    return None if now is None else unix_ms - now
+
+
+def _set(app, args):
+    """(state, reason) of {"key": name, "value": text or number}: one key of the config
+    file changed, the rest of the file as it is."""
+    import json
+
+    from gemeter import config
+
+    key, value = args.get("key"), args.get("value")
+    if key not in config.SCHEMA or key == "device_id":
+        return "failed", "not a setting to change remotely"
+    if isinstance(value, str):
+        value, problem = config.parse_value(key, value)
+    else:
+        value, problem = config._check(key, value)
+    if problem is not None:
+        return "failed", problem[:64]
+    try:
+        with open(_root(app) + "config.json") as f:
+            data = json.loads(f.read())
+    except OSError:
+        data = {}
+    except ValueError:
+        return "failed", "config file unreadable"
+    data[key] = value
+    config.atomic_write(_root(app) + "config.json", json.dumps(data))
+    return "done", "applies at the next start"
 
 
 def _relay(app, args):

@@ -2,14 +2,13 @@
 
 The board file names each relay's GPIO and the level that closes it (``relays``:
 ``{"load": {"pin": 25, "on": 1}}``). The meter keeps, per relay, a list ``[pin number,
-level, on, back, due]`` in ``app.relays`` and the earliest ``due`` in ``app.relay_due``; this
+level, on, back, due]`` in ``app.relays`` and the earliest ``due`` in ``app.ctl[3]``; this
 module is loaded only to act on them (at start, for a command, when a timed switch ends)
 and unloaded after, so its code is not in the meter's heap between. ``switch`` with
 ``seconds`` is temporary: when ``due`` (ticks) has passed, ``tick`` puts the relay back to
 ``back``, the state before the first of the temporary switches. The state kept across a
-reboot is ``saved``: per relay ``[on, back]``. At start a pending temporary switch is ended
-at once (``restore``): the board cannot tell how long it was off, and a load must never
-stay off for good because a restore was lost (fail-safe).
+reboot is ``saved_state``: per relay ``[on, back]``; at start, start.py drives the relays
+from it (a pending temporary switch ended at once: fail-safe).
 """
 
 import time
@@ -23,14 +22,6 @@ def _drive(r, on):
     # The pin by its number: the meter holds no Pin object between switches (heap).
     machine.Pin(r[_PIN], machine.Pin.OUT, value=r[_LEVEL] if on else 1 - r[_LEVEL])
     r[_ON] = on
-
-
-def restore(app, saved):
-    """Drive every relay from the state saved before a restart (closed if none)."""
-    for name, r in app.relays.items():
-        on, back = saved.get(name, (True, None))
-        _drive(r, on if back is None else back)
-    app.state.relay = saved_state(app)
 
 
 def switch(app, name, on, seconds=None):
@@ -56,7 +47,7 @@ def tick(app):
 
 def _plan(app):
     dues = [r[_DUE] for r in app.relays.values() if r[_DUE] is not None]
-    app.relay_due = min(dues, key=lambda d: time.ticks_diff(d, dues[0])) if dues else None
+    app.ctl[3] = min(dues, key=lambda d: time.ticks_diff(d, dues[0])) if dues else None
     app.state.relay = saved_state(app)
     app.state.save()
 

@@ -153,19 +153,36 @@ def _parts(app, paths):
     if app.state.problem:  # the console's show says it too, until this start repairs it
         print("problem: " + app.state.problem)
     app.builder = frame.FrameBuilder(settings["device_id"], key)
-    app.device_id, app.key = settings["device_id"], key  # for commands (command.py)
-    app.relays, app.relay_due = None, None
-    if desc.get("relays"):  # closed at start unless a saved state says otherwise
-        from gemeter import relay
-
-        app.relays = {name: [r["pin"], r.get("on", 1), True, None, None]
-                      for name, r in desc["relays"].items()}
-        relay.restore(app, app.state.relay)  # the boot's save writes what is driven
-        unload(("relay",))
+    # Commands and relays, in one list (an attribute less is heap: App's dict stays small):
+    # recent command ids, refused, reboot at, relay due. The device id, key and config
+    # path are found again when a command comes (cmdrun.py), not kept in the heap.
+    app.ctl = [[], 0, None, None]
+    app.relays = None
+    if desc.get("relays"):
+        app.relays = _relays(desc["relays"], app.state)
     app.clock = Clock()
     app.link = open_link(desc, settings, paths, app.clock)
     app.wdt_ms = desc.get("wdt_timeout_ms", 8000)
     return buses(desc), settings
+
+
+def _relays(wired, state):
+    """The board's relays as relay.py keeps them ([pin, level, on, back, due]), driven as
+    the state saved before this start says: closed if it says nothing, and a temporary
+    switch that was pending ended at once (the board cannot tell how long it was off; a
+    lost restore must never leave a load off for good). Here, not in relay.py: that module
+    is loaded only to switch, so its names never take the meter's heap."""
+    import machine
+
+    relays = {}
+    for name, r in wired.items():
+        on, back = state.relay.get(name, (True, None))
+        on = on if back is None else back
+        level = r.get("on", 1)
+        machine.Pin(r["pin"], machine.Pin.OUT, value=level if on else 1 - level)
+        relays[name] = [r["pin"], level, on, None, None]
+    state.relay = {n: [r[2], None] for n, r in relays.items()}  # the boot's save writes it
+    return relays
 
 
 def build(app, paths):

@@ -34,21 +34,6 @@ class Clock:
         self.syncs += 1
         return True
 
-    def set(self, unix_ms):
-        """Set the RTC to a time the gateway vouched for (its ``time`` command); on the
-        unix port the host keeps the clock. Returns the offset it corrected, ms (None
-        if the clock was not known before)."""
-        now = self.unix_ms()
-        if sys.platform != "linux":
-            import machine
-
-            t = time.gmtime(unix_ms // 1000 - EPOCH_OFFSET_S)
-            machine.RTC().datetime((t[0], t[1], t[2], t[6], t[3], t[4], t[5],
-                                    unix_ms % 1000 * 1000))
-        self.synced = True
-        self.syncs += 1
-        return None if now is None else unix_ms - now
-
     def unix_ms(self):
         if not self.synced:
             return None

@@ -224,8 +224,7 @@ def test_a_read_command_comes_back_done_in_a_frame_at_once(
         publish = Capture(mosquitto.port, topic="unused/#")
         for msg in (read, read, Command(DEVICE, 5, expires, b"r2", "read").seal(KEY),
                     Command(DEVICE, 6, expires, b"r3", "read").seal(bytes(32)),
-                    Command(DEVICE, 7, expires, b"r4", "set", {"key": "x", "value": 1}
-                            ).seal(KEY)):
+                    Command(DEVICE, 7, expires, b"r4", "update").seal(KEY)):
             publish.client.publish(f"gridedge/v1/dev/{DEVICE}/cmd", msg,
                                    qos=1).wait_for_publish(10)
             time.sleep(0.3)
@@ -249,11 +248,11 @@ def test_time_sets_the_clock_and_reboot_restarts_after_its_result(
 ) -> None:
     """``time`` carries the gateway's clock sealed in the command (the unix port's host
     keeps its own: the result says the offset); ``reboot`` sends its result, then the
-    board restarts (the virtual board's machine.reset exits with 75)."""
+    board restarts at the next report (the virtual board's machine.reset exits with 75)."""
     from gateway.command import Command
 
     capture = Capture(mosquitto.port)
-    meter = mqtt_meter(vboard, tmp_path, mosquitto, report_interval_s=60)
+    meter = mqtt_meter(vboard, tmp_path, mosquitto, report_interval_s=2)
     proc = start_app(fw, vboard, meter, 200)
     try:
         assert capture.wait(lambda: b"online" in capture.payloads("/status"), 20)
@@ -275,3 +274,40 @@ def test_time_sets_the_clock_and_reboot_restarts_after_its_result(
     (t_id, t_state, t_reason), reboot = results
     assert (t_id, t_state, reboot) == (b"t1", "done", (b"b1", "done", ""))
     assert t_reason.startswith("offset ") and 4000 < int(t_reason.split()[1]) < 6000
+
+
+def test_set_changes_one_setting_with_the_consoles_checks(
+    fw: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """A good value is written to config.json (the rest of the file as it was) and
+    applies at the next start; a bad one is refused with the console's words; the device
+    id, which the key is bound to, is not changed remotely."""
+    from gateway.command import Command
+
+    capture = Capture(mosquitto.port)
+    meter = mqtt_meter(vboard, tmp_path, mosquitto, report_interval_s=60)
+    before = json.loads((tmp_path / "config.json").read_text())
+    proc = start_app(fw, vboard, meter, 60)
+    try:
+        assert capture.wait(lambda: b"online" in capture.payloads("/status"), 20)
+        expires = int(time.time() * 1000) + 60_000
+        for n, (key, value) in enumerate((("report_interval_s", "30"),
+                                          ("report_interval_s", 0),
+                                          ("device_id", "mtr-evil"),
+                                          ("mqtt_password", "s3cret"))):
+            capture.client.publish(f"gridedge/v1/dev/{DEVICE}/cmd", Command(
+                DEVICE, n + 1, expires, b"s%d" % n, "set", {"key": key, "value": value}
+            ).seal(KEY), qos=1).wait_for_publish(10)
+            time.sleep(0.3)
+        assert capture.wait(lambda: sum(len(f.results) for f in decode_all(
+            capture.payloads("/frame"))) >= 4, 10)
+    finally:
+        finish(proc)
+    results = {r[0]: r[1:] for f in decode_all(capture.payloads("/frame")) for r in f.results}
+    capture.close()
+    assert results[b"s0"] == ("done", "applies at the next start")
+    assert results[b"s1"][0] == "failed" and "report_interval_s" in results[b"s1"][1]
+    assert results[b"s2"] == ("failed", "not a setting to change remotely")
+    assert results[b"s3"] == ("done", "applies at the next start")  # never echoed
+    after = json.loads((tmp_path / "config.json").read_text())
+    assert after == dict(before, report_interval_s=30, mqtt_password="s3cret")
