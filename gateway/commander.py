@@ -38,6 +38,7 @@ from gateway.command_auth import SECURITY, Authority, Refused
 from gateway.command_queue import CommandQueue, Entry, Full
 from gateway.config import LocalBroker, UplinkSection
 from gateway.devices import Devices
+from gateway.mqtt_client import cloud_client
 from gateway.payloads import iso_ms
 from gateway.protocol import Frame
 
@@ -68,14 +69,18 @@ class Commander:
         self._ticker = threading.Thread(target=self._tick, name="commands", daemon=True)
         client_id = (uplink.client_id or f"gridedge-{gateway}") + "-commands"
         self._v5 = uplink.protocol == "mqtt5"
-        self.cloud = _client(client_id, self._v5, uplink, uplink.username, uplink.password)
+        self.cloud = cloud_client(uplink, client_id, clean_session=False)
+        self.cloud.reconnect_delay_set(1, 30)
         self.cloud.on_connect = self._cloud_connected
         self.cloud.on_message = self._request
         self.listening = threading.Event()  # the cloud broker granted the subscription
         self.cloud.on_subscribe = self._listening
         self._cloud_at = (uplink.host, uplink.port)
-        self.local = _client(f"{local.client_id}-commands", False, None, local.username,
-                             local.password)
+        self.local = mqtt.Client(CallbackAPIVersion.VERSION2,
+                                 client_id=f"{local.client_id}-commands", clean_session=False)
+        if local.username:
+            self.local.username_pw_set(local.username, local.password or None)
+        self.local.reconnect_delay_set(1, 30)
         self.local.on_connect = self._local_connected
         self.local.on_message = self._status
         self.local.on_publish = self._published
@@ -220,23 +225,6 @@ class Commander:
             for entry in self.queue.expire(now_ms()):
                 self.counts["expired"] += 1
                 self._answer(entry, "expired")
-
-
-def _client(client_id: str, v5: bool, tls: UplinkSection | None, username: str,
-            password: str) -> mqtt.Client:
-    if v5:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                             protocol=mqtt.MQTTv5)
-    else:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                             protocol=mqtt.MQTTv311, clean_session=False)
-    if tls is not None and tls.tls:
-        client.tls_set(ca_certs=tls.ca_file, certfile=tls.client_cert or None,
-                       keyfile=tls.client_key or None)
-    if username:
-        client.username_pw_set(username, password or None)
-    client.reconnect_delay_set(1, 30)
-    return client
 
 
 def _topic_ok(topic: str) -> bool:

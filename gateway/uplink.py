@@ -30,7 +30,6 @@ from typing import Any
 
 import cbor2
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -38,6 +37,7 @@ from gateway.config import UplinkSection
 from gateway.devices import Devices
 from gateway.hold import Held, Hold
 from gateway.link import DISCONNECTED, REFUSED, Link
+from gateway.mqtt_client import cloud_client
 from gateway.outbox import Outbox
 from gateway.payloads import iso_ms
 from gateway.protocol import Frame
@@ -88,19 +88,8 @@ class Uplink:
 
     def _make_client(self) -> mqtt.Client:
         cfg = self.cfg
-        v5 = cfg.protocol == "mqtt5"
-        client_id = cfg.client_id or f"gridedge-{self.gateway_id}"
-        if v5:
-            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                 protocol=mqtt.MQTTv5)
-        else:
-            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                 protocol=mqtt.MQTTv311, clean_session=True)
-        if cfg.tls:
-            client.tls_set(ca_certs=cfg.ca_file, certfile=cfg.client_cert or None,
-                           keyfile=cfg.client_key or None, cert_reqs=ssl.CERT_REQUIRED)
-        if cfg.username:
-            client.username_pw_set(cfg.username, cfg.password or None)
+        client = cloud_client(cfg, cfg.client_id or f"gridedge-{self.gateway_id}",
+                              clean_session=True)
         client.max_inflight_messages_set(cfg.max_inflight)
         client.max_queued_messages_set(0)
         client.will_set(self.status_topic, json.dumps({"state": "offline"}), qos=1, retain=True)

@@ -117,7 +117,7 @@ class App:
         try:
             return cmdrun.due(self) if due else cmdrun.run(self)
         finally:
-            unload(("cmdrun", "command", "relay", "config"))
+            unload(("cmdrun", "command", "relay", "config", "keystore"))
 
     def _note_heap(self, live, free):
         if self.heap_free_min is None or free < self.heap_free_min:

@@ -18,12 +18,17 @@ def run(app):
     """The results of the commands in ``app.link.inbox``, as the CBOR array that is key 9
     of the next frame: [[id, state, reason?], ...]; None if there are none."""
     ctl = app.ctl  # [recent ids, refused, reboot at, relay due]
-    with open(_root(app) + "key.bin", "rb") as f:  # the key file, as start.Paths has it
-        key = f.read()
+    from gemeter.keystore import KeyStore
+
+    key = KeyStore(_root(app) + "key.bin").load()  # the key file, as start.Paths has it
+    inbox = app.link.inbox
+    if key is None:  # gone since the start: nothing can be verified, nothing runs
+        ctl[1] += len(inbox)
+        inbox[:] = []
+        return None
     cmds = Commands(app.builder.device_id, key, app.state.cmd)
     cmds.recent = ctl[0]
     results = []
-    inbox = app.link.inbox
     while inbox:
         try:
             c = cmds.open(inbox.pop(0), app.clock.unix_ms())

@@ -141,6 +141,26 @@ def test_build_decode_roundtrip(f: Frame) -> None:
     assert framing.decode(framing.encode(data)[:-1]) == data
 
 
+@given(frames(), st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=70)
+    | st.binary(max_size=20),
+    lambda inner: st.lists(inner, max_size=10), max_leaves=30))
+@settings(max_examples=300)
+def test_any_command_results_value_is_read_or_refused(f: Frame, results: Any) -> None:
+    """Key 9 (command results) holding anything a MACed frame may carry: read into
+    (id, state, reason) tuples, or the frame is malformed; nothing else happens."""
+    m = reading_map(f)
+    m[9] = results
+    data = cose.Mac0.sign(KEY, f.device_id.encode(), cbor2.dumps(m, canonical=True))
+    try:
+        got = FrameDecoder({f.device_id: KEY}).decode(data).results
+    except ProtocolError as e:
+        assert e.reason == Reason.MALFORMED
+        return
+    assert all(isinstance(i, bytes) and 1 <= len(i) <= 16 and s in ("done", "failed", "refused")
+               and isinstance(r, str) and len(r) <= 64 for i, s, r in got)
+
+
 @given(frames(), st.none() | st.text(max_size=12), st.none() | st.text(max_size=12),
        st.none() | st.dictionaries(st.integers(0, 3), st.text(max_size=8), max_size=3))
 @settings(max_examples=300)

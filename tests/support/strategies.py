@@ -40,4 +40,7 @@ def frames(draw: st.DrawFn) -> Frame:
         unix_ms=draw(st.none() | st.integers(1_577_836_800_000, 4_102_444_800_000)),
         dropped=draw(st.integers(0, 2**32 - 1)),
         channels=tuple(draw(channels(i)) for i in range(n)),
+        results=tuple(draw(st.lists(st.tuples(
+            st.binary(min_size=1, max_size=16), st.sampled_from(["done", "failed", "refused"]),
+            st.text(max_size=64)), max_size=8))),
     )

@@ -288,7 +288,8 @@ def test_random_frames_firmware_to_gateway(f: Frame) -> None:
     m = reading_map(f)
     channels = [fw_channels.Encoded(c) for c in m[8]]
     built = fw_frame.FrameBuilder(f.device_id, KEY).build(
-        m[2], m[3], m[4], m[6], channels, unix_ms=m.get(5), dropped=m.get(7, 0)
+        m[2], m[3], m[4], m[6], channels, unix_ms=m.get(5), dropped=m.get(7, 0),
+        results=cbor2.dumps(m[9], canonical=True) if 9 in m else None,  # as cmdrun encodes
     )
     assert built == build_frame(f, KEY)
     assert FrameDecoder({f.device_id: KEY}).decode(built) == f
