@@ -53,15 +53,21 @@ def test_a_small_steady_loss_is_caught_by_the_cusum() -> None:
     assert [s for s, _ in window(b2, 1000 * 1.09, meters)] == ["raised"]  # 0.06: at once
 
 
-def test_the_bypassed_meter_is_the_first_suspect() -> None:
-    """Twenty households with their own habits; after ten windows one of them bypasses
-    60 % of its load: the feeder head still carries it, its register does not."""
+def street() -> tuple[random.Random, dict[str, float], EnergyBalance]:
+    """Twenty households with their own habits, ten quiet windows learnt."""
     rng = random.Random(7)
     usual = {f"m{i:02d}": rng.uniform(50, 400) for i in range(20)}
     b = EnergyBalance(threshold=0.05, technical_loss=0.03)
     for _ in range(10):
         load = {d: u * rng.uniform(0.9, 1.1) for d, u in usual.items()}
         assert window(b, sum(load.values()) * 1.03, load) == []
+    return rng, usual, b
+
+
+def test_the_bypassed_meter_is_the_first_suspect() -> None:
+    """Twenty households with their own habits; after ten windows one of them bypasses
+    60 % of its load: the feeder head still carries it, its register does not."""
+    rng, usual, b = street()
     thief = max(usual, key=lambda d: usual[d])  # a large consumer: 60 % of it shows
     load = {d: u * rng.uniform(0.9, 1.1) for d, u in usual.items()}
     metered = dict(load, **{thief: load[thief] * 0.4})
@@ -79,12 +85,7 @@ def test_a_tap_before_the_meters_is_lost_energy_no_suspect_accounts_for() -> Non
     """The same feeder, but 8 % more is drawn from the line before any meter: the alarm
     is raised, and the suspects' missing energy (their ordinary ups and downs) is a small
     part of what was lost, which tells a backend not to blame the first of them."""
-    rng = random.Random(7)
-    usual = {f"m{i:02d}": rng.uniform(50, 400) for i in range(20)}
-    b = EnergyBalance(threshold=0.05, technical_loss=0.03)
-    for _ in range(10):
-        load = {d: u * rng.uniform(0.9, 1.1) for d, u in usual.items()}
-        assert window(b, sum(load.values()) * 1.03, load) == []
+    rng, usual, b = street()
     load = {d: u * rng.uniform(0.9, 1.1) for d, u in usual.items()}
     (state, ev), = window(b, sum(load.values()) * 1.11, load)
     suspects, lost = ev["suspects"], ev["lost_wh"]
