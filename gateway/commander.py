@@ -160,9 +160,11 @@ class Commander:
                               evidence={"reason": e.reason, "request_id": e.request_id,
                                         "target": e.device, "detail": e.detail[:200]}))
 
-    def _answer(self, entry: Entry, state: str) -> None:
+    def _answer(self, entry: Entry, state: str, reason: str = "") -> None:
         body: dict[str, object] = {"id": entry.id, "device": entry.device, "state": state,
                                    "counter": entry.counter, "time": iso_ms(now_ms())}
+        if reason:
+            body["reason"] = reason
         self._publish_answer(entry.reply, entry.correlation, body)
 
     def _publish_answer(self, reply: str, correlation: bytes, body: dict[str, object]) -> None:
@@ -213,12 +215,7 @@ class Commander:
                 if state != "refused" or reason != "duplicate":  # a duplicate: not news
                     self.queue.mark(entry.device, entry.id, state)
                 self.counts[state] += 1
-                body: dict[str, object] = {
-                    "id": entry.id, "device": entry.device, "state": state,
-                    "counter": entry.counter, "time": iso_ms(now_ms())}
-                if reason:
-                    body["reason"] = reason
-                self._publish_answer(entry.reply, entry.correlation, body)
+                self._answer(entry, state, reason)
 
     def _tick(self) -> None:
         while not self._stop.wait(1.0):
