@@ -6,9 +6,10 @@ state. Its ``counter``, the one the device requires to rise (command.py), is
 ``max(the device's last + 1, now in Unix ms)``: it rises even if this file is lost and a
 new one starts, because time has moved on (a clock set back by more than the gap between
 two commands is the only way to repeat one, and the device then refuses it as replayed).
-States: ``queued`` (waiting for the device), ``delivered`` (its broker took it for the
-device), ``expired``; a device's own results (done, failed) come later with the firmware's
-half. Bounded: at most ``MAX_PENDING`` queued per device, and finished rows older than
+States: ``queued`` (waiting for the device), ``delivered`` (its broker or its serial line
+took it for the device), ``expired`` (never delivered in time; or delivered, but no result
+came within ``RESULT_GRACE_S`` after the expiry), and the device's own results (done,
+failed, refused). Bounded: at most ``MAX_PENDING`` queued per device, and finished rows older than
 ``KEEP_S`` are deleted. Written with ``synchronous=FULL``: an accepted command survives a
 power cut. A file that SQLite cannot open or check is moved aside and a new one started
 (``problem`` says so, for the alarm).
@@ -31,6 +32,7 @@ from gateway.command_auth import ArgValue, Request
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 16
+RESULT_GRACE_S = 60
 KEEP_S = 7 * 86_400
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS commands (
@@ -146,14 +148,30 @@ class CommandQueue:
                             "AND id = ?", (state, now_ms, device, cid))
 
     def expire(self, now_ms: int) -> list[Entry]:
-        """Mark the queued commands past their expiry; those entries."""
+        """Mark expired the queued commands past their expiry, and the delivered ones with
+        no result ``RESULT_GRACE_S`` after it; those entries, as they were."""
+        where = ("(state = 'queued' AND expires_ms <= ?) OR "
+                 "(state = 'delivered' AND expires_ms <= ?)")
+        args = (now_ms, now_ms - RESULT_GRACE_S * 1000)
         with self._lock, self.db:
-            rows = self.db.execute(
-                f"SELECT {COLUMNS} FROM commands WHERE state = 'queued' AND expires_ms <= ?",
-                (now_ms,)).fetchall()
-            self.db.execute("UPDATE commands SET state = 'expired', updated_ms = ? WHERE "
-                            "state = 'queued' AND expires_ms <= ?", (now_ms, now_ms))
+            rows = self.db.execute(f"SELECT {COLUMNS} FROM commands WHERE {where}",
+                                   args).fetchall()
+            self.db.execute(f"UPDATE commands SET state = 'expired', updated_ms = ? WHERE "
+                            f"{where}", (now_ms, *args))
         return [_entry(r) for r in rows]
+
+    def unanswered(self, before_ms: int, now_ms: int) -> dict[str, list[Entry]]:
+        """Per device, the commands delivered (last) before ``before_ms`` that have no
+        result yet and have not expired, oldest first: to be sent again."""
+        with self._lock:
+            rows = self.db.execute(
+                f"SELECT {COLUMNS} FROM commands WHERE state = 'delivered' AND "
+                "updated_ms < ? AND expires_ms > ? ORDER BY counter",
+                (before_ms, now_ms)).fetchall()
+        out: dict[str, list[Entry]] = {}
+        for r in rows:
+            out.setdefault(r[0], []).append(_entry(r))
+        return out
 
     def counts(self) -> dict[str, int]:
         with self._lock:

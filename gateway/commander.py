@@ -8,10 +8,15 @@ gateway), queued (command_queue.py, durable; a repeated id is answered, not queu
 and answered. On the **local** broker it follows the devices' retained
 ``gridedge/v1/dev/+/status`` and publishes each queued command, sealed with the device's
 downlink key (command.py), to ``gridedge/v1/dev/<device>/cmd`` at QoS 1 once the device
-is online; the broker's PUBACK makes it ``delivered``. Every second the queue expires what
-is past its time. Answers are JSON on the request's MQTT 5 response topic (with its
-correlation data) or on ``<base>/command_results``: ``{"id", "device", "state", "reason"?,
-"counter"?, "time"}`` with state ``accepted``, ``rejected``, ``delivered`` or ``expired``.
+is online; the broker's PUBACK makes it ``delivered``. A device wired to a serial port
+(``wired``: the port configured with its id) gets its commands down that line instead,
+whenever the port is open; written is ``delivered``.
+Every second the queue expires what is past its time, and a command delivered
+``redeliver_s`` ago with no result yet is sent again (same id and counter: the meter runs
+it once and repeats its result; the result may have been lost on the way up). Answers are
+JSON on the request's MQTT 5 response topic (with its correlation data) or on
+``<base>/command_results``: ``{"id", "device", "state", "reason"?, "counter"?, "time"}``
+with state ``accepted``, ``rejected``, ``delivered`` or ``expired``, and the device's.
 A refusal is counted by reason and logged once a minute per reason at most; a request
 that is unsigned, signed by an unknown key or wrongly signed (someone tried) is also
 stored as a ``command_rejected`` event for the cloud's alarms topic.
@@ -24,8 +29,8 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -44,6 +49,15 @@ from gateway.protocol import Frame
 
 log = logging.getLogger(__name__)
 STATUS = "gridedge/v1/dev/+/status"
+REDELIVER_S = 20.0
+
+
+class Wire(Protocol):
+    """A serial line to one device (ingest_serial.SerialIngest)."""
+
+    def reachable(self) -> bool: ...
+
+    def send(self, message: bytes) -> bool: ...
 
 
 def now_ms() -> int:
@@ -53,8 +67,12 @@ def now_ms() -> int:
 class Commander:
     def __init__(self, uplink: UplinkSection, local: LocalBroker, gateway: str,
                  authority: Authority, queue: CommandQueue, devices: Devices,
-                 record: Callable[[Alarm], None]) -> None:
-        """``record``: stores an event for the cloud's alarms topic."""
+                 record: Callable[[Alarm], None], wired: Mapping[str, Wire] | None = None,
+                 redeliver_s: float = REDELIVER_S) -> None:
+        """``record``: stores an event for the cloud's alarms topic; ``wired``: device ->
+        the serial line it is on."""
+        self.wired = dict(wired or {})
+        self.redeliver_ms = int(redeliver_s * 1000)
         self.base = f"{uplink.topic_prefix}/{gateway}"
         self.requests = f"{self.base}/commands"
         self.results = f"{self.base}/command_results"
@@ -143,7 +161,7 @@ class Commander:
             return
         self.counts["accepted" if new else "repeated"] += 1
         self._answer(entry, "accepted" if new else entry.state)
-        if entry.device in self.online:
+        if self._reachable(entry.device):
             self._deliver(entry.device)
 
     def _refuse(self, e: Refused, reply: str, correlation: bytes) -> None:
@@ -185,24 +203,39 @@ class Commander:
         else:
             self.online.discard(device)
 
-    def _deliver(self, device: str) -> None:
+    def _reachable(self, device: str) -> bool:
+        wire = self.wired.get(device)
+        return wire.reachable() if wire is not None else device in self.online
+
+    def _deliver(self, device: str, entries: list[Entry] | None = None) -> None:
+        """Send the device its queued commands (or ``entries``, delivered before)."""
         key = self.devices[device].key
+        wire = self.wired.get(device)
         with self._lock:
-            for entry in self.queue.pending(device, now_ms()):
+            for entry in self.queue.pending(device, now_ms()) if entries is None else entries:
                 if any(e.id == entry.id and e.device == device for e in self._sent.values()):
                     continue  # on its way
                 sealed = Command(device, entry.counter, entry.expires_ms, entry.id.encode(),
                                  entry.op, entry.args, now_ms()).seal(key)
-                info = self.local.publish(f"gridedge/v1/dev/{device}/cmd", sealed, qos=1)
-                self._sent[info.mid] = entry
+                if wire is None:
+                    info = self.local.publish(f"gridedge/v1/dev/{device}/cmd", sealed, qos=1)
+                    self._sent[info.mid] = entry
+                elif wire.send(sealed):
+                    self._delivered(entry)
 
     def _published(self, _c: mqtt.Client, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
         with self._lock:
             entry = self._sent.pop(mid, None)
         if entry is not None:
-            self.queue.mark(entry.device, entry.id, "delivered")
+            self._delivered(entry)
+
+    def _delivered(self, entry: Entry) -> None:
+        self.queue.mark(entry.device, entry.id, "delivered")
+        if entry.state == "queued":
             self.counts["delivered"] += 1
             self._answer(entry, "delivered")
+        else:
+            self.counts["redelivered"] += 1
 
     def committed(self, frames: list[Frame], devices: Devices) -> None:
         """A batch is stored (pipeline.Listener): the devices' results of commands
@@ -219,9 +252,18 @@ class Commander:
 
     def _tick(self) -> None:
         while not self._stop.wait(1.0):
-            for entry in self.queue.expire(now_ms()):
+            now = now_ms()
+            for entry in self.queue.expire(now):
                 self.counts["expired"] += 1
-                self._answer(entry, "expired")
+                self._answer(entry, "expired", "" if entry.state == "queued" else
+                             "delivered, no result")
+            for device in self.wired:
+                if self._reachable(device):
+                    self._deliver(device)
+            for device, entries in self.queue.unanswered(now - self.redeliver_ms,
+                                                         now).items():
+                if device in self.devices and self._reachable(device):
+                    self._deliver(device, entries)
 
 
 def _topic_ok(topic: str) -> bool:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from http.server import ThreadingHTTPServer
 from types import FrameType
 
-from gateway import devices, records, sdnotify
+from gateway import devices, events, records, sdnotify
 from gateway.alarm import Alarm
 from gateway.checks import EdgeChecks
 from gateway.command_auth import Authority
@@ -88,8 +89,12 @@ class Daemon:
         def record(event: Alarm) -> None:
             self.store.commit([records.alarm(event)])
 
-        return Commander(cfg.uplink, cfg.local, cfg.gateway.id, authority,
-                         CommandQueue(cfg.commands_path), registry, record)
+        queue = CommandQueue(cfg.commands_path)
+        if queue.problem is not None:
+            record(events.command_queue_lost(queue.problem, int(time.time() * 1000)))
+        wired = {r.cfg.device: r for r in self.serial if r.cfg.device}
+        return Commander(cfg.uplink, cfg.local, cfg.gateway.id, authority, queue, registry,
+                         record, wired)
 
     def stats(self) -> Stats:
         """The one snapshot of the daemon's figures (gateway/stats.py)."""

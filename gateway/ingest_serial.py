@@ -10,7 +10,10 @@ path such as /dev/serial/by-id/... so the same device comes back under the same 
 
 The serial link has no acknowledgements: a frame is durable once its batch is committed
 (within the commit interval), and the gateway reports sequence gaps for what was lost on
-the line.
+the line. Down the same line go commands (``send``, for the commander: framed alike,
+after one 0x00 so the meter is in step whatever it saw before); ``reachable`` is whether
+the port is open (a meter may report only every few minutes: it is not waited for, and
+what it does not answer is sent again).
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ import serial
 
 from gateway.config import SerialPort
 from gateway.errors import ProtocolError
-from gateway.framing import Deframer
+from gateway.framing import Deframer, encode
 from gateway.inbox import Inbox
 
 log = logging.getLogger(__name__)
 BACKOFF_MAX_S = 30.0
+WRITE_TIMEOUT_S = 2.0
 
 
 class SerialIngest:
@@ -40,7 +44,10 @@ class SerialIngest:
         self.errors = 0
         self.bytes = 0
         self.is_open = False
+        self.sent = 0
         self.progress = time.monotonic()
+        self._port: serial.Serial | None = None
+        self._write = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=self.source, daemon=True)
 
@@ -57,7 +64,8 @@ class SerialIngest:
         while not self._stop.is_set():
             self.progress = time.monotonic()
             try:
-                port = serial.Serial(self.cfg.port, self.cfg.baud, timeout=0.2)
+                port = serial.Serial(self.cfg.port, self.cfg.baud, timeout=0.2,
+                                     write_timeout=WRITE_TIMEOUT_S)
             except (serial.SerialException, OSError) as e:
                 if failing_since is None:
                     failing_since = time.monotonic()
@@ -72,6 +80,7 @@ class SerialIngest:
             backoff = 1.0
             self.opens += 1
             self.is_open = True
+            self._port = port
             try:
                 self._read(port)
             except (serial.SerialException, OSError) as e:
@@ -79,7 +88,27 @@ class SerialIngest:
                 failing_since = time.monotonic()
             finally:
                 self.is_open = False
+                with self._write:
+                    self._port = None
                 port.close()
+
+    def reachable(self) -> bool:
+        return self.is_open
+
+    def send(self, message: bytes) -> bool:
+        """Write one message down the line, framed; False if the port is not open or the
+        write failed (the reader finds out about the port by itself)."""
+        data = b"\x00" + encode(message)
+        with self._write:
+            if self._port is None:
+                return False
+            try:
+                self._port.write(data)
+            except (serial.SerialException, OSError) as e:
+                log.warning("%s: could not write a command (%s)", self.source, e)
+                return False
+        self.sent += 1
+        return True
 
     def _read(self, port: serial.Serial) -> None:
         deframer = Deframer()  # a fresh one per open: a partial frame from before is noise

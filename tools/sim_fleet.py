@@ -222,8 +222,11 @@ class Fleet:
     def device_list(self) -> list[DeviceSpec]:
         return [d.info for d in self.devices.values()]
 
-    def serial_ports(self) -> list[str]:
-        return [d.serial_port for d in self.devices.values() if d.serial_port]
+    def serial_config(self) -> str:
+        """The gateway's [[serial]] sections for the fleet's ptys, each with its device
+        (which also lets commands go down the line to it)."""
+        return "".join(f'[[serial]]\nport = "{d.serial_port}"\ndevice = "{dev}"\n'
+                       for dev, d in self.devices.items() if d.serial_port)
 
     def start(self) -> None:
         self._start = time.monotonic()

@@ -102,8 +102,7 @@ def main(args: argparse.Namespace, out: TextIO) -> int:
             out.write(f"registered {n} devices in {devices_file}; reload the "
                       "gateway (systemctl reload gridedge-gateway) before they report\n")
         if args.link == "serial":
-            out.write("serial ports for the gateway config:\n" + "".join(
-                f'[[serial]]\nport = "{p}"\n' for p in fleet.serial_ports()))
+            out.write("serial ports for the gateway config:\n" + fleet.serial_config())
         out.write(f"{len(fleet.devices)} devices, firmware under {os.path.basename(fleet.exe)}"
                   f", link {args.link}\n")
         figures = run(fleet, args.duration, args.every, out)

@@ -99,11 +99,24 @@ class UARTBus:
         """Put bytes on the line now (noise, a device babbling)."""
         self._rx.append((self._clock(), data))
 
+    def _pull(self) -> None:
+        """What the gateway wrote to the bridged pty (commands down the serial link)."""
+        if self.pty_fd is None:
+            return
+        try:
+            data = os.read(self.pty_fd, 4096)
+        except (BlockingIOError, OSError):  # nothing there; EIO: nobody has the pty open
+            return
+        if data:
+            self._rx.append((self._clock(), data))
+
     def readable(self) -> int:
+        self._pull()
         now = self._clock()
         return sum(len(d) for t, d in self._rx if t <= now)
 
     def read(self, n: int) -> bytes:
+        self._pull()
         now = self._clock()
         out = bytearray()
         while self._rx and self._rx[0][0] <= now and len(out) < n:
@@ -166,7 +179,7 @@ class VirtualBoard:
 
     def bridge_pty(self, bus: str) -> str:
         """Connect a UART to a new pseudo-terminal, as a USB-serial adapter would connect it
-        to the gateway; returns the terminal's path (open it with pyserial)."""
+        to the gateway, both ways; returns the terminal's path (open it with pyserial)."""
         master, slave = os.openpty()
         tty.setraw(slave)
         os.set_blocking(master, False)

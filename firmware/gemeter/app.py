@@ -117,7 +117,7 @@ class App:
         try:
             return cmdrun.due(self) if due else cmdrun.run(self)
         finally:
-            unload(("cmdrun", "command", "relay", "config", "keystore"))
+            unload(("cmdrun", "command", "relay", "config", "keystore", "unframe"))
 
     def _note_heap(self, live, free):
         if self.heap_free_min is None or free < self.heap_free_min:
@@ -130,22 +130,10 @@ class App:
             h[2] = live if h[2] is None or live > h[2] else h[2]
 
     def stats(self):
-        cycles = max(1, self.sampler.cycles)
-        return {
-            "cycles": self.sampler.cycles,
-            "frames": self.seq,
-            "boot": self.boot,
-            "dropped": self.ring.dropped,
-            "heap_live_first": self.heap_live[0],
-            "heap_live_min": self.heap_live[1],
-            "heap_live_max": self.heap_live[2],
-            "heap_free_min": self.heap_free_min,
-            "busy_us_mean": self.busy_us[0] // cycles,
-            "busy_us_max": self.busy_us[1],
-            "state_writes": self.state.writes,
-            "link_sent": self.link.sent if self.link else 0,
-            "link_connects": getattr(self.link, "connects", 0),
-            "link_failures": getattr(self.link, "failures", 0),
-            "link_error": repr(getattr(self.link, "last_error", None)),
-            "commands_refused": self.ctl[1],
-        }
+        """The meter's figures (appstats.py: loaded only when asked, at the end of a run)."""
+        from gemeter import appstats
+
+        try:
+            return appstats.stats(self)
+        finally:
+            unload(("appstats",))

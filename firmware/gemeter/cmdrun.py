@@ -16,8 +16,10 @@ from gemeter.command import CommandError, Commands
 
 def run(app):
     """The results of the commands in ``app.link.inbox``, as the CBOR array that is key 9
-    of the next frame: [[id, state, reason?], ...]; None if there are none."""
-    ctl = app.ctl  # [recent ids, refused, reboot at, relay due]
+    of the next frame: [[id, state, reason?], ...]; None if there are none. A command id
+    seen recently is not run again: its result is sent again (the first may have been
+    lost on the line), or ``refused duplicate`` while it is not known yet."""
+    ctl = app.ctl  # [recent [id, state, reason], refused, reboot at, relay due]
     from gemeter.keystore import KeyStore
 
     key = KeyStore(_root(app) + "key.bin").load()  # the key file, as start.Paths has it
@@ -28,33 +30,52 @@ def run(app):
         return None
     cmds = Commands(app.builder.device_id, key, app.state.cmd)
     cmds.recent = ctl[0]
+    framed = hasattr(app.link, "rx")  # the serial link: its inbox holds COBS bodies
     results = []
     while inbox:
         try:
-            c = cmds.open(inbox.pop(0), app.clock.unix_ms())
+            msg = inbox.pop(0)
+            if framed:  # the serial link's COBS body: the CRC is checked here
+                from gemeter.unframe import decode
+
+                msg = decode(msg)
+            c = cmds.open(msg, app.clock.unix_ms())
         except CommandError as e:
-            ctl[1] += 1
-            if len(e.args) > 1:  # authentic, not run: say why
+            if len(e.args) > 1:  # authentic, not run: say why, or what it did before
+                done = e.args[0] == "duplicate" and cmds.result(e.args[1])
+                if done and done[1] is not None:
+                    results.append(tuple(done))
+                    continue
                 results.append((e.args[1], "refused", e.args[0]))
+            ctl[1] += 1
+            continue
+        except ValueError:  # FramingError: damaged on the line
+            ctl[1] += 1
             continue
         app.state.cmd = c["counter"]
         app.state.save()
-        if c["op"] == "read":
-            results.append((c["id"], "done", None))
-        elif c["op"] == "relay":
-            results.append((c["id"],) + _relay(app, c["args"]))
-        elif c["op"] == "time" and c["sent"] is not None:
-            offset = _set_clock(app.clock, c["sent"])
-            results.append((c["id"], "done", "set" if offset is None else
-                            "offset %d ms" % offset))
-        elif c["op"] == "set":
-            results.append((c["id"],) + _set(app, c["args"]))
-        elif c["op"] == "reboot":
-            ctl[2] = app.uptime_ms  # the board restarts once this result is sent (due)
-            results.append((c["id"], "done", None))
-        else:
-            results.append((c["id"], "failed", "unsupported"))
+        res = _act(app, c)
+        cmds.result(c["id"])[1:] = res[1:]
+        results.append(res)
     return _encode(results) if results else None
+
+
+def _act(app, c):
+    """(id, state, reason) of one opened command, after it acted."""
+    op = c["op"]
+    if op == "read":
+        return c["id"], "done", None
+    if op == "relay":
+        return (c["id"],) + _relay(app, c["args"])
+    if op == "time" and c["sent"] is not None:
+        offset = _set_clock(app.clock, c["sent"])
+        return c["id"], "done", "set" if offset is None else "offset %d ms" % offset
+    if op == "set":
+        return (c["id"],) + _set(app, c["args"])
+    if op == "reboot":
+        app.ctl[2] = app.uptime_ms  # the board restarts once this result is sent (due)
+        return c["id"], "done", None
+    return c["id"], "failed", "unsupported"
 
 
 def _encode(results):

@@ -11,7 +11,7 @@ levels deep, and checks every length against the bytes present), ``bad_mac``,
 ``wrong_device`` (the key id or the payload's device id is another meter's), ``replayed``
 (its counter is not above the last one accepted: a replay or a reordering),
 ``duplicate`` (a command id done recently, sent again: its result is due, not a second
-run) and ``expired`` (the meter's synchronised clock is past the command's expiry). The
+run; ``result`` has what the caller noted of it) and ``expired`` (the meter's synchronised clock is past the command's expiry). The
 counter must be persisted by the caller before the command runs. Pure logic: no I/O, runs
 under MicroPython and CPython.
 """
@@ -134,7 +134,7 @@ class Commands:
         self._kid = device_id.encode("utf-8")
         self._mac = auth.HMACSHA256(derive(key, DOWN_LABEL))
         self.counter = counter  # the last accepted: persisted by the caller
-        self.recent = []  # ids of the last _RECENT commands accepted
+        self.recent = []  # [id, state, reason] of the last _RECENT commands accepted
 
     def open(self, msg, now_ms=None):
         """Verify one received command; a dict with ``id``, ``counter``, ``expires``,
@@ -173,18 +173,26 @@ class Commands:
         if body.get(_C_DEVICE) != self.device_id:
             raise CommandError("wrong_device")
         # Authentic from here: a refusal carries the command's id, for its result.
-        if cid in self.recent:
+        if self.result(cid) is not None:
             raise CommandError("duplicate", cid)
         if counter <= self.counter:
             raise CommandError("replayed", cid)
         if now_ms is not None and now_ms > expires:
             raise CommandError("expired", cid)
         self.counter = counter
-        self.recent.append(cid)
+        self.recent.append([cid, None, None])  # its result, once known: result()
         if len(self.recent) > _RECENT:
             self.recent.pop(0)
         return {"id": cid, "counter": counter, "expires": expires, "op": op, "args": args,
                 "sent": sent}
+
+    def result(self, cid):
+        """The [id, state, reason] kept for a recent command id (state None until the
+        caller sets it), or None."""
+        for r in self.recent:
+            if r[0] == cid:
+                return r
+        return None
 
 
 def _uint(v):

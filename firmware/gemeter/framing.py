@@ -6,8 +6,8 @@ a single 0x00. COBS removes every zero byte from the body, so a receiver that lo
 The CRC is the IEEE 802.3 CRC-32 of binascii/zlib. The message limit matches frame.py.
 Pure logic, no I/O: runs under MicroPython and CPython (docs/protocol.md has the format).
 
-A meter only sends on this link, so the receiving half (COBS decoding, CRC check and the
-deframer) lives with the tests in tests/firmware/lib/framing_decoder.py and is never flashed.
+The receiving half (COBS decoding and the CRC check) is unframe.py: a meter receives only
+commands, so it is loaded with the command code, not kept with this module.
 """
 
 import struct

@@ -10,7 +10,7 @@ import pytest
 
 from gateway import cli
 from gateway.command_auth import Request
-from gateway.command_queue import MAX_PENDING, CommandQueue, Full
+from gateway.command_queue import MAX_PENDING, RESULT_GRACE_S, CommandQueue, Full
 
 NOW = 1_789_948_800_000
 
@@ -32,6 +32,29 @@ def test_an_id_is_queued_once_and_the_counter_only_rises(tmp_path: Path) -> None
         (tmp_path / f"commands.db{suffix}").unlink(missing_ok=True)
     q = CommandQueue(tmp_path / "commands.db")
     assert q.add(req("c"), NOW + 1000)[0].counter > second.counter
+    q.close()
+
+
+def test_delivered_without_a_result_is_due_again_then_expires(tmp_path: Path) -> None:
+    """A delivered command with no result is listed to be sent again once it has waited;
+    a result takes it off the list; with none, it expires a grace period after its
+    expiry (the result may still be on its way before that)."""
+    q = CommandQueue(tmp_path / "commands.db")
+    for cid in ("a", "b"):
+        q.add(req(cid, expires=NOW + 60_000), NOW)
+        q.mark("mtr-1", cid, "delivered", NOW)
+    q.add(req("c", device="mtr-2"), NOW)  # queued, never delivered: not due again
+    assert q.unanswered(NOW, NOW + 1000) == {}  # delivered at NOW: not before NOW
+    due = q.unanswered(NOW + 20_000, NOW + 20_000)
+    assert {d: [e.id for e in es] for d, es in due.items()} == {"mtr-1": ["a", "b"]}
+    q.mark("mtr-1", "a", "done", NOW + 21_000)
+    q.mark("mtr-1", "b", "delivered", NOW + 21_000)  # sent again
+    assert q.unanswered(NOW + 21_000, NOW + 21_000) == {}
+    assert q.unanswered(NOW + 61_000, NOW + 61_000) == {}  # b has expired by now
+    late = NOW + 60_000 + RESULT_GRACE_S * 1000
+    assert [(e.id, e.state) for e in q.expire(late - 1)] == [("c", "queued")]
+    assert [(e.id, e.state) for e in q.expire(late)] == [("b", "delivered")]
+    assert q.counts() == {"done": 1, "expired": 2}
     q.close()
 
 

@@ -5,6 +5,7 @@ refused, counted and reported."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +16,15 @@ import pytest
 from gateway.alarm import Alarm
 from gateway.command_auth import sign
 from gateway.commander import Commander
+from gateway.config import SerialPort
+from gateway.framing import Deframer
+from gateway.inbox import Inbox
+from gateway.ingest_serial import SerialIngest
+from gateway.protocol import FrameDecoder
 from tests.support.brokers import Mosquitto
 from tests.support.command_parts import GW, OPERATOR, Meter, Operator, start_commander
 from tests.support.fwrunner import firmware_module
-from tests.support.gateway_fixtures import device_key
+from tests.support.gateway_fixtures import Line, device_key, frame
 from tests.support.mqtt_capture import wait_for
 
 command = firmware_module("gemeter.command")
@@ -114,3 +120,56 @@ def test_an_offline_meter_gets_its_command_when_it_comes_back_even_after_a_resta
         meter.close()
         ops.close()
         c.stop()
+
+
+def test_a_wired_meter_gets_its_command_down_its_serial_line_until_it_answers(
+        tmp_path: Path, local: Mosquitto, cloud: Mosquitto) -> None:
+    """A meter on a serial port (a real pty) configured with its id: its command waits
+    until the port is open, goes down it framed (COBS, CRC), is sent again with the same
+    id and counter while no result comes, and no more once one has."""
+    line = Line(tmp_path / "ttyMETER")
+    reader = SerialIngest(SerialPort(port=str(line.link), device="mtr-1"), Inbox())
+    events: list[Alarm] = []
+    c = start_commander(tmp_path, local, cloud, events, wired={"mtr-1": reader},
+                        redeliver_s=1.0)
+    ops = Operator(cloud.port)
+    try:
+        ops.send(signed("w1"))
+        assert wait_for(lambda: ops.states("w1") == ["accepted"], 10)
+        time.sleep(1.5)  # the gateway has not opened the port: not sent
+        assert line.read() == b"" and ops.states("w1") == ["accepted"]
+        reader.start()
+        assert wait_for(lambda: ops.states("w1") == ["accepted", "delivered"], 10)
+        cmds = command.Commands("mtr-1", device_key("mtr-1"))
+        first = wait_for_commands(line, 1)
+        opened = cmds.open(first[0], int(time.time() * 1000))
+        assert (opened["op"], opened["id"]) == ("relay", b"w1")
+        again = wait_for_commands(line, 1)  # no result came: sent again, the same command
+        assert command.Commands("mtr-1", device_key("mtr-1")).open(again[0])["counter"] == \
+            opened["counter"]
+        with pytest.raises(command.CommandError, match="duplicate"):
+            cmds.open(again[0])  # the meter runs it once
+        result = FrameDecoder({"mtr-1": device_key("mtr-1")}).decode(frame("mtr-1", 1))
+        c.committed([dataclasses.replace(result, results=((b"w1", "done", ""),))], c.devices)
+        assert wait_for(lambda: ops.states("w1") == ["accepted", "delivered", "done"], 10)
+        line.read()
+        time.sleep(2.5)
+        assert line.read() == b""  # answered: not sent again
+        assert c.counts["redelivered"] >= 1 and reader.sent >= 2
+    finally:
+        ops.close()
+        c.stop()
+        reader.stop()
+
+
+def wait_for_commands(line: Line, n: int) -> list[bytes]:
+    """The next n messages the gateway writes down the line (each after a 0x00)."""
+    got: list[bytes] = []
+    deframer = Deframer()
+
+    def more() -> bool:
+        got.extend(m for m in deframer.feed(line.read()) if isinstance(m, bytes))
+        return len(got) >= n
+
+    assert wait_for(more, 10), got
+    return got

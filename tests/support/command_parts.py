@@ -65,12 +65,13 @@ def public(private: bytes) -> bytes:
 
 
 def start_commander(folder: Path, local: Mosquitto, cloud: Mosquitto,
-              events: list[Alarm]) -> Commander:
+                    events: list[Alarm], **kw: Any) -> Commander:
+    """``kw``: Commander's own (wired, redeliver_s)."""
     devices = {d: Device(device_key(d)) for d in ("mtr-1", "mtr-2")}
     c = Commander(UplinkSection(host="127.0.0.1", port=cloud.port, tls=False),
                   LocalBroker(port=local.port), GW,
                   Authority(GW, [public(OPERATOR)], set(devices)),
-                  CommandQueue(folder / "commands.db"), devices, events.append)
+                  CommandQueue(folder / "commands.db"), devices, events.append, **kw)
     c.start()
     assert c.listening.wait(10) and c.following.wait(10)
     return c

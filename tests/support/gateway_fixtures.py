@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -146,6 +147,15 @@ class Line:
 
     def write(self, data: bytes) -> None:
         os.write(self.master, data)
+
+    def read(self) -> bytes:
+        """What the gateway wrote down the line so far (nothing: b"")."""
+        os.set_blocking(self.master, False)
+        out = b""
+        with contextlib.suppress(BlockingIOError, OSError):  # EIO: the other side is closed
+            while chunk := os.read(self.master, 65536):
+                out += chunk
+        return out
 
 
 def start_ingest(store: Store, port: int, devices: list[str],

@@ -495,6 +495,10 @@ def checks_events() -> list[dict[str, Any]]:
     done = Frame("m1", 1, 40, 40_000, 1000, (Channel(0, 0, {}),),
                  results=((b"dr-1", "done", ""), (b"dr-2", "failed", "unsupported")))
     events.append((gw_events.command_results(done, int((t0 + 28) * 1000)), 1, 40))
+    events.append((gw_events.command_queue_lost(
+        "/var/lib/gridedge/commands.db: file is not a database; moved to "
+        "commands.db.corrupt-1796000000, the queue starts empty", int((t0 + 26.5) * 1000)),
+        0, 0))
     events.append((gw_events.detector_state_lost(
         "/var/lib/gridedge/store.db.detectors: checksum mismatch; moved to "
         "store.db.detectors.corrupt", int((t0 + 26) * 1000)), 0, 0))
@@ -514,7 +518,8 @@ def test_every_alarm_kind_matches_schema_and_cddl(tmp_path: Path) -> None:
                  ("offline", "cleared"), ("non_technical_loss", "raised"),
                  ("non_technical_loss", "cleared"), ("gap", "event"),
                  ("store_corrupt", "event"), ("record_corrupt", "event"),
-                 ("detector_state_lost", "event"), ("command_rejected", "event"),
+                 ("detector_state_lost", "event"), ("command_queue_lost", "event"),
+                 ("command_rejected", "event"),
                  ("command_results", "event"),
                  ("replay_rejected", "raised"),
                  ("replay_rejected", "cleared"),
@@ -533,7 +538,7 @@ def test_every_alarm_kind_matches_schema_and_cddl(tmp_path: Path) -> None:
     for r in records:
         _fields, boot, seq = id_parts(r)
         if r["kind"] in ("non_technical_loss", "store_corrupt", "record_corrupt",
-                         "detector_state_lost", "command_rejected") or \
+                         "detector_state_lost", "command_queue_lost", "command_rejected") or \
                 (r["kind"], r["state"]) == ("offline", "raised"):
             assert (boot, seq) == (0, 0), r
         else:

@@ -1,50 +1,27 @@
-"""Serial link framing, receiving side, in firmware code: the tests' half of wire.py.
+"""Serial link framing, receiving side, for frames: a bounded deframer over gemeter.unframe.
 
-COBS decoding, the CRC-32 check and a bounded deframer that resyncs on the next 0x00.
-A meter only sends, so this is not firmware: the tests run it under CPython and the
-MicroPython unix port against the gateway's framing and the firmware's encoder
+A meter receives only commands (link_serial.py splits them, unframe.py decodes them); this
+deframer takes the meter's own frames back apart in the tests, under CPython and the
+MicroPython unix port, against the gateway's framing and the firmware's encoder
 (tests/support/fwrunner.py puts tests/firmware/lib on the module path). It is never flashed.
 """
 
-import struct
-
+from gemeter import unframe
 from gemeter.frame import MAX_MESSAGE
-from gemeter.framing import FramingError, crc32
+from gemeter.framing import FramingError
+
+cobs_decode = unframe.cobs_decode
 
 # COBS adds one byte per 254 body bytes plus one; the body is message + 4 CRC bytes.
 # (Not a const(): MicroPython folds only constants defined in the same module.)
 MAX_ENCODED = MAX_MESSAGE + 4 + (MAX_MESSAGE + 4) // 254 + 1
 
 
-def cobs_decode(data):
-    out = bytearray()
-    i = 0
-    n = len(data)
-    while i < n:
-        code = data[i]
-        if code == 0:
-            raise FramingError("zero byte inside a COBS frame")
-        end = i + code
-        if end > n:
-            raise FramingError("COBS block runs past the end of the frame")
-        out.extend(data[i + 1 : end])
-        i = end
-        if code != 0xFF and i < n:
-            out.append(0)
-    return bytes(out)
-
-
 def decode(body):
     """Decode one frame body (the bytes between delimiters); returns the message."""
     if len(body) > MAX_ENCODED:
         raise FramingError("frame of %d bytes exceeds %d" % (len(body), MAX_ENCODED))
-    raw = cobs_decode(body)
-    if len(raw) < 5:
-        raise FramingError("frame too short for a message and its CRC")
-    msg = raw[:-4]
-    if struct.unpack("<I", raw[-4:])[0] != crc32(msg):
-        raise FramingError("CRC mismatch")
-    return msg
+    return unframe.decode(body)
 
 
 class Deframer:

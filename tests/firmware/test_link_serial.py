@@ -1,0 +1,111 @@
+"""Commands down the serial link: the meter's UART takes COBS + CRC-32 frames (the framing
+of its own frames, docs/protocol.md section 5) and runs what they carry, under both
+interpreters; the splitting of the line into bodies under hypothesis."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway import framing
+from gateway.command import Command
+from tests.support.firmware_fixtures import DEVICE, KEY, VirtualMeter
+from tests.support.fwrunner import FirmwareRunner, firmware_module
+from tools.vboard import VirtualBoard
+
+link_serial = firmware_module("gemeter.link_serial")  # with unframe.take, below
+unframe = firmware_module("gemeter.unframe")
+
+
+def sealed(counter: int, cid: bytes, op: str = "read", key: bytes = KEY) -> bytes:
+    return Command(DEVICE, counter, int(time.time() * 1000) + 60_000, cid, op).seal(key)
+
+
+def damaged(frame: bytes) -> bytes:
+    """The frame with one bit flipped inside its body (never into a delimiter)."""
+    out = bytearray(frame)
+    i = next(i for i in range(len(out) // 2, len(out) - 1) if out[i] ^ 0x10)
+    out[i] ^= 0x10
+    return bytes(out)
+
+
+def test_commands_come_down_the_uart_and_their_results_go_up(
+        fw: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path) -> None:
+    """A read runs and its result goes up at once (the period is 60 s); sent again (the
+    gateway did not hear back), it does not run twice but its result is repeated. A frame
+    damaged on the line, a forged command and 600 bytes of noise cost only themselves."""
+    meter = VirtualMeter(vboard, tmp_path, sample_interval_ms=10, report_interval_s=60)
+    read = framing.encode(sealed(5, b"s1"))
+    meter.link_bus.inject(b"\x00" + read + damaged(framing.encode(sealed(6, b"s2")))
+                          + b"\x01" * 600 + b"\x00" + read
+                          + framing.encode(sealed(7, b"s3", key=bytes(32))))
+    stats = fw.run_json("app_run.py", meter.request(40), env=vboard.env())
+    frames, errors = meter.frames()
+    assert errors == []
+    assert [r for f in frames for r in f.results] == [(b"s1", "done", ""), (b"s1", "done", "")]
+    assert stats["commands_refused"] == 2  # the damaged one (its CRC) and the forgery
+    assert stats["commands_dropped"] == 1  # the noise: longer than any command
+    assert all(f.period_ms < 2000 for f in frames if f.results)
+
+
+def test_a_burst_beyond_the_inbox_is_dropped_and_counted(
+        fw: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path) -> None:
+    """Ten short bodies of noise in one read: four wait (and are refused), six are dropped
+    and counted; the command after them, in a later read, runs."""
+    meter = VirtualMeter(vboard, tmp_path, sample_interval_ms=10, report_interval_s=60)
+    meter.link_bus.inject(b"\x05\x00" * 10 + b"\x00" * 300 + framing.encode(sealed(10, b"b0")))
+    stats = fw.run_json("app_run.py", meter.request(20), env=vboard.env())
+    frames, _ = meter.frames()
+    assert [r for f in frames for r in f.results] == [(b"b0", "done", "")]
+    assert stats["commands_dropped"] == 6 and stats["commands_refused"] == 4
+
+
+class Port:
+    """A UART's receiving side at the hardware edge: the bytes given, in reads of any size."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def any(self) -> int:
+        return len(self.data)
+
+    def read(self, n: int) -> bytes:
+        out, self.data = self.data[:n], self.data[n:]
+        return out
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
+class Ring:
+    def __len__(self) -> int:
+        return 0
+
+
+@given(noise=st.lists(st.binary(max_size=700), max_size=6),
+       messages=st.lists(st.binary(min_size=1, max_size=512), max_size=4))
+def test_any_line_costs_only_itself(noise: list[bytes], messages: list[bytes]) -> None:
+    """Any bytes on the line, then framed messages: the inbox never holds more than four
+    bodies of at most 520 bytes, nothing raises, and after a delimiter every framed
+    message comes out whole."""
+    port = Port(b"".join(noise))
+    link = link_serial.SerialLink(port)
+    while port.data:
+        link.service(Ring())
+        assert len(link.inbox) <= unframe.MAX_INBOX
+        assert all(len(b) <= 520 for b in link.inbox)
+    for body in link.inbox:  # whatever noise made a body of: decoded or refused
+        try:
+            unframe.decode(body)
+        except ValueError:
+            pass
+    port.data = b"\x00"  # the gateway's resync: ends what the noise left unfinished
+    link.service(Ring())
+    link.inbox.clear()
+    port.data = b"".join(framing.encode(m) for m in messages)
+    while port.data:
+        link.service(Ring())
+    assert [unframe.decode(b) for b in link.inbox] == messages
