@@ -80,14 +80,16 @@ def _set(args: dict[str, ArgValue]) -> bool:
         and isinstance(args["value"], (str, int, bool))
 
 
-# What each operation's arguments must be (the board checks them again, with the console's
-# rules for ``set``); factory-reset names the device once more, so it is never a slip.
-OPS: dict[str, Callable[[dict[str, ArgValue]], bool]] = {
-    "relay": _relay,
-    "set": _set,
-    "reboot": lambda a: not a,
-    "time": lambda a: not a,
-    "read": lambda a: not a,
+# What each operation's arguments must be, given the device (the board checks them again,
+# with the console's rules for ``set``); factory-reset names the device once more, so it
+# is never a slip.
+OPS: dict[str, Callable[[dict[str, ArgValue], str], bool]] = {
+    "relay": lambda a, _d: _relay(a),
+    "set": lambda a, _d: _set(a),
+    "reboot": lambda a, _d: not a,
+    "time": lambda a, _d: not a,
+    "read": lambda a, _d: not a,
+    "factory-reset": lambda a, d: a == {"confirm": d},
 }
 
 
@@ -133,7 +135,7 @@ class Authority:
         rule = OPS.get(op)
         if rule is None:
             raise Refused("unknown_op", op[:32], rid, device)
-        if not rule(args):
+        if not rule(args, device):
             raise Refused("bad_args", json.dumps(args)[:120], rid, device)
         if expires <= now_ms:
             raise Refused("expired", f"{(now_ms - expires) / 1000:.0f} s ago", rid, device)

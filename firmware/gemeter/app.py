@@ -83,12 +83,14 @@ class App:
             if getattr(self.link, "inbox", None):
                 results = self._commands(False)
             if self.sampler.due() or results:  # a command's result goes up at once
+                if results is None and (self.ctl[2] is not None or self.ctl[3] is not None):
+                    # A reboot or a timed relay switch is pending: before this report's
+                    # frame, so an empty ring says a reboot's result has gone out.
+                    self._commands(True)
                 self.ring.push(self.sampler.report(
                     self.boot, self.seq, self.uptime_ms, self.clock.unix_ms(), self.ring.dropped,
                     results))
                 self.seq += 1
-                if self.ctl[2] is not None or self.ctl[3] is not None:
-                    self._commands(True)  # a reboot or a timed relay switch is pending
                 self.state.checkpoint(self.energy(), self.checkpoint_s)
                 gc.collect()  # once per report: the heap figures below are then live data
                 self._note_heap(gc.mem_alloc(), gc.mem_free())

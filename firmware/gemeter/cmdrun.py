@@ -8,7 +8,10 @@ board's relay (relay.py); ``time`` sets the clock to the gateway's, sealed in th
 ``reboot`` restarts the board once its result is sent (``due``, at a report, as the end
 of a timed relay switch); ``set`` changes one setting in
 the config file with the console's checks (it applies at the next start; the device id,
-which its key is bound to, is not changed remotely, and a secret is never echoed).
+which its key is bound to, is not changed remotely, and a secret is never echoed);
+``factory-reset``, which must name the device again, puts every setting and the
+calibration back to the defaults except the device id and the link's, keeps the key, and
+restarts.
 """
 
 from gemeter.command import CommandError, Commands
@@ -75,6 +78,8 @@ def _act(app, c):
     if op == "reboot":
         app.ctl[2] = app.uptime_ms  # the board restarts once this result is sent (due)
         return c["id"], "done", None
+    if op == "factory-reset":
+        return (c["id"],) + _factory(app, c["args"])
     return c["id"], "failed", "unsupported"
 
 
@@ -163,6 +168,33 @@ def _set(app, args):
     data[key] = value
     config.atomic_write(_root(app) + "config.json", json.dumps(data))
     return "done", "applies at the next start"
+
+
+# What a remote factory reset keeps: who the meter is and how it reaches the gateway (the
+# key file is not touched). Erasing those, as the console's factory-reset does with the
+# installer beside the board, would leave it unreachable until someone came.
+_KEEP = ("device_id", "link", "serial_baud", "wifi_ssid", "wifi_password", "mqtt_host",
+         "mqtt_port", "mqtt_tls", "mqtt_user", "mqtt_password", "mqtt_keepalive_s")
+
+
+def _factory(app, args):
+    """(state, reason) of {"confirm": this device's id}: every other setting and the
+    calibration back to the defaults, then a restart (after the result is sent)."""
+    import json
+
+    from gemeter import config
+
+    if args != {"confirm": app.builder.device_id}:
+        return "failed", "confirm must name this device"
+    try:
+        with open(_root(app) + "config.json") as f:
+            data = json.loads(f.read())
+    except (OSError, ValueError):
+        data = {"device_id": app.builder.device_id}
+    config.atomic_write(_root(app) + "config.json", json.dumps(
+        {k: v for k, v in data.items() if k in _KEEP}))
+    app.ctl[2] = app.uptime_ms
+    return "done", "defaults; key and link kept; restarting"
 
 
 def _relay(app, args):

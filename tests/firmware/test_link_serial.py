@@ -4,6 +4,7 @@ interpreters; the splitting of the line into bodies under hypothesis."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from gateway import framing
 from gateway.command import Command
 from tests.support.firmware_fixtures import DEVICE, KEY, VirtualMeter
-from tests.support.fwrunner import FirmwareRunner, firmware_module
+from tests.support.fwrunner import SCRIPTS, FirmwareRunner, firmware_module
 from tools.vboard import VirtualBoard
 
 link_serial = firmware_module("gemeter.link_serial")  # with unframe.take, below
@@ -109,3 +110,35 @@ def test_any_line_costs_only_itself(noise: list[bytes], messages: list[bytes]) -
     while port.data:
         link.service(Ring())
     assert [unframe.decode(b) for b in link.inbox] == messages
+
+
+def test_factory_reset_must_name_the_device_and_keeps_what_reaches_it(
+        fw: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path) -> None:
+    """A factory reset that does not name the meter fails; one that does puts the settings
+    back to the defaults but for the device id and the link's, keeps the key, and
+    restarts the board once its result is out (the virtual board's reset exits 75)."""
+    meter = VirtualMeter(vboard, tmp_path, sample_interval_ms=10, report_interval_s=1,
+                         ring_size=16, serial_baud=57600, pzem_addresses="1")
+    key_before = (tmp_path / "key.bin").read_bytes()
+    expires = int(time.time() * 1000) + 60_000
+    meter.link_bus.inject(b"".join(framing.encode(Command(
+        DEVICE, n, expires, cid, "factory-reset", {"confirm": who}).seal(KEY))
+        for n, cid, who in ((1, b"f1", "mtr-other"), (2, b"f2", DEVICE))))
+    proc = fw.start(SCRIPTS / "app_run.py", env=vboard.env())
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(meter.request(1000)))
+    proc.stdin.close()
+    try:
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.stderr is not None
+    assert code == 75, proc.stderr.read()  # machine.reset()
+    frames, _ = meter.frames()
+    assert [r for f in frames for r in f.results] == [
+        (b"f1", "failed", "confirm must name this device"),
+        (b"f2", "done", "defaults; key and link kept; restarting")]
+    assert json.loads((tmp_path / "config.json").read_text()) == {
+        "device_id": DEVICE, "link": "serial", "serial_baud": 57600}
+    assert (tmp_path / "key.bin").read_bytes() == key_before

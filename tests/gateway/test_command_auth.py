@@ -70,6 +70,11 @@ def test_every_way_to_get_it_wrong_has_its_reason() -> None:
     assert refused(request(op="format-disk", args={})) == "unknown_op"
     assert refused(request(args={"state": "dim"})) == "bad_args"
     assert refused(request(op="reboot", args={"now": True})) == "bad_args"
+    # A factory reset must name its device once more: a copied request cannot slip.
+    assert refused(request(op="factory-reset", args={})) == "bad_args"
+    assert refused(request(op="factory-reset", args={"confirm": "mtr-2"})) == "bad_args"
+    assert AUTH.check(request(op="factory-reset", args={"confirm": "mtr-1"}), NOW).op == \
+        "factory-reset"
     assert refused(request(expires_ms=NOW - 1)) == "expired"
     assert refused(request(expires_ms=NOW + 8 * 86_400_000)) == "too_far"
     assert refused(b"[1, 2]") == "malformed"
