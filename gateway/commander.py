@@ -43,7 +43,7 @@ from gateway.command_auth import SECURITY, Authority, Refused
 from gateway.command_queue import CommandQueue, Entry, Full
 from gateway.config import LocalBroker, UplinkSection
 from gateway.devices import Devices
-from gateway.mqtt_client import cloud_client
+from gateway.mqtt_client import cloud_client, no_delay
 from gateway.payloads import iso_ms
 from gateway.protocol import Frame
 
@@ -87,15 +87,15 @@ class Commander:
         self._ticker = threading.Thread(target=self._tick, name="commands", daemon=True)
         client_id = (uplink.client_id or f"gridedge-{gateway}") + "-commands"
         self._v5 = uplink.protocol == "mqtt5"
-        self.cloud = cloud_client(uplink, client_id, clean_session=False)
+        self.cloud = no_delay(cloud_client(uplink, client_id, clean_session=False))
         self.cloud.reconnect_delay_set(1, 30)
         self.cloud.on_connect = self._cloud_connected
         self.cloud.on_message = self._request
         self.listening = threading.Event()  # the cloud broker granted the subscription
         self.cloud.on_subscribe = self._listening
         self._cloud_at = (uplink.host, uplink.port)
-        self.local = mqtt.Client(CallbackAPIVersion.VERSION2,
-                                 client_id=f"{local.client_id}-commands", clean_session=False)
+        self.local = no_delay(mqtt.Client(CallbackAPIVersion.VERSION2, clean_session=False,
+                                          client_id=f"{local.client_id}-commands"))
         if local.username:
             self.local.username_pw_set(local.username, local.password or None)
         self.local.reconnect_delay_set(1, 30)

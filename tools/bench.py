@@ -11,7 +11,9 @@ the best of several repetitions. Suites so far:
   under CPython;
 - the physical limit of a 115200-baud serial link for the frame size measured here;
 - with the brokers (bench_gateway.py, bench_wear.py): throughput, latency, backlog drain,
-  and the bytes the gateway and its broker write to storage per frame (SD-card wear).
+  and the bytes the gateway and its broker write to storage per frame (SD-card wear);
+- command round trips (bench_commands.py): the control room to the firmware under
+  MicroPython and back, over each link, against a request answered at once.
 """
 
 from __future__ import annotations
@@ -184,10 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = [bench_gateway_decode(), bench_deframe(), bench_firmware_build(),
             serial_limit(len(framing.encode(message)))]
     if not args.no_gateway:
-        from tools import bench_gateway, bench_wear
+        from tools import bench_commands, bench_gateway, bench_wear
 
         rows += bench_gateway.run(args.frames, args.backlog)
         rows += bench_wear.bench_wear()
+        rows += bench_commands.run()
     print(render(rows))
     out = {"machine": {"python": sys.version.split()[0], "cpus": os.cpu_count(),
                        "platform": platform.platform()},

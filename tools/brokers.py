@@ -30,6 +30,7 @@ class BrokerError(ToolError):
 # is at most 1 KiB, so a payload over 16 KiB is refused before anyone stores it.
 LOCAL_BROKER_SETTINGS = (
     "max_queued_messages 1000000\nmax_queued_bytes 0\nmessage_size_limit 16384\n"
+    "set_tcp_nodelay true\n"
 )
 
 

@@ -1,7 +1,9 @@
 """The meter application: built once from the board file and the config, then loops.
 
 One loop iteration: read every IC (sources), and when a reporting period is complete build
-one authenticated frame, queue it in the RAM ring and let the link send what it can; feed
+one authenticated frame, queue it in the RAM ring and let the link send what it can (the
+link is also serviced first, so commands that came while the loop slept run at once and
+their results go up in a frame of their own in the same iteration); feed
 the hardware watchdog (only here, so a hung driver or link resets the board); checkpoint
 energy totals within the flash-wear budget; sleep until the next sample is due. The boot
 counter is saved before the first frame. ``run`` returns statistics when given a cycle
@@ -75,6 +77,9 @@ class App:
         due = last
         while max_cycles is None or self.sampler.cycles < max_cycles:
             t0 = time.ticks_us()
+            # The link first, as well as last: a command that came while the loop slept
+            # runs in this iteration, and its result goes up in it (not a sample later).
+            self.link.service(self.ring)
             self.sampler.sample()
             now = time.ticks_ms()
             self.uptime_ms += time.ticks_diff(now, last)

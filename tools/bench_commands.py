@@ -1,0 +1,249 @@
+"""Command round trips for `make bench`: the control room to a meter's firmware and back, per link.
+
+A signed ``read`` goes from an MQTT 5 client on the cloud broker (as ``gridedge command``
+sends it) through the real gateway process (checked, queued durably, sealed) to the
+unmodified firmware under the MicroPython unix port on a virtual board, over Wi-Fi MQTT
+(the gateway's local broker) or the serial link (the board's UART bridged to a pty that
+the gateway reads and writes), and the meter's result comes back up in a frame, through
+the gateway, to the control room's response topic. Timed from the request's publish to
+the ``done`` answer; p50, p99 and max over ``n`` commands sent one after the other, each
+after a random pause of up to one sample period (so they find the meter's loop at any
+point of its cycle, as real ones do).
+
+The baseline, measured in the same run, is the floor a control room cannot beat: the
+same request answered at once by a client on the cloud broker (two broker hops). Both
+brokers run with ``set_tcp_nodelay true`` (the local one as docs/gateway.md configures
+it) and every client turns Nagle off, as the gateway's commander does: with Nagle on
+either end each small packet waits up to 40 ms for a delayed ACK (the echo alone took
+88 ms). The meter samples every 100 ms and services its link at the start and the end of
+each iteration: a command waits for the loop to wake, on average half a period. A pty
+has no line time: at 115200 baud the command (about 110 bytes) and the result's frame
+(about 300) would add what the serial row's baseline says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.command_auth import sign
+from gateway.mqtt_client import no_delay
+from tools import mpy_deps, resources
+from tools.bench_gateway import stop_gateway
+from tools.brokers import LOCAL_BROKER_SETTINGS, Mosquitto, free_port
+from tools.vboard import VirtualBoard
+from tools.virtual_meter import find_micropython, wire_meter
+
+GW = "bench-gw"
+DEVICE = "mtr-bench"
+KEY = bytes(range(32, 64))
+OPERATOR = bytes(range(32))
+SAMPLE_MS = 100
+COMMAND_BYTES, RESULT_FRAME_BYTES = 110, 300
+
+
+class Requester:
+    """The control room: one MQTT 5 client; ``ask`` publishes a request with a response
+    topic and correlation data and returns the seconds until the answer in ``final``."""
+
+    def __init__(self, port: int) -> None:
+        self.reply = f"bench/{uuid.uuid4().hex}/replies"
+        self.answers: dict[bytes, list[tuple[float, dict[str, Any]]]] = {}
+        self.cond = threading.Condition()
+        self.client = no_delay(mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+                                           client_id=f"bench-{uuid.uuid4()}"))
+        self.client.on_message = self._answer
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.client.subscribe(self.reply, qos=1)
+        if not subscribed.wait(10):
+            raise TimeoutError("no SUBACK from the cloud broker")
+
+    def _answer(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        corr = bytes(getattr(msg.properties, "CorrelationData", b"") or b"")
+        with self.cond:
+            self.answers.setdefault(corr, []).append((time.perf_counter(),
+                                                      json.loads(msg.payload)))
+            self.cond.notify_all()
+
+    def ask(self, topic: str, body: dict[str, Any], final: str, timeout: float = 20) -> float:
+        corr = uuid.uuid4().bytes
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.ResponseTopic, props.CorrelationData = self.reply, corr
+        t0 = time.perf_counter()
+        self.client.publish(topic, json.dumps(body), qos=1, properties=props)
+        with self.cond:
+            ok = self.cond.wait_for(lambda: any(a.get("state") == final
+                                                for _t, a in self.answers.get(corr, [])),
+                                    timeout)
+            if not ok:
+                raise TimeoutError(f"no {final!r} answer: {self.answers.get(corr)}")
+            return next(t for t, a in self.answers[corr] if a.get("state") == final) - t0
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def echo_baseline(cloud: Mosquitto, n: int) -> list[float]:
+    """The same request answered at once by a client on the cloud broker."""
+    echo = no_delay(mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-echo",
+                                protocol=mqtt.MQTTv5))
+    ready = threading.Event()
+
+    def answer(c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        asked = msg.properties
+        assert asked is not None  # MQTT 5: the requester set both
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.CorrelationData = getattr(asked, "CorrelationData", b"")
+        c.publish(getattr(asked, "ResponseTopic", ""), b'{"state": "done"}', qos=1,
+                  properties=props)
+
+    echo.on_message = answer
+    echo.on_subscribe = lambda *_: ready.set()
+    echo.connect("127.0.0.1", cloud.port)
+    echo.loop_start()
+    echo.subscribe("bench/echo", qos=1)
+    ready.wait(10)
+    ops = Requester(cloud.port)
+    try:
+        return [ops.ask("bench/echo", {"id": f"e{i}"}, "done") for i in range(n)]
+    finally:
+        ops.close()
+        echo.loop_stop()
+        echo.disconnect()
+
+
+@contextlib.contextmanager
+def brokers(folder: Path) -> Iterator[tuple[Mosquitto, Mosquitto]]:
+    """The local broker as documented, and a cloud broker with Nagle off."""
+    local = Mosquitto(folder / "local", extra=LOCAL_BROKER_SETTINGS).start()
+    cloud = Mosquitto(folder / "cloud", extra="set_tcp_nodelay true\n").start()
+    try:
+        yield local, cloud
+    finally:
+        local.stop()
+        cloud.stop()
+
+
+def _gateway_config(folder: Path, local: Mosquitto, cloud: Mosquitto, tty: str) -> Path:
+    public = Ed25519PrivateKey.from_private_bytes(OPERATOR).public_key().public_bytes(
+        Encoding.Raw, PublicFormat.Raw)
+    serial = f'[[serial]]\nport = "{tty}"\ndevice = "{DEVICE}"\n' if tty else ""
+    cfg = folder / "gateway.toml"
+    cfg.write_text(
+        f'[gateway]\nid = "{GW}"\nstate_dir = "{folder / "state"}"\nlog_level = "info"\n'
+        f"[local]\nport = {local.port}\n[metrics]\nport = {free_port()}\n"
+        f'[uplink]\nhost = "127.0.0.1"\nport = {cloud.port}\ntls = false\n'
+        f"batch_delay_ms = 20\n[checks]\nenabled = false\n"
+        f'[[devices]]\nid = "{DEVICE}"\nkey = "{KEY.hex()}"\nsite = "s"\nfeeder = "F1"\n'
+        f'[commands]\nenabled = true\noperator_keys = ["{public.hex()}"]\n{serial}')
+    return cfg
+
+
+@contextlib.contextmanager
+def meter(folder: Path, link: str, local: Mosquitto) -> Iterator[str]:
+    """The firmware's main.py under MicroPython on a virtual board; yields the pty of its
+    serial link (or "" on MQTT)."""
+    exe = find_micropython()
+    if exe is None:
+        raise RuntimeError("the MicroPython unix port is missing: run `make setup`")
+    board = VirtualBoard(str(folder / "board.sock")).start()
+    config: dict[str, Any] = {"device_id": DEVICE, "link": link, "report_interval_s": 60,
+                              "sample_interval_ms": SAMPLE_MS}
+    if link == "mqtt":
+        config.update(mqtt_host="127.0.0.1", mqtt_port=local.port)
+    rig = wire_meter(board, folder / "meter", "esp32-devkitc", config, KEY)
+    rig.pzem.set_reading(voltage=230.0, current=1.0, power=230.0, frequency=50.0, pf=1.0)
+    tty = board.bridge_pty(rig.gateway_uart) if link == "serial" else ""
+    env = dict(os.environ, **board.env(), MICROPYPATH=f"{resources.machine_shim()}:"
+               f"{resources.firmware()}:{mpy_deps.ensure()}:.frozen")
+    proc = subprocess.Popen([exe, str(resources.firmware() / "main.py")],
+                            cwd=folder / "meter", env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield tty
+    finally:
+        proc.kill()
+        proc.wait(10)
+        board.stop()
+
+
+def round_trips(link: str, n: int, folder: Path) -> list[float]:
+    """n round trips of a signed read over ``link`` ("mqtt" or "serial")."""
+    folder.mkdir(parents=True)
+    with brokers(folder) as (local, cloud), meter(folder, link, local) as tty:
+        log = folder / "gateway.log"
+        with log.open("wb") as out:
+            gw = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config",
+                                   str(_gateway_config(folder, local, cloud, tty))],
+                                  stdout=out, stderr=subprocess.STDOUT)
+        ops = Requester(cloud.port)
+        try:
+            deadline = time.monotonic() + 30
+            while "commands: listening" not in log.read_text():
+                if time.monotonic() > deadline or gw.poll() is not None:
+                    raise RuntimeError(f"the gateway did not start:\n{log.read_text()[-1500:]}")
+                time.sleep(0.1)
+            topic = f"gridedge/v1/gw/{GW}/commands"
+
+            pause = random.Random(12)
+
+            def read(i: int) -> float:
+                # A random pause first: requests in step with the meter's loop would all
+                # find it at the same point of its 100-ms cycle.
+                time.sleep(pause.uniform(0, SAMPLE_MS / 1000))
+                return ops.ask(topic, sign(OPERATOR, GW, f"{link[0]}{i}", DEVICE, "read", {},
+                                           int(time.time() * 1000) + 60_000), "done", 60)
+
+            read(-1)  # warm-up: the meter connected, the gateway found it online
+            return [read(i) for i in range(n)]
+        finally:
+            ops.close()
+            stop_gateway(gw)
+
+
+def _row(case: str, times: list[float], base: list[float], extra: str = "") -> list[dict[str, Any]]:
+    ms = sorted(t * 1000 for t in times)
+    b50 = statistics.median(base) * 1000
+    p99 = ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
+    baseline = f"the same request answered at once on the cloud broker (p50){extra}"
+    return [{"case": f"{case} p50", "unit": "ms", "value": statistics.median(ms),
+             "baseline": baseline, "baseline_value": b50,
+             "ratio": statistics.median(ms) / b50 if b50 else None},
+            {"case": f"{case} p99 (max {ms[-1]:.0f} ms)", "unit": "ms", "value": p99,
+             "baseline": baseline, "baseline_value": b50, "ratio": p99 / b50 if b50 else None}]
+
+
+def run(n: int = 30) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory(prefix="cmd-bench") as tmp:
+        folder = Path(tmp)
+        with brokers(folder / "echo") as (_local, cloud):
+            base = echo_baseline(cloud, n)
+        mqtt_times = round_trips("mqtt", n, folder / "mqtt")
+        serial_times = round_trips("serial", n, folder / "serial")
+    line_ms = (COMMAND_BYTES + RESULT_FRAME_BYTES) * 10 / 115_200 * 1000
+    return (_row(f"command round trip, Wi-Fi MQTT link, {n} reads", mqtt_times, base)
+            + _row(f"command round trip, serial link (pty), {n} reads", serial_times, base,
+                   f"; at 115200 baud the line adds {line_ms:.0f} ms"))
