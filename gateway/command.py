@@ -22,6 +22,7 @@ import cbor2
 from gateway.cose import Mac0
 
 DOWN_LABEL = b"gridedge/v1 down"
+WRAP_LABEL = b"gridedge/v1 wrap"
 MAX_COMMAND = 512  # bytes of one command message, as the firmware accepts
 MAX_ID = 16
 C_DEVICE, C_COUNTER, C_EXPIRES, C_ID, C_OP, C_ARGS, C_SENT = 1, 2, 3, 4, 5, 6, 7
@@ -34,6 +35,16 @@ def derive(key: bytes, label: bytes) -> bytes:
     bytes."""
     prk = hmac.new(bytes(32), key, hashlib.sha256).digest()
     return hmac.new(prk, label + b"\x01", hashlib.sha256).digest()
+
+
+def wrap(new_key: bytes, key: bytes, counter: int) -> bytes:
+    """A new device key for a ``key-rotate`` command, hidden under the key the device
+    holds: XOR with HMAC-SHA256(HKDF(key, WRAP_LABEL), "rekey" || counter as 8 bytes
+    big-endian). The counter is never used twice for a device, so no pad is; the
+    command's MAC makes the result tamper-evident. The same call unwraps."""
+    pad = hmac.new(derive(key, WRAP_LABEL), b"rekey" + counter.to_bytes(8, "big"),
+                   hashlib.sha256).digest()
+    return bytes(a ^ b for a, b in zip(new_key, pad, strict=True))
 
 
 @dataclass(frozen=True)

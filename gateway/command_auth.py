@@ -90,6 +90,7 @@ OPS: dict[str, Callable[[dict[str, ArgValue], str], bool]] = {
     "time": lambda a, _d: not a,
     "read": lambda a, _d: not a,
     "factory-reset": lambda a, d: a == {"confirm": d},
+    "key-rotate": lambda a, _d: not a,  # the gateway makes the key (keyring.py)
 }
 
 

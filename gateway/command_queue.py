@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.command_auth import ArgValue, Request
+from gateway.sqlite_file import open_checked
 
 log = logging.getLogger(__name__)
 
@@ -67,29 +67,11 @@ class CommandQueue:
         self.path = Path(path)
         self.problem: str | None = None
         self._lock = threading.Lock()
-        try:
-            self.db = self._open()
-        except sqlite3.DatabaseError as e:
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            with contextlib.suppress(OSError):
-                os.replace(self.path, aside)
-            self.problem = f"{self.path}: {e}; moved to {aside.name}, the queue starts empty"
+        self.db, problem = open_checked(
+            self.path, SCHEMA, "SELECT count(*) FROM commands JOIN counters USING (device)")
+        if problem is not None:
+            self.problem = f"{problem}, the queue starts empty"
             log.error("commands: %s", self.problem)
-            self.db = self._open()
-
-    def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                raise sqlite3.DatabaseError("quick_check failed")
-            db.executescript(SCHEMA)
-            db.execute("SELECT count(*) FROM commands JOIN counters USING (device)").fetchone()
-        except sqlite3.DatabaseError:
-            db.close()
-            raise
-        return db
 
     def close(self) -> None:
         with self._lock:

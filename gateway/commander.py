@@ -38,11 +38,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.alarm import Alarm
-from gateway.command import Command
+from gateway.command import Command, wrap
 from gateway.command_auth import SECURITY, Authority, Refused
 from gateway.command_queue import CommandQueue, Entry, Full
 from gateway.config import LocalBroker, UplinkSection
 from gateway.devices import Devices
+from gateway.keyring import Keyring
 from gateway.mqtt_client import cloud_client, no_delay
 from gateway.payloads import iso_ms
 from gateway.protocol import Frame
@@ -68,9 +69,10 @@ class Commander:
     def __init__(self, uplink: UplinkSection, local: LocalBroker, gateway: str,
                  authority: Authority, queue: CommandQueue, devices: Devices,
                  record: Callable[[Alarm], None], wired: Mapping[str, Wire] | None = None,
-                 redeliver_s: float = REDELIVER_S) -> None:
+                 redeliver_s: float = REDELIVER_S, keyring: Keyring | None = None) -> None:
         """``record``: stores an event for the cloud's alarms topic; ``wired``: device ->
-        the serial line it is on."""
+        the serial line it is on; ``keyring``: the devices' rotated keys (key-rotate)."""
+        self.keyring = keyring
         self.wired = dict(wired or {})
         self.redeliver_ms = int(redeliver_s * 1000)
         self.base = f"{uplink.topic_prefix}/{gateway}"
@@ -209,14 +211,21 @@ class Commander:
 
     def _deliver(self, device: str, entries: list[Entry] | None = None) -> None:
         """Send the device its queued commands (or ``entries``, delivered before)."""
-        key = self.devices[device].key
+        dev = self.devices[device]
+        key = self.keyring.keys(device, dev).current if self.keyring else dev.key
         wire = self.wired.get(device)
         with self._lock:
             for entry in self.queue.pending(device, now_ms()) if entries is None else entries:
                 if any(e.id == entry.id and e.device == device for e in self._sent.values()):
                     continue  # on its way
+                args = entry.args
+                if entry.op == "key-rotate" and self.keyring is not None:
+                    # The next key, made and stored before it leaves, wrapped for this
+                    # command alone (its counter) under the key the device holds.
+                    key, new = self.keyring.begin(device, dev)
+                    args = {"key": wrap(new, key, entry.counter).hex()}
                 sealed = Command(device, entry.counter, entry.expires_ms, entry.id.encode(),
-                                 entry.op, entry.args, now_ms()).seal(key)
+                                 entry.op, args, now_ms()).seal(key)
                 if wire is None:
                     info = self.local.publish(f"gridedge/v1/dev/{device}/cmd", sealed, qos=1)
                     self._sent[info.mid] = entry
@@ -264,6 +273,22 @@ class Commander:
                                                          now).items():
                 if device in self.devices and self._reachable(device):
                     self._deliver(device, entries)
+            self._rotated(now)
+
+    def _rotated(self, now: int) -> None:
+        """A delivered key-rotate whose result was lost is done all the same once the
+        device's frames verify with its new key (verify.py promoted it)."""
+        ring = self.keyring
+        if ring is None:
+            return
+        for device, entries in self.queue.unanswered(now + 1, now).items():
+            dev = self.devices.get(device)
+            for entry in entries:
+                if entry.op == "key-rotate" and dev is not None and \
+                        not ring.rotating(device, dev):
+                    self.queue.mark(device, entry.id, "done")
+                    self.counts["done"] += 1
+                    self._answer(entry, "done", "new key in use")
 
 
 def _topic_ok(topic: str) -> bool:

@@ -224,6 +224,10 @@ class Config:
         return Path(self.gateway.state_dir) / "commands.db"
 
     @property
+    def keys_path(self) -> Path:
+        return Path(self.gateway.state_dir) / "keys.db"
+
+    @property
     def store_path(self) -> Path:
         return Path(self.gateway.state_dir) / "store.db"
 

@@ -29,6 +29,7 @@ from gateway.homeassistant import Discovery
 from gateway.inbox import Inbox
 from gateway.ingest_mqtt import MQTTIngest
 from gateway.ingest_serial import SerialIngest
+from gateway.keyring import Keyring
 from gateway.pipeline import Listener, Pipeline
 from gateway.stats import Stats, StoreFigures, storage_bytes_written
 from gateway.store import Store
@@ -60,7 +61,12 @@ class Daemon:
             listeners.append(Discovery(ingest.publish, cfg.homeassistant.discovery_prefix,
                                        cfg.homeassistant.state_prefix,
                                        lambda: ingest.connects))
-        registry = devices.from_config(cfg)
+        self.keyring = Keyring(cfg.keys_path)
+        if self.keyring.problem is not None:
+            log.error("keys: %s", self.keyring.problem)
+            self.store.commit([records.alarm(events.keyring_lost(
+                self.keyring.problem, int(time.time() * 1000)))])
+        registry = self.keyring.apply(devices.from_config(cfg))
         checks = EdgeChecks(cfg.checks, registry) if cfg.checks.enabled else None
         self.commander = self._commander(cfg, registry) if cfg.commands.enabled else None
         if self.commander is not None:  # the devices' results of commands
@@ -68,7 +74,7 @@ class Daemon:
         self.pipeline = Pipeline(self.store, registry, inbox,
                                  commit_interval_ms=cfg.store.commit_interval_ms,
                                  checks=checks, hold=hold, durable=durable,
-                                 listeners=listeners,
+                                 listeners=listeners, keyring=self.keyring,
                                  detector_state=DetectorState(f"{cfg.store_path}.detectors"))
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -94,7 +100,7 @@ class Daemon:
             record(events.command_queue_lost(queue.problem, int(time.time() * 1000)))
         wired = {r.cfg.device: r for r in self.serial if r.cfg.device}
         return Commander(cfg.uplink, cfg.local, cfg.gateway.id, authority, queue, registry,
-                         record, wired)
+                         record, wired, keyring=self.keyring)
 
     def stats(self) -> Stats:
         """The one snapshot of the daemon's figures (gateway/stats.py)."""
@@ -141,7 +147,7 @@ class Daemon:
         except ConfigError as e:
             log.error("reload refused, keeping the running configuration: %s", e)
             return
-        registry = devices.from_config(new)
+        registry = self.keyring.apply(devices.from_config(new))
         self.pipeline.set_devices(registry)
         if self.pipeline.checks is not None:
             self.pipeline.checks.set_devices(registry)

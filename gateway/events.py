@@ -6,8 +6,8 @@ authentic frames are being refused as replays (``replay_rejected``, raised and c
 a device whose counters went back and whose newer clock proved its frames new
 (``counter_reset``), a damaged store (``store_corrupt``: what was moved aside, lost and
 salvaged), records that failed their checksum on the medium (``record_corrupt``), the
-anomaly detectors' saved state or the command queue found damaged (``detector_state_lost``,
-``command_queue_lost``). Each
+anomaly detectors' saved state, the command queue or the rotated keys found damaged
+(``detector_state_lost``, ``command_queue_lost``, ``keyring_lost``). Each
 builder returns one record in the shape docs/cloud.md and docs/schemas/alarm.schema.json
 define; ``records.alarm`` gives it its id.
 """
@@ -77,6 +77,12 @@ def detector_state_lost(detail: str, now_ms: int) -> Alarm:
 def command_queue_lost(detail: str, now_ms: int) -> Alarm:
     """The command queue's file was damaged (command_queue.py): a new one started."""
     return _event("command_queue_lost", "", now_ms, feeder="", detail=detail)
+
+
+def keyring_lost(detail: str, now_ms: int) -> Alarm:
+    """The rotated keys' file was damaged (keyring.py): devices are back on their
+    registry keys, and those that had switched are rejected until provisioned again."""
+    return _event("keyring_lost", "", now_ms, feeder="", detail=detail)
 
 
 def record_corrupt(bad: Sequence[Stored], now_ms: int) -> Alarm:

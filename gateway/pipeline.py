@@ -49,6 +49,7 @@ from gateway.devices import Device, Devices
 from gateway.hold import Ack as HeldAck
 from gateway.hold import Hold
 from gateway.inbox import Ack, Inbox, Item
+from gateway.keyring import Keyring
 from gateway.protocol import Frame
 from gateway.store import Store
 from gateway.store_rows import TELEMETRY, Mark, Record
@@ -81,9 +82,11 @@ class Pipeline:
                  checks: EdgeChecks | None = None, hold: Hold | None = None,
                  durable: DurableMarks | None = None,
                  listeners: Sequence[Listener] = (),
-                 detector_state: DetectorState | None = None) -> None:
+                 detector_state: DetectorState | None = None,
+                 keyring: Keyring | None = None) -> None:
         """``hold``: readings wait there for the cloud (its ``durable`` marks are the
-        committer's); ``listeners`` hear of each batch, in this order."""
+        committer's); ``listeners`` hear of each batch, in this order; ``keyring``: the
+        devices' rotated keys."""
         self.store = store
         self.inbox = inbox
         self.checks = checks
@@ -97,7 +100,7 @@ class Pipeline:
         self.dedup = Deduplicator(marks)  # live: every frame verified so far
         # What may be written: frames safe elsewhere (shared with the hold).
         self.durable = durable if durable is not None else DurableMarks(marks)
-        self.verifier = Verifier(self.devices, self.dedup)
+        self.verifier = Verifier(self.devices, self.dedup, keyring)
         self.rejected = self.verifier.rejected  # counted per reason, where they happen
         self.commit_interval_s = commit_interval_ms / 1000
         self.max_batch = max_batch

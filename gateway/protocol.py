@@ -14,7 +14,7 @@ inverse, for tools and tests.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -232,10 +232,15 @@ def parse_reading(reading: Any, device_id: str) -> Frame:
 
 
 class FrameDecoder:
-    """Authenticates and decodes frames against a registry of device keys."""
+    """Authenticates and decodes frames against a registry of device keys. ``more``: other
+    keys that verify a device's frame when its own does not (a key rotation's next and
+    previous keys, keyring.py); ``used`` is then the one that did (None: its own)."""
 
-    def __init__(self, keys: Mapping[str, bytes]) -> None:
+    def __init__(self, keys: Mapping[str, bytes],
+                 more: Callable[[str], Sequence[bytes]] | None = None) -> None:
         self.keys = keys
+        self.more = more
+        self.used: bytes | None = None
 
     def decode(self, data: bytes, claimed: str | None = None) -> Frame:
         """The frame; ``claimed``: the device its source stands for (the MQTT topic's
@@ -254,8 +259,12 @@ class FrameDecoder:
         key = self.keys.get(device_id)
         if key is None:
             raise ProtocolError(Reason.UNKNOWN_DEVICE, f"no key for {device_id!r}", device_id)
+        self.used = None
         if not msg.verify(key):
-            raise ProtocolError(Reason.BAD_MAC, "MAC does not verify", device_id)
+            self.used = next((k for k in (self.more(device_id) if self.more else ())
+                              if msg.verify(k)), None)
+            if self.used is None:
+                raise ProtocolError(Reason.BAD_MAC, "MAC does not verify", device_id)
         try:
             reading = strict_cbor.loads(msg.payload)
         except ProtocolError as e:

@@ -23,6 +23,7 @@ from gateway.alarm import Alarm
 from gateway.dedup import Deduplicator
 from gateway.devices import Devices
 from gateway.errors import ProtocolError
+from gateway.keyring import Keyring
 from gateway.protocol import Frame, FrameDecoder
 
 log = logging.getLogger(__name__)
@@ -72,20 +73,42 @@ class RateLimitedLog:
 
 
 class Verifier:
-    def __init__(self, devices: Devices, dedup: Deduplicator) -> None:
-        """``devices``: keys, and the generation each device's marks are bound to."""
-        self.decoder = FrameDecoder({d: dev.key for d, dev in devices.items()})
+    def __init__(self, devices: Devices, dedup: Deduplicator,
+                 keyring: Keyring | None = None) -> None:
+        """``devices``: keys, and the generation each device's marks are bound to;
+        ``keyring``: rotated keys (a frame MACed with a device's next key makes it its
+        key, keyring.py)."""
+        self.keyring = keyring
+        self.decoder = FrameDecoder({}, self._more if keyring is not None else None)
         self.dedup = dedup
-        self.devices = devices
         self.rejected: Counter[str] = Counter()  # keys: Reason values and dedup verdicts
         self.log = RateLimitedLog()
         self.events: list[Alarm] = []  # replay_rejected, counter_reset: for the batch
         self._refused: set[str] = set()  # devices with a raised replay_rejected alarm
+        self.devices = devices
+        self.set_devices(devices)
 
     def set_devices(self, devices: Devices) -> None:
-        self.decoder.keys = {d: dev.key for d, dev in devices.items()}
+        ring = self.keyring
+        self.decoder.keys = {d: ring.keys(d, dev).current if ring else dev.key
+                             for d, dev in devices.items()}
         self.devices = devices
         self._refused &= set(devices)
+
+    def _more(self, device: str) -> tuple[bytes, ...]:
+        dev = self.devices.get(device)
+        return self.keyring.keys(device, dev).others if self.keyring and dev else ()
+
+    def _rotated(self, device: str, used: bytes) -> None:
+        """A frame verified with a key other than the device's: if it was its next one,
+        that is its key from now on."""
+        dev = self.devices.get(device)
+        if self.keyring is not None and dev is not None and \
+                self.keyring.promote(device, dev, used):
+            keys = dict(self.decoder.keys)
+            keys[device] = used
+            self.decoder.keys = keys
+            log.info("%s: uses its new key now; the old one is dropped", device)
 
     def generation(self, device: str) -> str:
         dev = self.devices.get(device)
@@ -106,6 +129,8 @@ class Verifier:
                 raise raw
             frame = self.decoder.decode(raw, claimed)
             device = frame.device_id
+            if self.decoder.used is not None:
+                self._rotated(device, self.decoder.used)
             mark = self.dedup.marks.get(device)
             verdict = self.dedup.check(device, frame.boot, frame.seq, frame.unix_ms,
                                        self.generation(device))

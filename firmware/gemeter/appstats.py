@@ -15,6 +15,7 @@ def stats(app):
         "frames": app.seq,
         "boot": app.boot,
         "dropped": app.ring.dropped,
+        "unsent": len(app.ring),  # still in the ring when the run ended
         "heap_live_first": app.heap_live[0],
         "heap_live_min": app.heap_live[1],
         "heap_live_max": app.heap_live[2],

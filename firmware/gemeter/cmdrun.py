@@ -57,14 +57,19 @@ def run(app):
             continue
         app.state.cmd = c["counter"]
         app.state.save()
-        res = _act(app, c)
+        res = _act(app, c, key)
+        if c["op"] == "key-rotate" and res[1] == "done":
+            key = KeyStore(_root(app) + "key.bin").load()  # opens the ones after it
+            cmds = Commands(app.builder.device_id, key, app.state.cmd)
+            cmds.recent = ctl[0]
         cmds.result(c["id"])[1:] = res[1:]
         results.append(res)
     return _encode(results) if results else None
 
 
-def _act(app, c):
-    """(id, state, reason) of one opened command, after it acted."""
+def _act(app, c, key):
+    """(id, state, reason) of one opened command, after it acted (``key``: the device
+    key it was opened with)."""
     op = c["op"]
     if op == "read":
         return c["id"], "done", None
@@ -80,6 +85,8 @@ def _act(app, c):
         return c["id"], "done", None
     if op == "factory-reset":
         return (c["id"],) + _factory(app, c["args"])
+    if op == "key-rotate":
+        return (c["id"],) + _rekey(app, c, key)
     return c["id"], "failed", "unsupported"
 
 
@@ -195,6 +202,32 @@ def _factory(app, args):
         {k: v for k, v in data.items() if k in _KEEP}))
     app.ctl[2] = app.uptime_ms
     return "done", "defaults; key and link kept; restarting"
+
+
+def _rekey(app, c, key):
+    """(state, reason) of {"key": the new key, 64 hex digits, wrapped}: stored, then every
+    frame from the next one on (this command's result included) is MACed with it. The
+    wrap (gateway/command.py) is XOR with HMAC-SHA256(HKDF(key, "gridedge/v1 wrap"),
+    "rekey" || counter, 8 bytes big-endian): the command's counter makes it one-time."""
+    import binascii
+    import struct
+
+    from gemeter import auth, frame
+    from gemeter.command import derive
+    from gemeter.keystore import KeyStore, fingerprint
+
+    try:
+        wrapped = binascii.unhexlify(c["args"].get("key", ""))
+    except (ValueError, TypeError):
+        wrapped = b""
+    if len(wrapped) != 32:
+        return "failed", "bad args"
+    pad = auth.HMACSHA256(derive(key, b"gridedge/v1 wrap")).digest(
+        b"rekey", struct.pack(">Q", c["counter"]))
+    new = bytes(a ^ b for a, b in zip(wrapped, pad))
+    KeyStore(_root(app) + "key.bin").save(new)
+    app.builder = app.sampler.builder = frame.FrameBuilder(app.builder.device_id, new)
+    return "done", "key " + fingerprint(new)
 
 
 def _relay(app, args):

@@ -27,13 +27,25 @@ class KeyStore:
         self.path = path
 
     def load(self):
-        """The key, or None if there is none (the device then refuses to send frames)."""
-        try:
-            with open(self.path, "rb") as f:
-                key = f.read()
-        except OSError:
-            return None
-        return key if len(key) == KEY_LEN else None
+        """The key, or None if there is none (the device then refuses to send frames).
+        A key file lost between the two steps of atomic_write's fallback (a filesystem
+        that cannot rename over a file: remove, then rename) is taken from its complete
+        temporary copy: a power cut there must not lock the meter out."""
+        for path in (self.path, self.path + ".tmp"):
+            try:
+                with open(path, "rb") as f:
+                    key = f.read()
+            except OSError:
+                continue
+            if len(key) == KEY_LEN:
+                return key
+        return None
+
+    def save(self, key):
+        """Store a key (32 bytes) atomically: the rotated one a command brought."""
+        if len(key) != KEY_LEN:
+            raise ValueError("a key is %d bytes" % KEY_LEN)
+        atomic_write(self.path, bytes(key))
 
     def generate(self):
         key = os.urandom(KEY_LEN)

@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.command_auth import REASONS, SECURITY, Authority, Refused, key_id, sign
+from gateway.command_auth import OPS, REASONS, SECURITY, Authority, Refused, key_id, sign
+from tests.support.fwrunner import REPO
 
 OPERATOR = bytes(range(32))
 INTRUDER = bytes(range(1, 33))
@@ -98,3 +99,8 @@ def test_any_bytes_are_refused_with_a_reason(data: bytes) -> None:
 @settings(max_examples=400, deadline=None)
 def test_any_json_object_is_refused_with_a_reason(obj: dict[str, object]) -> None:
     assert refused(json.dumps(obj).encode()) in REASONS
+
+
+def test_the_documented_operations_are_the_ones_taken() -> None:
+    schema = json.loads((REPO / "docs" / "schemas" / "command.schema.json").read_text())
+    assert set(schema["properties"]["op"]["enum"]) == set(OPS)

@@ -499,6 +499,9 @@ def checks_events() -> list[dict[str, Any]]:
         "/var/lib/gridedge/commands.db: file is not a database; moved to "
         "commands.db.corrupt-1796000000, the queue starts empty", int((t0 + 26.5) * 1000)),
         0, 0))
+    events.append((gw_events.keyring_lost(
+        "/var/lib/gridedge/keys.db: file is not a database; moved to "
+        "keys.db.corrupt-1796000000, rotated keys lost", int((t0 + 26.7) * 1000)), 0, 0))
     events.append((gw_events.detector_state_lost(
         "/var/lib/gridedge/store.db.detectors: checksum mismatch; moved to "
         "store.db.detectors.corrupt", int((t0 + 26) * 1000)), 0, 0))
@@ -519,6 +522,7 @@ def test_every_alarm_kind_matches_schema_and_cddl(tmp_path: Path) -> None:
                  ("non_technical_loss", "cleared"), ("gap", "event"),
                  ("store_corrupt", "event"), ("record_corrupt", "event"),
                  ("detector_state_lost", "event"), ("command_queue_lost", "event"),
+                 ("keyring_lost", "event"),
                  ("command_rejected", "event"),
                  ("command_results", "event"),
                  ("replay_rejected", "raised"),
@@ -538,7 +542,8 @@ def test_every_alarm_kind_matches_schema_and_cddl(tmp_path: Path) -> None:
     for r in records:
         _fields, boot, seq = id_parts(r)
         if r["kind"] in ("non_technical_loss", "store_corrupt", "record_corrupt",
-                         "detector_state_lost", "command_queue_lost", "command_rejected") or \
+                         "detector_state_lost", "command_queue_lost", "keyring_lost",
+                         "command_rejected") or \
                 (r["kind"], r["state"]) == ("offline", "raised"):
             assert (boot, seq) == (0, 0), r
         else:

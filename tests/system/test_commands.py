@@ -5,34 +5,49 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
 from gateway.command_auth import sign
-from tests.support.brokers import Mosquitto
+from gateway.registry import fingerprint
+from tests.support.brokers import Mosquitto, free_port
 from tests.support.command_parts import GW, OPERATOR, Operator, public
 from tests.support.firmware_fixtures import DEVICE, KEY, VirtualMeter
 from tests.support.fwrunner import SCRIPTS, FirmwareRunner
-from tests.support.gateway_fixtures import GatewayProcess, config_text
+from tests.support.gateway_fixtures import GatewayProcess, config_text, frame, metrics
 from tests.support.mqtt_capture import Capture, wait_for
 from tools.vboard import VirtualBoard
 
 
 def start_gateway(tmp_path: Path, local: Mosquitto, cloud: Mosquitto,
-                  serial_tty: str = "") -> tuple[GatewayProcess, Path]:
+                  serial_tty: str = "", metrics_port: int = 0,
+                  devices: tuple[str, ...] = ()) -> tuple[GatewayProcess, Path]:
     """The real gateway process with commands on, for DEVICE (wired to ``serial_tty``
-    when given), listening for requests."""
+    when given) and ``devices``, listening for requests."""
     extra = (f'[[devices]]\nid = "{DEVICE}"\nkey = "{KEY.hex()}"\nsite = "s"\nfeeder = "F1"\n'
              f'[commands]\nenabled = true\noperator_keys = ["{public(OPERATOR).hex()}"]\n')
     if serial_tty:
         extra += f'[[serial]]\nport = "{serial_tty}"\ndevice = "{DEVICE}"\n'
     cfg = tmp_path / "gw.toml"
-    cfg.write_text(config_text(tmp_path / "state", local, cloud, [], extra=extra)
+    cfg.write_text(config_text(tmp_path / "state", local, cloud, list(devices), extra=extra,
+                               metrics_port=metrics_port)
                    .replace('id = "gw-test"', f'id = "{GW}"'))
     log = tmp_path / "gw.log"
     gw = GatewayProcess(cfg, log).start(wait_subscribed=True)
     assert wait_for(lambda: "commands: listening" in log.read_text(), 10)
     return gw, log
+
+
+def mqtt_meter(vboard: VirtualBoard, tmp_path: Path, local: Mosquitto,
+               **cfg: object) -> VirtualMeter:
+    root = tmp_path / "meter"
+    root.mkdir()
+    return VirtualMeter(vboard, root, link="mqtt", mqtt_host="127.0.0.1",
+                        mqtt_port=local.port, **cfg)
 
 
 def start_meter(fw: FirmwareRunner, meter: VirtualMeter, vboard: VirtualBoard,
@@ -50,10 +65,7 @@ def test_read_goes_down_and_its_result_comes_back_up(
     gw, _log = start_gateway(tmp_path, local, cloud)
     alarms = Capture(cloud.port, topic=f"gridedge/v1/gw/{GW}/alarms")
     ops = Operator(cloud.port)
-    root = tmp_path / "meter"
-    root.mkdir()
-    meter = VirtualMeter(vboard, root, link="mqtt", mqtt_host="127.0.0.1",
-                         mqtt_port=local.port, sample_interval_ms=100, report_interval_s=60)
+    meter = mqtt_meter(vboard, tmp_path, local, sample_interval_ms=100, report_interval_s=60)
     proc = start_meter(fw_micropython, meter, vboard, 150)  # 15 s
     try:
         t0 = time.monotonic()
@@ -143,3 +155,83 @@ def test_commands_go_down_the_serial_line_and_their_results_come_back_up(
         proc.wait(10)
         ops.close()
         assert gw.terminate() == 0
+
+
+def test_key_rotation_under_load_rejects_and_loses_nothing(
+        fw_micropython: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path,
+        local: Mosquitto, cloud: Mosquitto) -> None:
+    """A meter reporting every second over MQTT is given a new key twice while another
+    device floods the gateway with 200 frames a second. Every frame of both reaches the
+    cloud, in order and without a gap, none is rejected, and the meter ends on the key the
+    gateway last made (the result names its fingerprint)."""
+    port = free_port()
+    gw, log = start_gateway(tmp_path, local, cloud, metrics_port=port, devices=("mtr-load",))
+    readings = Capture(cloud.port, topic=f"gridedge/v1/gw/{GW}/readings")
+    ops = Operator(cloud.port)
+    meter = mqtt_meter(vboard, tmp_path, local, sample_interval_ms=50, report_interval_s=1)
+    proc = start_meter(fw_micropython, meter, vboard, 400)  # 20 s
+    load = Flood(local.port, "mtr-load", per_s=200)
+    try:
+        time.sleep(4)  # frames under the provisioned key first
+        reasons = []
+        for n in (1, 2):
+            ops.send(sign(OPERATOR, GW, f"rot-{n}", DEVICE, "key-rotate", {},
+                          int(time.time() * 1000) + 60_000))
+            assert wait_for(lambda n=n: "done" in ops.states(f"rot-{n}"), 20), ops.answers
+            (done,) = [a for _t, a, _c in ops.answers if a["id"] == f"rot-{n}" and
+                       a["state"] == "done"]
+            reasons.append(done["reason"])
+            time.sleep(3)  # and under the new one
+        assert proc.wait(40) == 0
+    finally:
+        load.stop()
+        if proc.poll() is None:
+            proc.kill()
+    sent = load.sent
+    assert wait_for(lambda: seqs(readings, "mtr-load") == list(range(sent)), 20), \
+        (sent, len(seqs(readings, "mtr-load")))
+    mine = seqs(readings, DEVICE)
+    assert mine == list(range(len(mine))) and len(mine) >= 15, mine
+    m = metrics(port)
+    assert not {k: v for k, v in m.items() if k.startswith("gridedge_frames_rejected_total")
+                and v}, m
+    assert reasons[0] != reasons[1] and reasons[1] == "key " + fingerprint(
+        (meter.root / "key.bin").read_bytes())
+    assert "uses its new key now" in log.read_text()
+    ops.close()
+    readings.close()
+    assert gw.terminate() == 0
+
+
+def seqs(capture: Capture, device: str) -> list[int]:
+    """The seqs of a device's readings the cloud got, sorted, each once."""
+    return sorted({r["seq"] for p in capture.payloads("/readings") for r in json.loads(p)
+                   if r["device"] == device})
+
+
+class Flood:
+    """Another device's frames at a steady rate into the local broker, QoS 1."""
+
+    def __init__(self, port: int, device: str, per_s: float) -> None:
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"flood-{device}")
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.device, self.per_s, self.sent = device, per_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        while not self._stop.is_set():
+            self.client.publish(f"gridedge/v1/dev/{self.device}/frame",
+                                frame(self.device, self.sent),
+                                qos=1).wait_for_publish(10)
+            self.sent += 1
+            time.sleep(max(0.0, t0 + self.sent / self.per_s - time.monotonic()))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.client.loop_stop()
+        self.client.disconnect()
