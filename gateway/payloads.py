@@ -58,6 +58,8 @@ def reading_dict(
         out["feeder"] = feeder
     if frame.dropped:
         out["dropped"] = frame.dropped
+    if frame.relays:
+        out["relays"] = dict(frame.relays)
     channels = []
     for ch in frame.channels:
         c: dict[str, Any] = {"channel": ch.index}
@@ -107,6 +109,9 @@ def reading_json(
         out.append(f',"feeder":{_jstr(feeder)}')
     if frame.dropped:
         out.append(f',"dropped":{frame.dropped}')
+    if frame.relays:
+        out.append(',"relays":{' + ",".join(f'{_jstr(n)}:{"true" if on else "false"}'
+                                            for n, on in frame.relays) + "}")
     out.append(',"channels":[')
     for i, ch in enumerate(frame.channels):
         out.append(f'{"," if i else ""}{{"channel":{ch.index}')

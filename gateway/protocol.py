@@ -30,9 +30,11 @@ DEVICE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,32}")
 
 # Reading map keys (docs/protocol.md, "Reading frame").
 F_VERSION, F_DEVICE, F_BOOT, F_SEQ, F_UPTIME, F_TIME, F_PERIOD, F_DROPPED, F_CHANNELS, \
-    F_RESULTS = range(10)
+    F_RESULTS, F_RELAYS = range(11)
 RESULT_STATES = ("done", "failed", "refused")
 MAX_RESULTS = 8
+MAX_RELAYS = 8
+RELAY_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,16}")
 C_INDEX, C_STATUS = 0, 1
 
 U32 = 2**32 - 1
@@ -127,6 +129,8 @@ class Frame:
     dropped: int = 0
     # Commands the device handled since its last frame: (id, state, reason or "").
     results: tuple[tuple[bytes, str, str], ...] = ()
+    # The board's relays as the frame was built: (name, closed), by name.
+    relays: tuple[tuple[str, bool], ...] = ()
 
     @property
     def identity(self) -> tuple[str, int, int]:
@@ -198,6 +202,16 @@ def _results(raw: Any) -> tuple[tuple[bytes, str, str], ...]:
     return tuple(out)
 
 
+def _relays(raw: Any) -> tuple[tuple[str, bool], ...]:
+    """Relay states: {name: 1 (closed) | 0 (open)}, 1..MAX_RELAYS of them."""
+    if not (isinstance(raw, dict) and 1 <= len(raw) <= MAX_RELAYS and all(
+            isinstance(n, str) and RELAY_NAME_RE.fullmatch(n) and type(v) is int
+            and v in (0, 1) for n, v in raw.items())):
+        raise ProtocolError(Reason.MALFORMED, f"relays must map 1..{MAX_RELAYS} names to "
+                            "0 or 1")
+    return tuple(sorted((n, v == 1) for n, v in raw.items()))
+
+
 def parse_reading(reading: Any, device_id: str) -> Frame:
     """Validate an authenticated reading map and turn it into a Frame."""
     if not isinstance(reading, dict):
@@ -225,6 +239,7 @@ def parse_reading(reading: Any, device_id: str) -> Frame:
             unix_ms=None if unix_ms is None else _int(unix_ms, UNIX_MS_MIN, UNIX_MS_MAX, "unix_ms"),
             dropped=_int(reading.get(F_DROPPED, 0), 0, U32, "dropped"),
             results=_results(reading.get(F_RESULTS, [])),
+            relays=_relays(reading[F_RELAYS]) if F_RELAYS in reading else (),
         )
     except ProtocolError as e:
         e.device_id = device_id
@@ -300,6 +315,8 @@ def reading_map(frame: Frame) -> dict[int, Any]:
         out[F_DROPPED] = frame.dropped
     if frame.results:
         out[F_RESULTS] = [[i, s, r] if r else [i, s] for i, s, r in frame.results]
+    if frame.relays:
+        out[F_RELAYS] = {n: int(on) for n, on in frame.relays}
     return out
 
 

@@ -120,6 +120,7 @@ class DeviceState:
     heard: float = 0.0  # when the latest reading arrived
     data_time: float | None = None  # the latest reading's own time
     channels: dict[int, ChannelState] = field(default_factory=dict)
+    relays: dict[str, bool] = field(default_factory=dict)  # name -> closed, as last read
 
     def age(self, now: float) -> float:
         """Seconds since the latest reading was taken (a backlog replayed is not fresh)."""
@@ -267,6 +268,9 @@ class MonitorState:
         if period and period > 0:
             dev.period_s = period / 1000
         dev.data_time = parse_time(r.get("time"))
+        relays = r.get("relays")
+        dev.relays = {str(n)[:16]: v for n, v in list(relays.items())[:8]
+                      if isinstance(v, bool)} if isinstance(relays, dict) else {}
         channels: dict[int, ChannelState] = {}
         raw_channels = r.get("channels")
         for c in raw_channels if isinstance(raw_channels, list) else []:

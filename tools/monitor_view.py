@@ -114,6 +114,10 @@ def _device_row(state: MonitorState, dev: DeviceState, ch: ChannelState | None,
     if flags:
         bad = any("invalid" in f for f in flags)
         status.append(" " + " ".join(flags), style="bold red" if bad else "yellow")
+    if collapsed or ch is None or ch is next(iter(dev.channels.values()), None):
+        for relay, closed in dev.relays.items():  # once per device: its first row
+            status.append(f" relay {relay} {'on' if closed else 'OFF'}",
+                          style="dim" if closed else "bold magenta")
     return [*cells, status], ""
 
 

@@ -40,7 +40,7 @@ class App:
         try:
             per_report, ring_size, uncalibrated = start.build(self, start.Paths(root))
         finally:
-            unload(("start", "board"))
+            unload(("start", "board", "relaystate"))
             gc.collect()
         # The last parts, once start's code is gone: the drivers' making is the peak.
         from gemeter.aggregate import ST_UNCALIBRATED
@@ -94,7 +94,7 @@ class App:
                     self._commands(True)
                 self.ring.push(self.sampler.report(
                     self.boot, self.seq, self.uptime_ms, self.clock.unix_ms(), self.ring.dropped,
-                    results))
+                    results, self.ctl[4]))
                 self.seq += 1
                 self.state.checkpoint(self.energy(), self.checkpoint_s)
                 gc.collect()  # once per report: the heap figures below are then live data
@@ -124,7 +124,8 @@ class App:
         try:
             return cmdrun.due(self) if due else cmdrun.run(self)
         finally:
-            unload(("cmdrun", "command", "relay", "config", "keystore", "unframe"))
+            unload(("cmdrun", "command", "relay", "relaystate", "config", "keystore",
+                    "unframe"))
 
     def _note_heap(self, live, free):
         if self.heap_free_min is None or free < self.heap_free_min:
@@ -138,9 +139,11 @@ class App:
 
     def stats(self):
         """The meter's figures (appstats.py: loaded only when asked, at the end of a run)."""
+        gc.collect()
         from gemeter import appstats
 
         try:
             return appstats.stats(self)
         finally:
             unload(("appstats",))
+            gc.collect()  # its code freed again, for what the caller makes of the figures

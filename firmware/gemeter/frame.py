@@ -146,17 +146,20 @@ class FrameBuilder:
         self._len = bytearray()  # the payload's byte-string head
 
     def build(self, boot, seq, uptime_ms, period_ms, channels, unix_ms=None, dropped=0,
-              results=None):
+              results=None, relays=None):
         """Encode and MAC one frame (bytes). channels: 1..MAX_CHANNELS objects that each
         append their channel map with ``cbor_into(buf)`` (aggregate.ChannelAggregate);
         results: the CBOR array of the results of commands handled since the last frame
-        (cmdrun.py encodes it: this code stays off the meter's heap between commands)."""
+        (cmdrun.py encodes it: this code stays off the meter's heap between commands);
+        relays: the relay states' map entry, key 10 included (relay.py encodes it when
+        they change)."""
         if not 1 <= len(channels) <= MAX_CHANNELS:
             raise FrameError("a frame carries 1..%d channels" % MAX_CHANNELS)
         payload = self._payload
         payload[:] = b""  # emptied, not freed
         # The reading map, its keys in numeric order; _F_TIME and _F_DROPPED only when set.
-        head(payload, 5, 7 + (unix_ms is not None) + (dropped != 0) + bool(results))
+        head(payload, 5, 7 + (unix_ms is not None) + (dropped != 0) + bool(results)
+             + bool(relays))
         payload.append(_F_VERSION)
         payload.append(_VERSION)
         payload.append(_F_DEVICE)
@@ -174,6 +177,8 @@ class FrameBuilder:
         if results:
             payload.append(_F_RESULTS)
             payload.extend(results)
+        if relays:
+            payload.extend(relays)
         length = self._len
         length[:] = b""
         head(length, 2, len(payload))

@@ -8,12 +8,15 @@ and unloaded after, so its code is not in the meter's heap between. ``switch`` w
 ``seconds`` is temporary: when ``due`` (ticks) has passed, ``tick`` puts the relay back to
 ``back``, the state before the first of the temporary switches. The state kept across a
 reboot is ``saved_state``: per relay ``[on, back]``; at start, start.py drives the relays
-from it (a pending temporary switch ended at once: fail-safe).
+from it (a pending temporary switch ended at once: fail-safe). Their state as every frame
+carries it (key 10, relaystate.py) is made again whenever a relay changes.
 """
 
 import time
 
 import machine
+
+from gemeter.relaystate import encoded
 
 _PIN, _LEVEL, _ON, _BACK, _DUE = 0, 1, 2, 3, 4
 
@@ -48,6 +51,7 @@ def tick(app):
 def _plan(app):
     dues = [r[_DUE] for r in app.relays.values() if r[_DUE] is not None]
     app.ctl[3] = min(dues, key=lambda d: time.ticks_diff(d, dues[0])) if dues else None
+    app.ctl[4] = encoded(app.relays)  # relaystate.py
     app.state.relay = saved_state(app)
     app.state.save()
 

@@ -34,7 +34,8 @@ class Sampler:
     def due(self):
         return self.samples >= self.samples_per_report
 
-    def report(self, boot, seq, uptime_ms, unix_ms=None, dropped=0, results=None):
+    def report(self, boot, seq, uptime_ms, unix_ms=None, dropped=0, results=None,
+               relays=None):
         """Close the period: the authenticated frame (bytes), with the results of the
         commands handled in it, if any."""
         now = time.ticks_ms()
@@ -43,4 +44,4 @@ class Sampler:
         self.samples = 0
         # Each aggregate writes its channel map into the frame and starts a new period.
         return self.builder.build(boot, seq, uptime_ms, period, self.aggs, unix_ms, dropped,
-                                  results)
+                                  results, relays)

@@ -154,12 +154,15 @@ def _parts(app, paths):
         print("problem: " + app.state.problem)
     app.builder = frame.FrameBuilder(settings["device_id"], key)
     # Commands and relays, in one list (an attribute less is heap: App's dict stays small):
-    # recent command ids, refused, reboot at, relay due. The device id, key and config
+    # recent command ids, refused, reboot at, relay due, relay states for the frames. The device id, key and config
     # path are found again when a command comes (cmdrun.py), not kept in the heap.
-    app.ctl = [[], 0, None, None]
+    app.ctl = [[], 0, None, None, None]  # and the relays' states, encoded for the frames
     app.relays = None
     if desc.get("relays"):
         app.relays = _relays(desc["relays"], app.state)
+        from gemeter.relaystate import encoded
+
+        app.ctl[4] = encoded(app.relays)
     app.clock = Clock()
     app.link = open_link(desc, settings, paths, app.clock)
     app.wdt_ms = desc.get("wdt_timeout_ms", 8000)

@@ -16,9 +16,9 @@ framing_decoder = firmware_module("framing_decoder")  # tests/firmware/lib: the 
 def test_software_crc32_matches_zlib(fw: FirmwareRunner) -> None:
     """The fallback CRC (for ports without binascii.crc32) equals the IEEE CRC-32."""
     out = fw.run(
-        "from gemeter import framing\n"
+        "from gemeter import crc32, framing\n"
         "for data in (b'', b'123456789', bytes(range(256)) * 3):\n"
-        "    print(framing.crc32_soft(data), framing.crc32(data))\n"
+        "    print(crc32.crc32_soft(data), framing.crc32(data))\n"
     )
     expected = [(zlib.crc32(d), zlib.crc32(d)) for d in (b"", b"123456789", bytes(range(256)) * 3)]
     assert [tuple(map(int, line.split())) for line in out.split("\n") if line] == expected
@@ -57,7 +57,7 @@ def test_cobs_block_boundaries(fw: FirmwareRunner) -> None:
     cases = [b"\x01" * n + tail for n in (253, 254, 255, 508, 509) for tail in (b"", b"\x00")]
     out = fw.run(
         "import binascii, sys\n"
-        "from gemeter import framing\n"
+        "from gemeter import crc32, framing\n"
         "for n in (253, 254, 255, 508, 509):\n"
         "    for tail in (b'', b'\\x00'):\n"
         "        print(str(binascii.hexlify(framing.cobs_encode(b'\\x01' * n + tail)), 'ascii'))\n"

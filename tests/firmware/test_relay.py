@@ -65,6 +65,11 @@ def test_a_timed_relay_switch_cuts_the_load_and_restores_it(
     assert [r for f in frames for r in f.results] == [(b"dr-1", "done", "")]
     powers = [f.channels[0].values["power"].mean for f in frames]
     assert 0 in powers and powers[-1] == 950_000  # mW: the load was cut, and is back
+    # Every frame says the relay's state as it was built: closed, open from the result's
+    # frame (sent at once) on, closed again once the 2 s are over.
+    states = [dict(f.relays)["load"] for f in frames]
+    opened = [bool(f.results) for f in frames].index(True)
+    assert all(states[:opened]) and not states[opened] and states[-1], states
     newest = max((json.loads(p.read_text().split("\n")[0]) for p in
                   tmp_path.glob("state.*.json")), key=lambda r: r["n"])
     assert newest["relay"] == {"load": [True, None]} and newest["cmd"] == 1, newest

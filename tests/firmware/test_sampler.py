@@ -32,13 +32,15 @@ for _ in range(4):
     s.sample()
 due.append(s.due())
 time.sleep_ms(30) if hasattr(time, "sleep_ms") else time.sleep(0.03)
-boot, seq, uptime, period, channels, unix_ms, dropped, results = s.report(2, 9, 1234, 5, 1)
+boot, seq, uptime, period, channels, unix_ms, dropped, results, relays = s.report(
+    2, 9, 1234, 5, 1)
 print(json.dumps({"due": due, "after": s.due(), "cycles": s.cycles, "frame": [boot, seq,
-                  uptime, unix_ms, dropped, results], "period": period, "channels": channels,
+                  uptime, unix_ms, dropped, results, relays], "period": period,
+                  "channels": channels,
 }))
 """)
     assert out["due"] == [False, False, False, False, True] and out["after"] is False
-    assert out["cycles"] == 4 and out["frame"] == [2, 9, 1234, 5, 1, None]
+    assert out["cycles"] == 4 and out["frame"] == [2, 9, 1234, 5, 1, None, None]
     assert 30 <= out["period"] < 2000  # the measured length of the period, ms
     ch0, ch1 = out["channels"]
     samples = str(wire.QUANTITY_BY_NAME["samples"].key)

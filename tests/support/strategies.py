@@ -43,4 +43,7 @@ def frames(draw: st.DrawFn) -> Frame:
         results=tuple(draw(st.lists(st.tuples(
             st.binary(min_size=1, max_size=16), st.sampled_from(["done", "failed", "refused"]),
             st.text(max_size=64)), max_size=8))),
+        relays=tuple(sorted(draw(st.dictionaries(
+            st.from_regex(r"[A-Za-z0-9_-]{1,16}", fullmatch=True), st.booleans(),
+            max_size=8)).items())),
     )

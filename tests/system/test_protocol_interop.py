@@ -276,6 +276,7 @@ def test_frame_sizes_against_json() -> None:
 
 
 fw_frame = firmware_module("gemeter.frame")
+fw_relaystate = firmware_module("gemeter.relaystate")
 fw_channels = firmware_module("channel_map")  # tests/firmware/lib: a dict as a channel
 
 
@@ -290,6 +291,8 @@ def test_random_frames_firmware_to_gateway(f: Frame) -> None:
     built = fw_frame.FrameBuilder(f.device_id, KEY).build(
         m[2], m[3], m[4], m[6], channels, unix_ms=m.get(5), dropped=m.get(7, 0),
         results=cbor2.dumps(m[9], canonical=True) if 9 in m else None,  # as cmdrun encodes
+        relays=fw_relaystate.encoded({n: [25, 1, on] for n, on in f.relays})
+        if f.relays else None,  # the board's relays as relay.py keeps them: [pin, level, on]
     )
     assert built == build_frame(f, KEY)
     assert FrameDecoder({f.device_id: KEY}).decode(built) == f

@@ -461,3 +461,21 @@ def test_monitor_rejects_bad_options(args: list[str]) -> None:
     from tools.cli import main
 
     assert main(["monitor", *args]) == 2
+
+
+def test_relay_states_show_on_the_devices_row() -> None:
+    """A reading's relays (a board with relay outputs): an open one stands out on its
+    device's row, a closed one is dim; a device without relays shows none; garbage in
+    the field shows nothing and breaks nothing."""
+    state = MonitorState()
+    with_relay = dict(reading("mtr-0001", 1), relays={"load": False})
+    feed(state, "readings", [with_relay, reading("mtr-0002", 1),
+                             dict(reading("mtr-0003", 1), relays=["load", 7])])
+    rows = {line.split()[0]: line for line in frame_text(state, T0 + 1).splitlines()
+            if line.startswith("mtr-")}
+    assert "relay load OFF" in rows["mtr-0001"]
+    assert "relay" not in rows["mtr-0002"] and "relay" not in rows["mtr-0003"]
+    feed(state, "readings", [dict(reading("mtr-0001", 2), relays={"load": True})])
+    rows = {line.split()[0]: line for line in frame_text(state, T0 + 2).splitlines()
+            if line.startswith("mtr-")}
+    assert "relay load on" in rows["mtr-0001"]
