@@ -100,6 +100,8 @@ class App:
                 gc.collect()  # once per report: the heap figures below are then live data
                 self._note_heap(gc.mem_alloc(), gc.mem_free())
             self.link.service(self.ring)
+            if self.ctl[2] is not None and self.ring.peek() is None:
+                self._commands(True)  # a reboot's result has gone out: restart now
             busy = time.ticks_diff(time.ticks_us(), t0)
             self.busy_us[0] += busy
             if busy > self.busy_us[1]:

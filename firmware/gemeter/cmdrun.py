@@ -107,8 +107,9 @@ def _encode(results):
 
 
 def due(app):
-    """At a report: restart once a reboot's result has left the ring (or 10 s after it);
-    end the timed relay switches whose time has come."""
+    """Restart once a reboot's result has left the ring (the app asks as soon as the ring
+    is empty; at a report, 10 s after the command even if the link is down); end the
+    timed relay switches whose time has come (at a report)."""
     ctl = app.ctl
     if ctl[2] is not None and (app.ring.peek() is None or app.uptime_ms - ctl[2] > 10000):
         import machine

@@ -117,8 +117,9 @@ def test_factory_reset_must_name_the_device_and_keeps_what_reaches_it(
         fw: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path) -> None:
     """A factory reset that does not name the meter fails; one that does puts the settings
     back to the defaults but for the device id and the link's, keeps the key, and
-    restarts the board once its result is out (the virtual board's reset exits 75)."""
-    meter = VirtualMeter(vboard, tmp_path, sample_interval_ms=10, report_interval_s=1,
+    restarts the board as soon as its result is out (the virtual board's reset exits 75),
+    not at the end of the 60-s period."""
+    meter = VirtualMeter(vboard, tmp_path, sample_interval_ms=10, report_interval_s=60,
                          ring_size=16, serial_baud=57600, pzem_addresses="1")
     key_before = (tmp_path / "key.bin").read_bytes()
     expires = int(time.time() * 1000) + 60_000
@@ -127,7 +128,7 @@ def test_factory_reset_must_name_the_device_and_keeps_what_reaches_it(
         for n, cid, who in ((1, b"f1", "mtr-other"), (2, b"f2", DEVICE))))
     proc = fw.start(SCRIPTS / "app_run.py", env=vboard.env())
     assert proc.stdin is not None
-    proc.stdin.write(json.dumps(meter.request(1000)))
+    proc.stdin.write(json.dumps(meter.request(1000)))  # 10 s
     proc.stdin.close()
     try:
         code = proc.wait(timeout=60)
