@@ -8,9 +8,16 @@ console's and the start's code: the meter's loop never needs it).
 
 import os
 
-from gemeter.config import atomic_write
 
 KEY_LEN = 32
+
+
+def _write(path, key):
+    # config.py's atomic_write, imported only to write: the command code reads the key
+    # for every command, and config's 4 KB of code would be loaded with it each time.
+    from gemeter.config import atomic_write
+
+    atomic_write(path, key)
 
 
 def fingerprint(key):
@@ -45,11 +52,11 @@ class KeyStore:
         """Store a key (32 bytes) atomically: the rotated one a command brought."""
         if len(key) != KEY_LEN:
             raise ValueError("a key is %d bytes" % KEY_LEN)
-        atomic_write(self.path, bytes(key))
+        _write(self.path, bytes(key))
 
     def generate(self):
         key = os.urandom(KEY_LEN)
-        atomic_write(self.path, key)
+        _write(self.path, key)
         return fingerprint(key)
 
     def set_hex(self, text):
@@ -63,7 +70,7 @@ class KeyStore:
             key = binascii.unhexlify(text)
         except ValueError:
             return None, "key must be hex digits 0-9 a-f"
-        atomic_write(self.path, key)
+        _write(self.path, key)
         return fingerprint(key), None
 
     def fingerprint(self):

@@ -21,7 +21,7 @@ from gemeter.framing import FramingError, crc32
 
 MAX_INBOX = 4
 _BODY_MAX = const(520)  # COBS of 512 + 4 bytes: + 1 per 254, + 1
-_READ_MAX = const(256)
+_READ_MAX = const(64)  # per call: a small allocation in a full heap, and two calls a loop
 
 
 def take(link):

@@ -55,7 +55,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.firmware_fixtures import VirtualMeter
+from gateway import framing
+from gateway.command import Command, wrap
+from gateway.framing import Deframer
+from gateway.protocol import FrameDecoder
+from tests.support.firmware_fixtures import DEVICE, KEY, VirtualMeter
 from tests.support.fwrunner import MACHINE_SHIM, FirmwareRunner
 from tools import flash
 from tools.vboard import VirtualBoard
@@ -69,6 +73,10 @@ LOOP_HEAP = "64K"
 # main.py, its console (show, read, exit), then the meter: 92 KB (108 KB before); 4 KB
 # margin. The console is not the meter: it runs before it, with the watchdog off.
 CONSOLE_HEAP = "96K"
+# The meter running commands: three at once, one a key rotation, need 88 KB (84 KB fails),
+# the command code being loaded on top of the meter's 60 KB only while they run; 8 KB
+# margin. Boards have more: about 110 KB of MicroPython heap on an ESP32 without PSRAM.
+COMMAND_HEAP = "96K"
 # Receiving-side names, per module: none may be defined in the staged modules...
 DECODERS = {
     "gemeter.frame": ("parse",),
@@ -208,3 +216,31 @@ def test_the_start_leaves_only_the_meter_in_the_heap(
                     "gemeter.console"} & set(loaded[board]), loaded
     assert "gemeter.drivers.ade7953" in loaded[BOARD]
     assert "gemeter.drivers.ade7953" not in loaded["rpi-pico"], loaded
+
+
+def test_commands_run_in_a_small_heap(
+    fw_micropython: FirmwareRunner, staged: Path, vboard: VirtualBoard, tmp_path: Path
+) -> None:
+    """The compiled tree in COMMAND_HEAP, three commands coming down its serial link at
+    once: a read, a timed relay switch and a key rotation load the command code (cmdrun,
+    command, unframe, relay, keystore, and config to write the key) on top of the meter,
+    run, answer and are unloaded again; the live heap after them stays flat."""
+    meter = VirtualMeter(vboard, tmp_path, sample_interval_ms=2, report_interval_s=1)
+    new = bytes(range(200, 232))
+    expires = int(time.time() * 1000) + 60_000
+    meter.link_bus.inject(b"".join(framing.encode(c.seal(k)) for c, k in (
+        (Command(DEVICE, 1, expires, b"r", "read"), KEY),
+        (Command(DEVICE, 2, expires, b"s", "relay", {"state": "off", "seconds": 1}), KEY),
+        (Command(DEVICE, 3, expires, b"k", "key-rotate", {"key": wrap(new, KEY, 3).hex()}),
+         KEY))))
+    stats = staged_runner(fw_micropython, staged).run_json(
+        "app_run.py", meter.request(2000), heapsize=COMMAND_HEAP, env=vboard.env())
+    decoder = FrameDecoder({DEVICE: KEY}, more=lambda _d: (new,))
+    frames = [decoder.decode(m) for m in Deframer().feed(b"".join(meter.link_bus.written))
+              if isinstance(m, bytes)]
+    assert [r[:2] for f in frames for r in f.results] == [
+        (b"r", "done"), (b"s", "done"), (b"k", "done")]
+    assert stats["heap_live_max"] - stats["heap_live_min"] <= 64, stats
+    print(f"\ncommands in -X heapsize={COMMAND_HEAP}: live heap after them "
+          f"{stats['heap_live_min']}..{stats['heap_live_max']} B, free at least "
+          f"{stats['heap_free_min']} B")

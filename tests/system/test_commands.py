@@ -126,16 +126,16 @@ def test_commands_go_down_the_serial_line_and_their_results_come_back_up(
         fw_micropython: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path,
         local: Mosquitto, cloud: Mosquitto) -> None:
     """The meter on a wired serial link (its UART bridged to a real pty, the gateway's
-    configured port for it): read, time and a timed relay switch go down the line in
-    frames with the uplink's framing and CRC, and their results come back in its frames,
-    at once."""
+    configured port for it): read, time, a timed relay switch and a key rotation go down
+    the line in frames with the uplink's framing and CRC, and their results come back in
+    its frames, at once."""
     root = tmp_path / "meter"
     root.mkdir()
     meter = VirtualMeter(vboard, root, sample_interval_ms=100, report_interval_s=60)
     tty = vboard.bridge_pty(meter.link_bus.name)
     gw, _log = start_gateway(tmp_path, local, cloud, serial_tty=tty)
     ops = Operator(cloud.port)
-    proc = start_meter(fw_micropython, meter, vboard, 150)  # 15 s
+    proc = start_meter(fw_micropython, meter, vboard, 250)  # 25 s
     try:
         expires = int(time.time() * 1000) + 60_000
         t0 = time.monotonic()
@@ -150,6 +150,12 @@ def test_commands_go_down_the_serial_line_and_their_results_come_back_up(
                       expires))
         assert wait_for(lambda: ops.states("sr-3") == ["accepted", "delivered", "done"],
                         20), [a for _t, a, _c in ops.answers if a["id"] == "sr-3"]
+        # A new key down the line; the read after it is sealed with, and opened by, it.
+        for cid, op in (("sr-4", "key-rotate"), ("sr-5", "read")):
+            ops.send(sign(OPERATOR, GW, cid, DEVICE, op, {}, expires))
+            assert wait_for(lambda cid=cid: ops.states(cid) == ["accepted", "delivered",
+                                                                 "done"], 20), ops.answers
+        assert (meter.root / "key.bin").read_bytes() != KEY
     finally:
         proc.kill()
         proc.wait(10)
