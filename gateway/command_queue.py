@@ -145,11 +145,18 @@ class CommandQueue:
     def unanswered(self, before_ms: int, now_ms: int) -> dict[str, list[Entry]]:
         """Per device, the commands delivered (last) before ``before_ms`` that have no
         result yet and have not expired, oldest first: to be sent again."""
+        return self._by_device("delivered", before_ms, now_ms)
+
+    def waiting(self, now_ms: int) -> dict[str, list[Entry]]:
+        """Per device, the queued commands that have not expired, oldest first."""
+        return self._by_device("queued", now_ms + 1, now_ms)
+
+    def _by_device(self, state: str, before_ms: int, now_ms: int) -> dict[str, list[Entry]]:
         with self._lock:
             rows = self.db.execute(
-                f"SELECT {COLUMNS} FROM commands WHERE state = 'delivered' AND "
+                f"SELECT {COLUMNS} FROM commands WHERE state = ? AND "
                 "updated_ms < ? AND expires_ms > ? ORDER BY counter",
-                (before_ms, now_ms)).fetchall()
+                (state, before_ms, now_ms)).fetchall()
         out: dict[str, list[Entry]] = {}
         for r in rows:
             out.setdefault(r[0], []).append(_entry(r))

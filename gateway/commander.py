@@ -11,9 +11,11 @@ downlink key (command.py), to ``gridedge/v1/dev/<device>/cmd`` at QoS 1 once the
 is online; the broker's PUBACK makes it ``delivered``. A device wired to a serial port
 (``wired``: the port configured with its id) gets its commands down that line instead,
 whenever the port is open; written is ``delivered``.
-Every second the queue expires what is past its time, and a command delivered
-``redeliver_s`` ago with no result yet is sent again (same id and counter: the meter runs
-it once and repeats its result; the result may have been lost on the way up). Answers are
+Every second the queue expires what is past its time, delivers what waits for a device
+that is reachable, and sends again a command delivered ``redeliver_s`` ago with no result
+yet (same id and counter: the meter runs it once and repeats its result; the result may
+have been lost on the way up). What follows a ``key-rotate`` waits until it is answered
+(or its new key seen in use), to be sealed with the key the device then holds. Answers are
 JSON on the request's MQTT 5 response topic (with its correlation data) or on
 ``<base>/command_results``: ``{"id", "device", "state", "reason"?, "counter"?, "time"}``
 with state ``accepted``, ``rejected``, ``delivered`` or ``expired``, and the device's.
@@ -212,6 +214,8 @@ class Commander:
     def _deliver(self, device: str, entries: list[Entry] | None = None) -> None:
         """Send the device its queued commands (or ``entries``, delivered before)."""
         dev = self.devices[device]
+        if entries is None and self._rotating(device):
+            return  # what waits goes once the device's frames show its new key
         key = self.keyring.keys(device, dev).current if self.keyring else dev.key
         wire = self.wired.get(device)
         with self._lock:
@@ -231,6 +235,19 @@ class Commander:
                     self._sent[info.mid] = entry
                 elif wire.send(sealed):
                     self._delivered(entry)
+                if entry.op == "key-rotate":
+                    # The device opens what follows with its new key: the rest goes at a
+                    # later tick, sealed with the key its frames then show it holds.
+                    break
+
+    def _rotating(self, device: str) -> bool:
+        """Whether a key-rotate was delivered to the device and is not yet answered (its
+        result, or its new key seen in use: _rotated)."""
+        if self.keyring is None or not self.keyring.rotating(device, self.devices[device]):
+            return False
+        now = now_ms()
+        return any(e.op == "key-rotate"
+                   for e in self.queue.unanswered(now + 1, now).get(device, []))
 
     def _published(self, _c: mqtt.Client, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
         with self._lock:
@@ -266,8 +283,8 @@ class Commander:
                 self.counts["expired"] += 1
                 self._answer(entry, "expired", "" if entry.state == "queued" else
                              "delivered, no result")
-            for device in self.wired:
-                if self._reachable(device):
+            for device in self.queue.waiting(now):
+                if device in self.devices and self._reachable(device):
                     self._deliver(device)
             for device, entries in self.queue.unanswered(now - self.redeliver_ms,
                                                          now).items():

@@ -44,6 +44,7 @@ def test_delivered_without_a_result_is_due_again_then_expires(tmp_path: Path) ->
         q.add(req(cid, expires=NOW + 60_000), NOW)
         q.mark("mtr-1", cid, "delivered", NOW)
     q.add(req("c", device="mtr-2"), NOW)  # queued, never delivered: not due again
+    assert {d: [e.id for e in es] for d, es in q.waiting(NOW).items()} == {"mtr-2": ["c"]}
     assert q.unanswered(NOW, NOW + 1000) == {}  # delivered at NOW: not before NOW
     due = q.unanswered(NOW + 20_000, NOW + 20_000)
     assert {d: [e.id for e in es] for d, es in due.items()} == {"mtr-1": ["a", "b"]}
