@@ -2,8 +2,9 @@
 
 The meter receives commands on its serial link (docs/protocol.md sections 5 and 8) in the
 same framing it sends: COBS(message || CRC-32 little-endian), delimited by 0x00.
-``take(link)`` reads what has arrived on a SerialLink's UART (at most ``_READ_MAX`` bytes a
-call, so a babbling line cannot starve sampling) and splits it at the delimiters into the
+``take(link)`` reads what has arrived on a SerialLink's UART (at most 256 bytes a call, in
+reads of 64: a babbling line cannot starve sampling, nor one read need a large block of
+heap) and splits it at the delimiters into the
 link's ``inbox``: the bodies, still encoded. A body is at most ``_BODY_MAX`` bytes (a
 512-byte command, its CRC and COBS's overhead); a longer one is skipped to the next
 delimiter, and at most ``MAX_INBOX`` wait; the rest is counted in the link's
@@ -21,32 +22,34 @@ from gemeter.framing import FramingError, crc32
 
 MAX_INBOX = 4
 _BODY_MAX = const(520)  # COBS of 512 + 4 bytes: + 1 per 254, + 1
-_READ_MAX = const(64)  # per call: a small allocation in a full heap, and two calls a loop
+_READ_MAX = const(64)  # per read: a small allocation in a full heap
+_READS = const(4)  # reads per call: 256 bytes, a whole command, and sampling goes on
 
 
 def take(link):
     """Split what has arrived on the link's port into its inbox (see the docstring)."""
-    n = min(link.port.any(), _READ_MAX)
-    data = link.port.read(n) if n else None
-    if not data:
-        return
     rx = link.rx  # [the body being received, skipping it]
-    if rx[0] is None:
-        rx[0] = bytearray()
-    body = rx[0]
-    for b in data:
-        if b:
-            if len(body) < _BODY_MAX:
-                body.append(b)
-            else:
-                rx[1] = True
-            continue
-        if rx[1] or (body and len(link.inbox) >= MAX_INBOX):
-            link.dropped_commands += 1
-        elif body:
-            link.inbox.append(bytes(body))
-        body[:] = b""  # two delimiters in a row (the gateway's resync) are no frame
-        rx[1] = False
+    for _ in range(_READS):
+        n = min(link.port.any(), _READ_MAX)
+        data = link.port.read(n) if n else None
+        if not data:
+            return
+        if rx[0] is None:
+            rx[0] = bytearray()
+        body = rx[0]
+        for b in data:
+            if b:
+                if len(body) < _BODY_MAX:
+                    body.append(b)
+                else:
+                    rx[1] = True
+                continue
+            if rx[1] or (body and len(link.inbox) >= MAX_INBOX):
+                link.dropped_commands += 1
+            elif body:
+                link.inbox.append(bytes(body))
+            body[:] = b""  # two delimiters in a row (the gateway's resync) are no frame
+            rx[1] = False
 
 
 def cobs_decode(data):
