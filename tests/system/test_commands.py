@@ -193,24 +193,25 @@ def test_key_rotation_under_load_rejects_and_loses_nothing(
             reasons.append(done["reason"])
             time.sleep(3)  # and under the new one
         assert proc.wait(40) == 0
+        load.stop()
+        sent = load.sent
+        assert wait_for(lambda: seqs(readings, "mtr-load") == list(range(sent)), 20), \
+            (sent, len(seqs(readings, "mtr-load")))
+        mine = seqs(readings, DEVICE)
+        assert mine == list(range(len(mine))) and len(mine) >= 15, mine
+        m = metrics(port)
+        assert not {k: v for k, v in m.items()
+                    if k.startswith("gridedge_frames_rejected_total") and v}, m
+        assert reasons[0] != reasons[1] and reasons[1] == "key " + fingerprint(
+            (meter.root / "key.bin").read_bytes())
+        assert "uses its new key now" in log.read_text()
     finally:
         load.stop()
         if proc.poll() is None:
             proc.kill()
-    sent = load.sent
-    assert wait_for(lambda: seqs(readings, "mtr-load") == list(range(sent)), 20), \
-        (sent, len(seqs(readings, "mtr-load")))
-    mine = seqs(readings, DEVICE)
-    assert mine == list(range(len(mine))) and len(mine) >= 15, mine
-    m = metrics(port)
-    assert not {k: v for k, v in m.items() if k.startswith("gridedge_frames_rejected_total")
-                and v}, m
-    assert reasons[0] != reasons[1] and reasons[1] == "key " + fingerprint(
-        (meter.root / "key.bin").read_bytes())
-    assert "uses its new key now" in log.read_text()
-    ops.close()
-    readings.close()
-    assert gw.terminate() == 0
+        ops.close()
+        readings.close()
+        assert gw.terminate() == 0
 
 
 def seqs(capture: Capture, device: str) -> list[int]:
@@ -241,6 +242,8 @@ class Flood:
             time.sleep(max(0.0, t0 + self.sent / self.per_s - time.monotonic()))
 
     def stop(self) -> None:
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._thread.join(10)
         self.client.loop_stop()
