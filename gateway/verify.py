@@ -23,7 +23,7 @@ from gateway.alarm import Alarm
 from gateway.dedup import Deduplicator
 from gateway.devices import Devices
 from gateway.errors import ProtocolError
-from gateway.keyring import Keyring
+from gateway.keyring import GRACE_S, Keyring
 from gateway.protocol import Frame, FrameDecoder
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,8 @@ class Verifier:
             keys = dict(self.decoder.keys)
             keys[device] = used
             self.decoder.keys = keys
-            log.info("%s: uses its new key now; the old one is dropped", device)
+            log.info("%s: uses its new key now; the old one verifies for %.0f s more",
+                     device, GRACE_S)
 
     def generation(self, device: str) -> str:
         dev = self.devices.get(device)

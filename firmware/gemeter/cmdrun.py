@@ -59,7 +59,7 @@ def run(app):
         app.state.save()
         res = _act(app, c, key)
         if c["op"] == "key-rotate" and res[1] == "done":
-            key = KeyStore(_root(app) + "key.bin").load()  # opens the ones after it
+            key = KeyStore(_root(app) + "key.bin").load() or key  # opens the ones after
             cmds = Commands(app.builder.device_id, key, app.state.cmd)
             cmds.recent = ctl[0]
         cmds.result(c["id"])[1:] = res[1:]
@@ -226,7 +226,10 @@ def _rekey(app, c, key):
     pad = auth.HMACSHA256(derive(key, b"gridedge/v1 wrap")).digest(
         b"rekey", struct.pack(">Q", c["counter"]))
     new = bytes(a ^ b for a, b in zip(wrapped, pad))
-    KeyStore(_root(app) + "key.bin").save(new)
+    try:
+        KeyStore(_root(app) + "key.bin").save(new)
+    except OSError:  # a full or failing flash: the old key stays, and says so
+        return "failed", "cannot store the key"
     app.builder = app.sampler.builder = frame.FrameBuilder(app.builder.device_id, new)
     return "done", "key " + fingerprint(new)
 

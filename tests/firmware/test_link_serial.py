@@ -188,3 +188,21 @@ def test_a_key_lost_between_remove_and_rename_is_taken_from_its_copy(
         "open(p + '.tmp', 'wb').write(bytes(31))\n"
         "print(KeyStore(p).load())\n")
     assert out.split() == ["True", "None"]
+
+
+def test_a_key_the_flash_cannot_store_fails_the_rotation_and_keeps_the_old_one(
+        fw: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path) -> None:
+    """The key file cannot be written (here: its temporary name is taken by a folder, as a
+    failing flash refuses a write): the rotation fails, says why, and the meter goes on
+    with its old key instead of stopping."""
+    meter = VirtualMeter(vboard, tmp_path, sample_interval_ms=10, report_interval_s=1)
+    (tmp_path / "key.bin.tmp").mkdir()
+    new = bytes(range(200, 232))
+    expires = int(time.time() * 1000) + 60_000
+    meter.link_bus.inject(framing.encode(Command(
+        DEVICE, 5, expires, b"k1", "key-rotate", {"key": wrap(new, KEY, 5).hex()}).seal(KEY)))
+    stats = fw.run_json("app_run.py", meter.request(150), env=vboard.env())
+    frames, errors = meter.frames()  # all verify with the old key
+    assert errors == [] and stats["frames"] == len(frames) >= 2
+    assert [r for f in frames for r in f.results] == [(b"k1", "failed", "cannot store the key")]
+    assert (tmp_path / "key.bin").read_bytes() == KEY
