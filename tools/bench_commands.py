@@ -47,7 +47,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.command_auth import sign
 from gateway.mqtt_client import no_delay
-from tools import mpy_deps, resources
+from tools import bench_gateway, mpy_deps, resources
 from tools.bench_gateway import stop_gateway
 from tools.brokers import LOCAL_BROKER_SETTINGS, Mosquitto, free_port
 from tools.vboard import VirtualBoard
@@ -135,16 +135,9 @@ def echo_baseline(cloud: Mosquitto, n: int) -> list[float]:
         echo.disconnect()
 
 
-@contextlib.contextmanager
-def brokers(folder: Path) -> Iterator[tuple[Mosquitto, Mosquitto]]:
+def brokers(folder: Path) -> contextlib.AbstractContextManager[tuple[Mosquitto, Mosquitto]]:
     """The local broker as documented, and a cloud broker with Nagle off."""
-    local = Mosquitto(folder / "local", extra=LOCAL_BROKER_SETTINGS).start()
-    cloud = Mosquitto(folder / "cloud", extra="set_tcp_nodelay true\n").start()
-    try:
-        yield local, cloud
-    finally:
-        local.stop()
-        cloud.stop()
+    return bench_gateway.brokers(folder, LOCAL_BROKER_SETTINGS, "set_tcp_nodelay true\n")
 
 
 def _gateway_config(folder: Path, local: Mosquitto, cloud: Mosquitto, tty: str) -> Path:

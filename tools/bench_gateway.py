@@ -154,10 +154,12 @@ def publish(port: int, frames: list[tuple[str, str]], folder: Path, rate: float 
 
 
 @contextlib.contextmanager
-def brokers(folder: Path) -> Iterator[tuple[Mosquitto, Mosquitto]]:
-    """A local broker (queues without limit, like a production one) and a cloud broker."""
-    local = Mosquitto(folder / "local", extra=LOCAL_EXTRA).start()
-    cloud = Mosquitto(folder / "cloud").start()
+def brokers(folder: Path, local_extra: str = LOCAL_EXTRA,
+            cloud_extra: str = "") -> Iterator[tuple[Mosquitto, Mosquitto]]:
+    """A local broker (queues without limit, like a production one) and a cloud broker,
+    each with the given extra settings."""
+    local = Mosquitto(folder / "local", extra=local_extra).start()
+    cloud = Mosquitto(folder / "cloud", extra=cloud_extra).start()
     try:
         yield local, cloud
     finally:
