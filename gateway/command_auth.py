@@ -31,6 +31,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 MAX_REQUEST = 4096  # bytes of one request message
 MAX_EXPIRY_S = 7 * 86_400
+MAX_CHUNK = 300  # bytes of firmware in one update-chunk (its command stays within 512)
+MAX_BUNDLE = 1 << 20  # bytes of one firmware bundle, as the firmware takes
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 SIGNED_LABEL = "gridedge/v1 command"
 ID = re.compile(r"[A-Za-z0-9._-]{1,16}")
 SECURITY = frozenset({"unsigned", "unknown_operator", "bad_signature"})
@@ -80,6 +83,35 @@ def _set(args: dict[str, ArgValue]) -> bool:
         and isinstance(args["value"], (str, int, bool))
 
 
+def _update(args: dict[str, ArgValue]) -> bool:
+    v, size, sha, trial = (args.get("version"), args.get("size"), args.get("sha256"),
+                           args.get("trial_s", 600))
+    return set(args) <= {"version", "size", "sha256", "trial_s"} \
+        and isinstance(v, str) and 0 < len(v) <= 16 \
+        and type(size) is int and 0 < size <= MAX_BUNDLE \
+        and isinstance(sha, str) and SHA256_HEX.fullmatch(sha) is not None \
+        and type(trial) is int and 30 <= trial <= 86_400
+
+
+def _chunk(args: dict[str, ArgValue]) -> bool:
+    at, data = args.get("at"), args.get("data")
+    if set(args) != {"at", "data"} or type(at) is not int or not 0 <= at < MAX_BUNDLE \
+            or not isinstance(data, str):
+        return False
+    try:
+        return 0 < len(base64.b64decode(data, validate=True)) <= MAX_CHUNK
+    except (binascii.Error, ValueError):
+        return False
+
+
+def device_args(op: str, args: dict[str, ArgValue]) -> dict[str, ArgValue | bytes]:
+    """The arguments as the device takes them: an update chunk's data as bytes (base64 in
+    the JSON request, a CBOR byte string in the command: a third smaller)."""
+    if op == "update-chunk":
+        return {**args, "data": base64.b64decode(str(args["data"]))}
+    return dict(args)
+
+
 # What each operation's arguments must be, given the device (the board checks them again,
 # with the console's rules for ``set``); factory-reset names the device once more, so it
 # is never a slip.
@@ -91,6 +123,10 @@ OPS: dict[str, Callable[[dict[str, ArgValue], str], bool]] = {
     "read": lambda a, _d: not a,
     "factory-reset": lambda a, d: a == {"confirm": d},
     "key-rotate": lambda a, _d: not a,  # the gateway makes the key (keyring.py)
+    # A firmware bundle (tools/bundle.py): named, sent in chunks, asked after.
+    "update": lambda a, _d: _update(a),
+    "update-chunk": lambda a, _d: _chunk(a),
+    "update-status": lambda a, _d: not a,
 }
 
 

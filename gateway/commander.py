@@ -41,7 +41,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.alarm import Alarm
 from gateway.command import Command, wrap
-from gateway.command_auth import SECURITY, Authority, Refused
+from gateway.command_auth import SECURITY, Authority, Refused, device_args
 from gateway.command_queue import CommandQueue, Entry, Full
 from gateway.config import LocalBroker, UplinkSection
 from gateway.devices import Devices
@@ -222,7 +222,7 @@ class Commander:
             for entry in self.queue.pending(device, now_ms()) if entries is None else entries:
                 if any(e.id == entry.id and e.device == device for e in self._sent.values()):
                     continue  # on its way
-                args = entry.args
+                args = device_args(entry.op, entry.args)
                 if entry.op == "key-rotate" and self.keyring is not None:
                     # The next key, made and stored before it leaves, wrapped for this
                     # command alone (its counter) under the key the device holds.

@@ -5,7 +5,7 @@ version and architecture; refuse a version this mpy-cross does not write (pure-b
 files load wherever the major version matches). Compile ``gemeter`` and the pinned library
 from its cache (tools/resources.py) to ``.mpy`` (precompiled: a board needs neither the
 compiler's RAM nor its time) into a fresh temporary folder, laid out as the board's
-filesystem, ``main.py`` kept as source. On the board, remove the old packages (and
+filesystem, ``boot.py`` and ``main.py`` kept as source. On the board, remove the old packages (and
 RETIRED ones that earlier versions flashed), copy
 the tree, ``board.json`` and the config as ``config.json``; compare each file's sha256 with
 the build; reset. ``key.bin``, the state (``state.a.json``, ``state.b.json``; older
@@ -62,6 +62,8 @@ for n in {list(KEPT)!r}:
         pass
 print("{PROBE_TAG}", json.dumps([getattr(sys.implementation, "_mpy", 0), sys.platform, cal,
                                  have]))"""
+# Kept as source: the board runs them by name (boot.py first: it switches in updates).
+SOURCES = ("boot.py", "main.py")
 # Packages earlier versions flashed and this one does not: removed at every flash.
 RETIRED = ("lib/umodbus",)  # pinned and flashed until 2026-11, never imported (22 KB)
 PREPARE = """import os
@@ -161,7 +163,7 @@ def library_files(lib: Path) -> list[str]:
 def modules() -> list[tuple[Path, str]]:
     """(source, path on the board) of every module to compile: the firmware, then libraries."""
     fw = [(p, p.relative_to(FIRMWARE).as_posix()) for p in sorted(FIRMWARE.rglob("*.py"))
-          if p.name != "main.py" and "__pycache__" not in p.parts]
+          if p.relative_to(FIRMWARE).as_posix() not in SOURCES and "__pycache__" not in p.parts]
     lib = mpy_deps.ensure()
     libs = [(lib / f, "lib/" + f) for f in library_files(lib)]
     return [(src, rel[:-3] + ".mpy") for src, rel in fw + libs]
@@ -228,6 +230,20 @@ def choose_arch(device: Device, board_name: str, board: dict[str, Any], port: st
 
 def build(stage: Path, arch: str, board: Path, config: dict[str, Any] | None) -> list[str]:
     """Compile and lay out the board's files in stage; returns their paths on the board."""
+    names = compile_tree(stage, arch)
+    shutil.copyfile(board, stage / "board.json")
+    names.append("board.json")
+    if config is not None:
+        path = stage / "config.json"
+        path.touch(mode=0o600)  # it may hold Wi-Fi and MQTT passwords
+        path.write_text(json.dumps(config, indent=1))
+        names.append("config.json")
+    return sorted(names)
+
+
+def compile_tree(stage: Path, arch: str) -> list[str]:
+    """The firmware alone, compiled into a fresh ``stage`` (the board's layout): what an
+    update bundle holds (tools/bundle.py), and boot.py. Returns the paths on the board."""
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
     march = [f"-march={arch}"] if arch else []
@@ -239,15 +255,9 @@ def build(stage: Path, arch: str, board: Path, config: dict[str, Any] | None) ->
         jobs.append((cmd, f"mpy-cross {source_name}"))
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         list(pool.map(lambda job: run(job[0], job[1], 120), jobs))  # re-raises a failure
-    shutil.copyfile(FIRMWARE / "main.py", stage / "main.py")
-    shutil.copyfile(board, stage / "board.json")
-    names = [rel for _, rel in modules()] + ["main.py", "board.json"]
-    if config is not None:
-        path = stage / "config.json"
-        path.touch(mode=0o600)  # it may hold Wi-Fi and MQTT passwords
-        path.write_text(json.dumps(config, indent=1))
-        names.append("config.json")
-    return sorted(names)
+    for name in SOURCES:
+        shutil.copyfile(FIRMWARE / name, stage / name)
+    return [rel for _, rel in modules()] + list(SOURCES)
 
 
 def commands(port: str, stage: Path, names: list[str], wipe: bool) -> list[list[str]]:
@@ -302,7 +312,7 @@ def flash(board_name: str, port: str, config_path: Path | None = None, dry_run: 
     config = load_config(config_path) if config_path is not None else None
     if dry_run:
         compiled = [rel for _, rel in modules()]
-        names = sorted([*compiled, "main.py", "board.json"]
+        names = sorted([*compiled, *SOURCES, "board.json"]
                        + (["config.json"] if config is not None else []))
         print(f"# gridedge flash --dry-run: board {board_name} on {port}; nothing runs", file=out)
         print(render(mpremote(port, "exec", PROBE)), file=out)

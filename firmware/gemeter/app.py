@@ -88,9 +88,11 @@ class App:
             if getattr(self.link, "inbox", None):
                 results = self._commands(False)
             if self.sampler.due() or results:  # a command's result goes up at once
-                if results is None and (self.ctl[2] is not None or self.ctl[3] is not None):
-                    # A reboot or a timed relay switch is pending: before this report's
-                    # frame, so an empty ring says a reboot's result has gone out.
+                ctl = self.ctl
+                if results is None and (ctl[2] is not None or ctl[3] is not None
+                                        or ctl[5] is not None):
+                    # A reboot, a timed relay switch or a trial is pending: before this
+                    # report's frame, so an empty ring says the frames before have gone.
                     self._commands(True)
                 self.ring.push(self.sampler.report(
                     self.boot, self.seq, self.uptime_ms, self.clock.unix_ms(), self.ring.dropped,
@@ -127,7 +129,7 @@ class App:
             return cmdrun.due(self) if due else cmdrun.run(self)
         finally:
             unload(("cmdrun", "command", "relay", "relaystate", "config", "keystore",
-                    "unframe"))
+                    "unframe", "ota"))
 
     def _note_heap(self, live, free):
         if self.heap_free_min is None or free < self.heap_free_min:

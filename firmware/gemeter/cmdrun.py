@@ -11,7 +11,8 @@ the config file with the console's checks (it applies at the next start; the dev
 which its key is bound to, is not changed remotely, and a secret is never echoed);
 ``factory-reset``, which must name the device again, puts every setting and the
 calibration back to the defaults except the device id and the link's, keeps the key, and
-restarts.
+restarts; ``update``, ``update-chunk`` and ``update-status`` receive a firmware bundle
+and stage it (ota.py), and a new firmware's trial ends in ``due``.
 """
 
 from gemeter.command import CommandError, Commands
@@ -22,7 +23,7 @@ def run(app):
     of the next frame: [[id, state, reason?], ...]; None if there are none. A command id
     seen recently is not run again: its result is sent again (the first may have been
     lost on the line), or ``refused duplicate`` while it is not known yet."""
-    ctl = app.ctl  # [recent [id, state, reason], refused, reboot at, relay due]
+    ctl = app.ctl  # [recent [id, state, reason], refused, reboot at, relay due, ...]
     from gemeter.keystore import KeyStore
 
     key = KeyStore(_root(app) + "key.bin").load()  # the key file, as start.Paths has it
@@ -87,6 +88,8 @@ def _act(app, c, key):
         return (c["id"],) + _factory(app, c["args"])
     if op == "key-rotate":
         return (c["id"],) + _rekey(app, c, key)
+    if op in ("update", "update-chunk", "update-status"):
+        return (c["id"],) + _update(app, op, c["args"])
     return c["id"], "failed", "unsupported"
 
 
@@ -109,8 +112,12 @@ def _encode(results):
 def due(app):
     """Restart once a reboot's result has left the ring (the app asks as soon as the ring
     is empty; at a report, 10 s after the command even if the link is down); end the
-    timed relay switches whose time has come (at a report)."""
+    timed relay switches whose time has come (at a report); end a new firmware's trial
+    once its first frames have gone out, or give it up when its time has passed without
+    (boot.py then rolls it back)."""
     ctl = app.ctl
+    if ctl[5] is not None:
+        _trial(app)
     if ctl[2] is not None and (app.ring.peek() is None or app.uptime_ms - ctl[2] > 10000):
         import machine
 
@@ -123,6 +130,35 @@ def due(app):
             from gemeter import relay
 
             relay.tick(app)
+
+
+def _update(app, op, args):
+    """(state, reason) of update, update-chunk, update-status (ota.py); the restart
+    into a bundle once it is staged."""
+    from gemeter import ota
+
+    root = _root(app)
+    if op == "update-status":
+        return ota.status(root)
+    res = ota.begin(root, args) if op == "update" else ota.chunk(root, args)
+    if res[1].startswith("staged"):
+        app.ctl[2] = app.uptime_ms  # boot.py switches it in
+    return res
+
+
+_CONFIRM_FRAMES = 3  # frames a new firmware sends before its trial ends
+
+
+def _trial(app):
+    from gemeter import ota
+
+    ctl = app.ctl
+    if app.seq >= _CONFIRM_FRAMES and app.ring.peek() is None:
+        ota.confirm(_root(app))
+        ctl[5] = None
+    elif app.uptime_ms > ctl[5] * 1000:
+        ota.give_up(_root(app), "no frame sent in %d s" % ctl[5])
+        ctl[2] = app.uptime_ms - 20000  # restart now: boot.py rolls it back
 
 
 def _root(app):

@@ -26,6 +26,7 @@ class Paths:
         self.state = root + "state"  # state.a.json and state.b.json (see state.py)
         self.key = root + "key.bin"
         self.ca = root + "ca.der"  # the gateway's CA certificate, DER (MQTT over TLS)
+        self.ota = root + "ota.json"  # a firmware update's state (boot.py)
 
 
 # Modules that read the files (board file, settings, key): unloaded once read.
@@ -154,9 +155,10 @@ def _parts(app, paths):
         print("problem: " + app.state.problem)
     app.builder = frame.FrameBuilder(settings["device_id"], key)
     # Commands and relays, in one list (an attribute less is heap: App's dict stays small):
-    # recent command ids, refused, reboot at, relay due, relay states for the frames. The device id, key and config
-    # path are found again when a command comes (cmdrun.py), not kept in the heap.
-    app.ctl = [[], 0, None, None, None]  # and the relays' states, encoded for the frames
+    # recent command ids, refused, reboot at, relay due, relay states for the frames, and
+    # the seconds a new firmware's trial may take (None: no trial). The device id, key
+    # and config path are found again when a command comes (cmdrun.py), not kept.
+    app.ctl = [[], 0, None, None, None, _trial_s(paths)]
     app.relays = None
     if desc.get("relays"):
         app.relays = _relays(desc["relays"], app.state)
@@ -167,6 +169,18 @@ def _parts(app, paths):
     app.link = open_link(desc, settings, paths, app.clock)
     app.wdt_ms = desc.get("wdt_timeout_ms", 8000)
     return buses(desc), settings
+
+
+def _trial_s(paths):
+    """The trial's time, if boot.py switched in an update this firmware is on trial in."""
+    import json
+
+    try:
+        with open(paths.ota) as f:
+            st = json.loads(f.read())
+        return st.get("trial_s", 600) if st.get("st") == "trial" else None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _relays(wired, state):

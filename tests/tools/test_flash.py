@@ -103,16 +103,18 @@ def test_flashed_files_run_as_the_firmware(
     assert proc.returncode == 0, proc.stderr
     assert "; key.bin left in place\n" in proc.stdout  # config.json: the new one
     sources = [p for p in [*FIRMWARE.rglob("*.py"), *MPY_LIB.rglob("*.py")]
-               if p.name != "main.py" and "__pycache__" not in p.parts]
+               if p not in (FIRMWARE / "main.py", FIRMWARE / "boot.py")
+               and "__pycache__" not in p.parts]
     assert f"compiled {len(sources)} modules for x64" in proc.stdout  # the unix port's arch
-    assert proc.stdout.endswith(f"verified {len(sources) + 3} files (sha256)\n"
+    assert proc.stdout.endswith(f"verified {len(sources) + 4} files (sha256)\n"
                                 "board reset: it starts the new firmware\n")
     device.wait_resets(1)
     files = tree(device.root)
-    assert [n for n in files if n.endswith(".py")] == ["main.py"]
+    assert [n for n in files if n.endswith(".py")] == ["boot.py", "main.py"]
     assert all(data[:2] == b"M\x06" for n, data in files.items() if n.endswith(".mpy"))
     assert files["board.json"] == (REPO / "boards" / "esp32-devkitc.json").read_bytes()
     assert files["main.py"] == (FIRMWARE / "main.py").read_bytes()
+    assert files["boot.py"] == (FIRMWARE / "boot.py").read_bytes()
     # The same build, staged here: flash's own (in a temporary folder) is gone.
     compiled = tmp_path / "stage"
     flash.build(compiled, "x64", flash.BOARDS / "esp32-devkitc.json",

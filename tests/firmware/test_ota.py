@@ -1,0 +1,213 @@
+"""Firmware updates on the device's side: gemeter/ota.py receives and stages a bundle, boot.py
+switches it in, counts the trial and rolls it back; power cut at every step.
+
+Both interpreters run the firmware's own code on a real folder (the device's flash). The
+files in the bundles here are small stand-ins: what boot.py and ota.py do does not depend
+on what the files hold (tests/system/test_update.py updates the real firmware through
+the gateway, and one whose main.py raises). A power cut is a kill -9 of the process at
+a numbered filesystem change (tests/firmware/scripts/ota_steps.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.fwrunner import SCRIPTS, FirmwareRunner
+from tools.bundle import pack
+
+OLD = {"main.py": b'FIRMWARE_VERSION = "0.1.0"\n', "gemeter/app.mpy": b"old app " * 40,
+       "gemeter/drivers/pz.mpy": b"old pz " * 30, "gemeter/gone.mpy": b"only old " * 9}
+NEW = {"main.py": b'FIRMWARE_VERSION = "0.2.0"\n', "gemeter/app.mpy": b"new app " * 50,
+       "gemeter/drivers/pz.mpy": b"new pz " * 33, "lib/umqtt/simple.mpy": b"added " * 25}
+KEPT = {"key.bin": bytes(range(32)), "config.json": b'{"device_id": "m"}',
+        "boot.py": b"# stays\n"}
+CHUNK = 96
+
+
+def device(tmp_path: Path) -> Path:
+    root = tmp_path / "dev"
+    for name, data in {**OLD, **KEPT}.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.relative_to(root).as_posix().startswith("ota")}
+
+
+def firmware(root: Path) -> str:
+    """Which firmware the folder holds: "old" or "new", whole; else what is mixed."""
+    got = tree(root)
+    for label, files in (("old", OLD), ("new", {**NEW, "gemeter/gone.mpy": OLD[
+            "gemeter/gone.mpy"]})):
+        if {n: d for n, d in got.items() if n not in KEPT} == files:
+            return label
+    return f"mixed: {sorted(got)}"
+
+
+def begin(data: bytes, version: str = "0.2.0") -> list[object]:
+    return ["begin", {"version": version, "size": len(data),
+                      "sha256": hashlib.sha256(data).hexdigest(), "trial_s": 60}]
+
+
+def chunks(data: bytes, start: int = 0, size: int = CHUNK) -> list[list[object]]:
+    return [["chunk", {"at": at, "data": data[at:at + size].hex()}]
+            for at in range(start, len(data), size)]
+
+
+def run(fw: FirmwareRunner, root: Path, steps: list[list[object]]) -> list[object]:
+    out = fw.run_json(SCRIPTS / "ota_steps.py", {"root": f"{root}/", "steps": steps,
+                                                 "cut": 0})
+    return list(out["results"])
+
+
+BUNDLE = pack(NEW)
+
+
+def test_a_good_bundle_is_staged_switched_and_confirmed(fw: FirmwareRunner,
+                                                       tmp_path: Path) -> None:
+    root = device(tmp_path)
+    got = run(fw, root, [begin(BUNDLE), *chunks(BUNDLE), ["status", {}]])
+    assert got[0] == ["done", f"have 0 of {len(BUNDLE)}"]
+    assert got[-2] == ["done", "staged 0.2.0; restarting"]
+    assert got[-1] == ["done", "staged 0.2.0"]
+    assert firmware(root) == "old"  # nothing moves before the boot
+    got = run(fw, root, [["boot", {}], ["status", {}], ["boot", {}], ["status", {}],
+                         ["confirm", {}], ["status", {}], ["boot", {}]])
+    assert got == ["trial", ["done", "trial of 0.2.0, boot 1"], "trial",
+                   ["done", "trial of 0.2.0, boot 2"], None, ["done", "running 0.2.0"], "ok"]
+    assert firmware(root) == "new"
+    assert all((root / n).read_bytes() == d for n, d in KEPT.items())
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith("ota")) == ["ota.json"]
+
+
+def test_a_corrupted_chunk_is_refused_before_the_switch(fw: FirmwareRunner,
+                                                       tmp_path: Path) -> None:
+    root = device(tmp_path)
+    bad = bytearray(BUNDLE)
+    bad[CHUNK + 5] ^= 0x40  # one bit, in the second chunk
+    got = run(fw, root, [begin(BUNDLE), *chunks(bytes(bad)), ["status", {}], ["boot", {}]])
+    assert got[-3] == ["failed", "bundle sha256 mismatch"]
+    assert got[-2] == ["done", f"receiving 0.2.0: have 0 of {len(BUNDLE)}"]
+    assert got[-1] == "recv" and firmware(root) == "old"
+    assert not (root / "ota" / "new").exists()
+    # Sent again, whole: staged.
+    got = run(fw, root, [begin(BUNDLE), *chunks(BUNDLE)])
+    assert got[0] == ["done", f"have 0 of {len(BUNDLE)}"]
+    assert got[-1] == ["done", "staged 0.2.0; restarting"]
+
+
+def test_a_bundle_resumes_where_it_stopped(fw: FirmwareRunner, tmp_path: Path) -> None:
+    root = device(tmp_path)
+    half = len(BUNDLE) // CHUNK // 2 * CHUNK
+    got = run(fw, root, [begin(BUNDLE), *chunks(BUNDLE)[:half // CHUNK]])
+    assert got[-1] == ["done", f"have {half} of {len(BUNDLE)}"]
+    again = chunks(BUNDLE)[0]  # held already: answered, not written again
+    late = ["chunk", {"at": half + CHUNK, "data": "00"}]  # a gap: refused, with the place
+    got = run(fw, root, [begin(BUNDLE), again, late, *chunks(BUNDLE, half)])
+    assert got[:3] == [["done", f"have {half} of {len(BUNDLE)}"]] * 2 + [
+        ["failed", f"have {half} of {len(BUNDLE)}"]]
+    assert got[-1] == ["done", "staged 0.2.0; restarting"]
+    # Another bundle starts afresh; none while one is staged.
+    assert run(fw, root, [begin(b"x" * 10, "0.3.0")]) == [["failed", "an update is staged"]]
+
+
+@pytest.mark.parametrize(("files", "problem"), [
+    ({"../key.bin": b"k"}, "bad bundle entry ../key.bin"),
+    ({"boot.py": b"x"}, "bad bundle entry boot.py"),
+    ({"config.json": b"{}"}, "bad bundle entry config.json"),
+    ({"gemeter/app.py": b"x"}, "bad bundle entry gemeter/app.py"),
+])
+def test_a_bundle_cannot_reach_beyond_the_firmware(fw: FirmwareRunner, tmp_path: Path,
+                                                  files: dict[str, bytes],
+                                                  problem: str) -> None:
+    root = device(tmp_path)
+    data = pack({"main.py": NEW["main.py"], **files})
+    got = run(fw, root, [begin(data), *chunks(data), ["status", {}], ["boot", {}]])
+    assert got[-3] == ["failed", problem]
+    assert got[-2] == ["done", "no update: " + problem] and got[-1] == "none"
+    assert firmware(root) == "old" and all((root / n).read_bytes() == d
+                                           for n, d in KEPT.items())
+
+
+def test_a_file_that_differs_from_its_entry_is_refused(fw: FirmwareRunner,
+                                                      tmp_path: Path) -> None:
+    root = device(tmp_path)
+    entry = f"main.py 5 {hashlib.sha256(b'other').hexdigest()}\n".encode()
+    data = entry + b"12345"
+    got = run(fw, root, [begin(data), *chunks(data)])
+    assert got[-1] == ["failed", "sha256 mismatch: main.py"] and firmware(root) == "old"
+
+
+def test_a_trial_that_never_ends_is_rolled_back(fw: FirmwareRunner, tmp_path: Path) -> None:
+    """main.py raised, hung or reset at each boot: the fourth boot takes it back."""
+    root = device(tmp_path)
+    run(fw, root, [begin(BUNDLE), *chunks(BUNDLE)])
+    got = run(fw, root, [["boot", {}]] * 4 + [["status", {}]])
+    assert got == ["trial"] * 3 + ["back", ["done", "rolled back from 0.2.0: did not "
+                                              "start in 3 boots"]]
+    assert firmware(root) == "old"
+    # The firmware gave up (nothing went out in its trial time): the next boot says why.
+    run(fw, root, [begin(BUNDLE), *chunks(BUNDLE)])
+    got = run(fw, root, [["boot", {}], ["give_up", "no frame sent in 60 s"], ["boot", {}],
+                         ["status", {}]])
+    assert got == ["trial", None, "back",
+                   ["done", "rolled back from 0.2.0: no frame sent in 60 s"]]
+    assert firmware(root) == "old"
+
+
+def cut(fw: FirmwareRunner, root: Path, steps: list[list[object]], at: int) -> bool:
+    """Run steps with a power cut before change ``at``; False if they made fewer."""
+    cmd, env = fw.command(SCRIPTS / "ota_steps.py")
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(json.dumps({"root": f"{root}/", "steps": steps, "cut": at}))
+    proc.stdin.close()
+    line = proc.stdout.readline()
+    proc.kill()  # SIGKILL: no finally, no flush, no close
+    proc.wait(10)
+    return line.startswith("CUT ")
+
+
+@pytest.mark.parametrize("phase", ["receive", "switch", "rollback"])
+def test_a_power_cut_at_any_step_leaves_a_bootable_board(
+        fw: FirmwareRunner, tmp_path: Path, phase: str) -> None:
+    """Every filesystem change of a phase, one run each: the process is killed -9 just
+    before it. The next boot then finds a whole firmware, old or new, and the update,
+    driven again as the gateway would (the same bundle; boots), ends as it would have."""
+    stage = [begin(BUNDLE), *chunks(BUNDLE, size=256)]
+    steps = stage if phase == "receive" else [["boot", {}]]
+    start = device(tmp_path / "start")  # the folder as the phase finds it
+    if phase != "receive":
+        run(fw, start, stage)
+    if phase == "rollback":
+        run(fw, start, [["boot", {}]] * 3)  # the trial's three boots: the next rolls back
+    at = 1
+    while True:
+        root = tmp_path / str(at)
+        shutil.copytree(start, root)
+        if not cut(fw, root, steps, at):
+            break
+        if phase == "receive":  # the next boot, the gateway's resending, and a boot
+            got = run(fw, root, [["boot", {}], *stage, ["boot", {}]])
+            assert got[0] in (None, "recv", "trial") and got[-1] == "trial", (at, got)
+            assert firmware(root) == "new", at
+            at += 1
+            continue
+        boots = run(fw, root, [["boot", {}]])
+        assert firmware(root) in ("old", "new"), (phase, at, boots)
+        if phase == "switch":
+            assert boots == ["trial"] and firmware(root) == "new", at
+        else:
+            assert boots == ["back"] and firmware(root) == "old", at
+        at += 1
+    assert at > {"receive": 30, "switch": 12, "rollback": 5}[phase], at  # each was cut
