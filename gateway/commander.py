@@ -32,6 +32,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from queue import Empty, SimpleQueue
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
@@ -86,6 +87,7 @@ class Commander:
         self.online: set[str] = set()
         self._said: dict[str, float] = {}  # reason -> when it was last logged
         self._sent: dict[int, Entry] = {}  # local message id -> the command it carries
+        self._acked: SimpleQueue[int] = SimpleQueue()  # their PUBACKs: _published
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="commands", daemon=True)
@@ -239,6 +241,7 @@ class Commander:
                     # The device opens what follows with its new key: the rest goes at a
                     # later tick, sealed with the key its frames then show it holds.
                     break
+            self._matched()
 
     def _rotating(self, device: str) -> bool:
         """Whether a key-rotate was delivered to the device and is not yet answered (its
@@ -250,10 +253,27 @@ class Commander:
                    for e in self.queue.unanswered(now + 1, now).get(device, []))
 
     def _published(self, _c: mqtt.Client, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
-        with self._lock:
-            entry = self._sent.pop(mid, None)
-        if entry is not None:
-            self._delivered(entry)
+        # paho calls this holding its lock of outgoing messages, which publish() takes
+        # too; _deliver publishes holding self._lock. Waiting here for self._lock could
+        # deadlock the two (it did, under a burst of update chunks): the PUBACK is noted,
+        # and matched to its command now if the lock is free, else by whoever holds it
+        # (_deliver, as it ends) or by the next tick.
+        self._acked.put(mid)
+        if self._lock.acquire(blocking=False):
+            try:
+                self._matched()
+            finally:
+                self._lock.release()
+
+    def _matched(self) -> None:
+        """The commands whose PUBACKs came, delivered (called holding self._lock)."""
+        while True:
+            try:
+                entry = self._sent.pop(self._acked.get_nowait(), None)
+            except Empty:
+                return
+            if entry is not None:
+                self._delivered(entry)
 
     def _delivered(self, entry: Entry) -> None:
         self.queue.mark(entry.device, entry.id, "delivered")
@@ -278,6 +298,8 @@ class Commander:
 
     def _tick(self) -> None:
         while not self._stop.wait(1.0):
+            with self._lock:
+                self._matched()
             now = now_ms()
             for entry in self.queue.expire(now):
                 self.counts["expired"] += 1

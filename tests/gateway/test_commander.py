@@ -5,6 +5,7 @@ refused, counted and reported."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import time
 from collections.abc import Iterator
@@ -67,6 +68,30 @@ def test_a_signed_command_reaches_the_online_meter_sealed_for_it(
         assert wait_for(lambda: ops.states("c1")[2:] == ["delivered"], 10), ops.answers
         time.sleep(0.3)
         assert len(meter.got) == 1 and c.counts["repeated"] == 1
+    finally:
+        meter.close()
+
+
+def test_a_burst_of_commands_is_delivered_whole(
+        parts: tuple[Commander, Operator, list[Alarm]], local: Mosquitto) -> None:
+    """Rounds of update chunks as ``gridedge update`` sends them, the meter acknowledging
+    each at once: every one delivered. The PUBACKs of earlier ones come while the next
+    are being published; the commander used to wait for its own lock inside paho's
+    acknowledgement callback, while holding that lock it waited in publish() for paho's:
+    the gateway stopped delivering for good, and would not stop."""
+    c, ops, _events = parts
+    meter = Meter(local.port, "mtr-1")
+    try:
+        meter.status("online")
+        assert wait_for(lambda: "mtr-1" in c.online, 10)
+        data = base64.b64encode(bytes(256)).decode()
+        for r in range(12):
+            ids = [f"b{r}-{i}" for i in range(4)]
+            for i, cid in enumerate(ids):
+                ops.send(signed(cid, op="update-chunk", at=(4 * r + i) * 256, data=data))
+            assert wait_for(lambda ids=ids: all(ops.states(cid) == ["accepted", "delivered"]
+                                                for cid in ids), 10), (r, ops.answers[-8:])
+        assert len(meter.got) == 48 and all(len(m) < 512 for m in meter.got)
     finally:
         meter.close()
 
