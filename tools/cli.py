@@ -129,6 +129,23 @@ def _command(args: argparse.Namespace) -> int:
     return command.run(opts)
 
 
+def _update(args: argparse.Namespace) -> int:
+    from tools import flash, update
+    from tools.errors import ToolError
+
+    devices = [d for d in args.devices.split(",") if d]
+    if not devices:
+        raise ToolError("--devices names no device")
+    opts = update.Options(
+        host=args.host, port=args.port, gateway=args.gateway, devices=devices,
+        key_file=Path(args.key_file), arch=args.arch or str(flash.load_board(args.board)[
+            "mpy_arch"]), tls=args.tls, ca=args.ca, user=args.user,
+        password_env=args.password_env, prefix=args.prefix.rstrip("/"), chunk=args.chunk,
+        window=args.window, trial_s=args.trial, timeout=args.timeout,
+        main=Path(args.main) if args.main else None)
+    return update.run(opts)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gridedge",
@@ -329,6 +346,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("arg", nargs="*", metavar="NAME=VALUE",
                    help="its arguments, e.g. state=off seconds=900")
     p.set_defaults(func=_command)
+
+    p = sub.add_parser(
+        "update", parents=[cloud],
+        help="compile the firmware for a board and send it to devices through their "
+        "gateway, with progress; exit 0 once every device runs it, 1 if any refused it or "
+        "rolled back, 3 if any gave no final word")
+    p.add_argument("--key-file", required=True, help="the operator key (gridedge operator-key)")
+    p.add_argument("--gateway", required=True, metavar="ID", help="the gateway's id")
+    p.add_argument("--devices", required=True, metavar="ID,ID", help="the devices' ids")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--board", help="the devices' board file (its mpy_arch)")
+    which.add_argument("--arch", help="an mpy-cross -march value instead (x64: the unix port)")
+    p.add_argument("--chunk", type=int, default=256, metavar="BYTES",
+                   help="bytes of firmware per command (1..300, default 256)")
+    p.add_argument("--window", type=int, default=4, metavar="N",
+                   help="chunks sent before their answers (1..4, default 4)")
+    p.add_argument("--trial", type=int, default=600, metavar="S",
+                   help="seconds the new firmware has to send frames before it is rolled "
+                   "back (default 600)")
+    p.add_argument("--timeout", type=float, default=1800.0, metavar="S",
+                   help="seconds to wait for each device's final word (default 1800)")
+    p.add_argument("--main", metavar="FILE", help="a main.py to ship instead of the "
+                   "firmware's (its FIRMWARE_VERSION names the bundle)")
+    p.set_defaults(func=_update)
     return parser
 
 

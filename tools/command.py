@@ -22,9 +22,10 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -105,51 +106,92 @@ class Options:
     id: str = ""
 
 
+class Broker(Protocol):
+    """Where the cloud broker is, as the CLI's options say."""
+
+    host: str
+    port: int
+    tls: bool
+    ca: str | None
+    user: str | None
+    password_env: str | None
+    prefix: str
+    gateway: str
+
+
+class Cloud:
+    """One MQTT 5 session with the cloud broker for signed requests: a response topic of
+    its own, and each answer handed to ``on_answer`` with its correlation data."""
+
+    def __init__(self, o: Broker, on_answer: Callable[[bytes, dict[str, Any]], None]) -> None:
+        self.topic = f"{o.prefix}/{o.gateway}/commands"
+        self.reply = f"gridedge/v1/ops/{uuid.uuid4().hex}/replies"
+        subscribed = threading.Event()
+
+        def answer(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+            try:
+                body = json.loads(msg.payload)
+            except ValueError:
+                return
+            if isinstance(body, dict):
+                on_answer(bytes(getattr(msg.properties, "CorrelationData", b"") or b""),
+                          body)
+
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
+                                  client_id=f"ops-{uuid.uuid4().hex[:12]}",
+                                  protocol=mqtt.MQTTv5)
+        if o.tls:
+            self.client.tls_set(ca_certs=o.ca, cert_reqs=ssl.CERT_REQUIRED)
+        if o.user:
+            self.client.username_pw_set(o.user, os.environ.get(o.password_env or "", "")
+                                        or None)
+        self.client.on_message = answer
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        try:
+            self.client.connect(o.host, o.port, keepalive=30)
+        except OSError as e:
+            raise ToolError(f"cannot reach the cloud broker {o.host}:{o.port}: {e}") from None
+        self.client.loop_start()
+        self.client.subscribe(self.reply, qos=1)
+        if not subscribed.wait(10):
+            self.close()
+            raise ToolError("the cloud broker did not confirm the subscription")
+
+    def send(self, request: dict[str, object], correlation: bytes) -> None:
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.ResponseTopic, props.CorrelationData = self.reply, correlation
+        self.client.publish(self.topic, json.dumps(request), qos=1,
+                            properties=props).wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
 def run(o: Options, out: TextIO | None = None) -> int:
     stream = out or sys.stdout  # at the call: a default bound at import would outlive it
     cid = o.id or uuid.uuid4().hex[:12]
     request = sign(read_key(o.key_file), o.gateway, cid, o.device, o.op, o.args,
                    int((time.time() + o.expires_s) * 1000))
-    reply = f"gridedge/v1/ops/{uuid.uuid4().hex}/replies"
     correlation = cid.encode()
     outcome: list[int] = []
-    done, subscribed = threading.Event(), threading.Event()
+    done = threading.Event()
 
-    def answer(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        if bytes(getattr(msg.properties, "CorrelationData", b"") or b"") != correlation:
+    def answer(got: bytes, body: dict[str, Any]) -> None:
+        if got != correlation:
             return
-        body = json.loads(msg.payload)
         print(json.dumps(body), file=stream, flush=True)
         if body.get("state") in FINAL:
             outcome.append(FINAL[body["state"]])
             done.set()
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"ops-{cid}",
-                         protocol=mqtt.MQTTv5)
-    if o.tls:
-        client.tls_set(ca_certs=o.ca, cert_reqs=ssl.CERT_REQUIRED)
-    if o.user:
-        client.username_pw_set(o.user, os.environ.get(o.password_env or "", "") or None)
-    client.on_message = answer
-    client.on_subscribe = lambda *_: subscribed.set()
+    cloud = Cloud(o, answer)
     try:
-        client.connect(o.host, o.port, keepalive=30)
-    except OSError as e:
-        raise ToolError(f"cannot reach the cloud broker {o.host}:{o.port}: {e}") from None
-    client.loop_start()
-    try:
-        client.subscribe(reply, qos=1)
-        if not subscribed.wait(10):
-            raise ToolError("the cloud broker did not confirm the subscription")
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        props.ResponseTopic, props.CorrelationData = reply, correlation
-        client.publish(f"{o.prefix}/{o.gateway}/commands", json.dumps(request), qos=1,
-                       properties=props).wait_for_publish(10)
+        cloud.send(request, correlation)
         if not done.wait(o.timeout):
             print(f"gridedge command: no final answer for {cid} within {o.timeout:g} s "
                   "(its answers so far are above)", file=sys.stderr)
             return 3
         return outcome[0]
     finally:
-        client.loop_stop()
-        client.disconnect()
+        cloud.close()

@@ -65,6 +65,8 @@ def run(app):
             cmds.recent = ctl[0]
         cmds.result(c["id"])[1:] = res[1:]
         results.append(res)
+    if ctl[5] is not None:  # a trial: here too, as commands may keep a report from coming
+        _trial(app)
     return _encode(results) if results else None
 
 

@@ -18,8 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.brokers import free_port
+from tests.support.firmware_fixtures import VirtualMeter
 from tests.support.fwrunner import SCRIPTS, FirmwareRunner
 from tools.bundle import pack
+from tools.vboard import VirtualBoard
 
 OLD = {"main.py": b'FIRMWARE_VERSION = "0.1.0"\n', "gemeter/app.mpy": b"old app " * 40,
        "gemeter/drivers/pz.mpy": b"old pz " * 30, "gemeter/gone.mpy": b"only old " * 9}
@@ -211,3 +214,37 @@ def test_a_power_cut_at_any_step_leaves_a_bootable_board(
             assert boots == ["back"] and firmware(root) == "old", at
         at += 1
     assert at > {"receive": 30, "switch": 12, "rollback": 5}[phase], at  # each was cut
+
+
+def test_a_new_firmware_ends_its_trial_once_its_frames_went_out(
+        fw: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path) -> None:
+    """The app started on trial (boot.py switched an update in): after its third frame
+    has left, ota.json says ``ok`` and the old files are gone."""
+    meter = VirtualMeter(vboard, tmp_path, report_interval_s=1, sample_interval_ms=10)
+    (tmp_path / "ota" / "old").mkdir(parents=True)
+    (tmp_path / "ota" / "old" / "main.py").write_text("old")
+    trial = {"st": "trial", "v": "0.2.0", "boots": 1, "trial_s": 60, "size": 1,
+             "sha256": "0" * 64}
+    (tmp_path / "ota.json").write_text(json.dumps(trial))
+    fw.run_json(SCRIPTS / "app_run.py", meter.request(450), env=vboard.env())  # 4.5 s
+    assert json.loads((tmp_path / "ota.json").read_text())["st"] == "ok"
+    assert not (tmp_path / "ota").exists()
+    assert len(meter.frames()[0]) >= 3
+
+
+def test_a_new_firmware_that_sends_nothing_in_its_trial_time_gives_up(
+        fw: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path) -> None:
+    """Its broker never answers: once the trial's time has passed, the firmware says so
+    in ota.json (the next boot rolls it back) and restarts."""
+    VirtualMeter(vboard, tmp_path, report_interval_s=1, sample_interval_ms=10, link="mqtt",
+                 mqtt_host="127.0.0.1", mqtt_port=free_port())
+    (tmp_path / "ota.json").write_text(json.dumps(
+        {"st": "trial", "v": "0.2.0", "boots": 1, "trial_s": 2, "size": 1,
+         "sha256": "0" * 64}))
+    proc = fw.start(SCRIPTS / "app_run.py", env=vboard.env())
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps({"root": f"{tmp_path}/", "cycles": 1000}))  # 10 s
+    proc.stdin.close()
+    assert proc.wait(30) == 75  # machine.reset() on the virtual board
+    st = json.loads((tmp_path / "ota.json").read_text())
+    assert (st["st"], st["boots"], st["why"]) == ("trial", 3, "no frame sent in 2 s")

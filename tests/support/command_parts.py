@@ -22,8 +22,10 @@ from gateway.commander import Commander
 from gateway.config import LocalBroker, UplinkSection
 from gateway.devices import Device
 from tests.support.brokers import Mosquitto
+from tests.support.firmware_fixtures import DEVICE, KEY
 from tests.support.fwrunner import REPO
-from tests.support.gateway_fixtures import device_key
+from tests.support.gateway_fixtures import GatewayProcess, config_text, device_key
+from tests.support.mqtt_capture import wait_for
 
 OPERATOR = bytes(range(32))
 GW = "gw-test"
@@ -114,3 +116,22 @@ class Operator:
         self.client.disconnect()
         for _t, answer, _c in self.answers:  # every answer the gateway gave, in any test
             RESULT.validate(answer)
+
+
+def start_gateway(tmp_path: Path, local: Mosquitto, cloud: Mosquitto,
+                  serial_tty: str = "", metrics_port: int = 0,
+                  devices: tuple[str, ...] = ()) -> tuple[GatewayProcess, Path]:
+    """The real gateway process with commands on, for DEVICE (wired to ``serial_tty``
+    when given) and ``devices``, listening for requests."""
+    extra = (f'[[devices]]\nid = "{DEVICE}"\nkey = "{KEY.hex()}"\nsite = "s"\nfeeder = "F1"\n'
+             f'[commands]\nenabled = true\noperator_keys = ["{public(OPERATOR).hex()}"]\n')
+    if serial_tty:
+        extra += f'[[serial]]\nport = "{serial_tty}"\ndevice = "{DEVICE}"\n'
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(config_text(tmp_path / "state", local, cloud, list(devices), extra=extra,
+                               metrics_port=metrics_port)
+                   .replace('id = "gw-test"', f'id = "{GW}"'))
+    log = tmp_path / "gw.log"
+    gw = GatewayProcess(cfg, log).start(wait_subscribed=True)
+    assert wait_for(lambda: "commands: listening" in log.read_text(), 10)
+    return gw, log

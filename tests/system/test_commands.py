@@ -15,31 +15,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.command_auth import sign
 from gateway.registry import fingerprint
 from tests.support.brokers import Mosquitto, free_port
-from tests.support.command_parts import GW, OPERATOR, Operator, public
+from tests.support.command_parts import GW, OPERATOR, Operator, start_gateway
 from tests.support.firmware_fixtures import DEVICE, KEY, VirtualMeter
 from tests.support.fwrunner import SCRIPTS, FirmwareRunner
-from tests.support.gateway_fixtures import GatewayProcess, config_text, frame, metrics
+from tests.support.gateway_fixtures import frame, metrics
 from tests.support.mqtt_capture import Capture, wait_for
 from tools.vboard import VirtualBoard
-
-
-def start_gateway(tmp_path: Path, local: Mosquitto, cloud: Mosquitto,
-                  serial_tty: str = "", metrics_port: int = 0,
-                  devices: tuple[str, ...] = ()) -> tuple[GatewayProcess, Path]:
-    """The real gateway process with commands on, for DEVICE (wired to ``serial_tty``
-    when given) and ``devices``, listening for requests."""
-    extra = (f'[[devices]]\nid = "{DEVICE}"\nkey = "{KEY.hex()}"\nsite = "s"\nfeeder = "F1"\n'
-             f'[commands]\nenabled = true\noperator_keys = ["{public(OPERATOR).hex()}"]\n')
-    if serial_tty:
-        extra += f'[[serial]]\nport = "{serial_tty}"\ndevice = "{DEVICE}"\n'
-    cfg = tmp_path / "gw.toml"
-    cfg.write_text(config_text(tmp_path / "state", local, cloud, list(devices), extra=extra,
-                               metrics_port=metrics_port)
-                   .replace('id = "gw-test"', f'id = "{GW}"'))
-    log = tmp_path / "gw.log"
-    gw = GatewayProcess(cfg, log).start(wait_subscribed=True)
-    assert wait_for(lambda: "commands: listening" in log.read_text(), 10)
-    return gw, log
 
 
 def mqtt_meter(vboard: VirtualBoard, tmp_path: Path, local: Mosquitto,

@@ -1,0 +1,108 @@
+"""Firmware updates through the whole chain: ``gridedge update`` on the cloud broker, the real
+gateway process, its local broker, and the real firmware under MicroPython, started as a
+board starts (boot.py, then main.py) from its own flash folder, which ``gridedge flash``'s
+build laid out.
+
+The board restarts whenever its process ends: ``machine.reset()`` (after the bundle is
+staged), or main.py raising (a board's trial watchdog would reset it).
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+from tests.support.brokers import Mosquitto
+from tests.support.command_parts import GW, OPERATOR, start_gateway
+from tests.support.firmware_fixtures import VirtualMeter
+from tests.support.fwrunner import MACHINE_SHIM, SCRIPTS, FirmwareRunner
+from tools import flash, update
+from tools.vboard import VirtualBoard
+
+MAIN = (flash.FIRMWARE / "main.py").read_text()
+
+
+class Board:
+    """The device folder run as a board: each process is one boot, and the next starts
+    when it ends, until stopped."""
+
+    def __init__(self, fw: FirmwareRunner, root: Path, vboard: VirtualBoard) -> None:
+        self.runner = FirmwareRunner("micropython", fw.exe, code=[root, root / "lib"],
+                                     machine=MACHINE_SHIM)
+        self.root, self.env = root, vboard.env()
+        self.boots = 0
+        self.proc: subprocess.Popen[str] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            cmd, env = self.runner.command(SCRIPTS / "board_boot.py", None, self.env)
+            self.proc = subprocess.Popen(cmd, env=env, cwd=self.root,
+                                         stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, text=True)
+            self.boots += 1
+            self.proc.wait()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.proc is not None:
+            self.proc.kill()
+        self._thread.join(10)
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def flashed(vboard: VirtualBoard, tmp_path: Path, local: Mosquitto) -> VirtualMeter:
+    """A meter folder as ``gridedge flash`` leaves it, compiled for this unix port."""
+    root = tmp_path / "meter"
+    root.mkdir()
+    meter = VirtualMeter(vboard, root, link="mqtt", mqtt_host="127.0.0.1",
+                         mqtt_port=local.port, sample_interval_ms=100, report_interval_s=1)
+    flash.compile_tree(tmp_path / "stage", "x64")
+    shutil.copytree(tmp_path / "stage", root, dirs_exist_ok=True)
+    return meter
+
+
+def options(tmp_path: Path, cloud: Mosquitto, main: str) -> update.Options:
+    key = tmp_path / "operator.key"
+    key.write_text(OPERATOR.hex())
+    (tmp_path / "main.py").write_text(main)
+    return update.Options(host="127.0.0.1", port=cloud.port, gateway=GW,
+                          devices=["mtr-test-01"], key_file=key, arch="x64",
+                          main=tmp_path / "main.py", trial_s=60, poll_s=0.5, timeout=60)
+
+
+def test_an_update_is_applied_and_a_broken_one_rolls_back(
+        fw_micropython: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path,
+        local: Mosquitto, cloud: Mosquitto) -> None:
+    meter = flashed(vboard, tmp_path, local)
+    gw, _log = start_gateway(tmp_path, local, cloud)
+    board = Board(fw_micropython, meter.root, vboard)
+    try:
+        out = io.StringIO()
+        new = MAIN.replace('FIRMWARE_VERSION = "0.1.0"', 'FIRMWARE_VERSION = "0.2.0"')
+        assert new != MAIN
+        assert update.run(options(tmp_path, cloud, new), out) == 0, out.getvalue()
+        assert "mtr-test-01: running 0.2.0" in out.getvalue(), out.getvalue()
+        assert (meter.root / "main.py").read_text() == new
+        assert board.boots == 2  # one restart, into the new firmware: it stayed
+        # A main.py that raises at boot: three trial boots, then boot.py takes it back.
+        out = io.StringIO()
+        broken = new.replace('FIRMWARE_VERSION = "0.2.0"', 'FIRMWARE_VERSION = "0.3.0"\n'
+                             'raise RuntimeError("broken on purpose")')
+        assert update.run(options(tmp_path, cloud, broken), out) == 1, out.getvalue()
+        assert "mtr-test-01: rolled back from 0.3.0: did not start in 3 boots" in \
+            out.getvalue(), out.getvalue()
+        assert (meter.root / "main.py").read_text() == new
+        assert board.boots == 6  # three trial boots failed; the sixth rolled back
+        print(out.getvalue())
+    finally:
+        board.stop()
+        assert gw.terminate() == 0
