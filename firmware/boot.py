@@ -16,7 +16,8 @@ back puts each file's previous copy back and removes the files the update added,
 step by step and redone after a power cut; ota.json then says ``back``, and why, for the
 ``update-status`` command. This file is never part of an update: it stays what
 ``gridedge flash`` installed, so a broken update cannot break what takes it back. It
-imports nothing of the firmware; gemeter/ota.py uses its state file functions.
+imports nothing of the firmware; gemeter/ota.py has its own copy of the state file's
+reading and writing.
 """
 
 import json

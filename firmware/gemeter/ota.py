@@ -15,25 +15,71 @@ update needs no more heap than a command does. Only main.py and compiled modules
 gemeter/ and lib/ can be in it: never boot.py, the key, the state or the config.
 ``status`` answers ``update-status``; ``confirm`` ends a trial once the new firmware has
 sent frames, and ``give_up`` makes the next boot roll it back. Loaded only while an
-update command runs (cmdrun.py).
+update command runs (cmdrun.py). The state file's reading and writing are boot.py's, copied
+here: boot.py never imports the firmware an update replaces, and importing boot.py from
+here would compile its source in the meter's heap (a MemoryError in the 96-KB command
+heap). tests/firmware/test_ota.py runs the two against each other.
 """
 
 import binascii
 import hashlib
+import json
 import os
-import sys
 
 from micropython import const
 
-import boot
-
-sys.modules.pop("boot", None)  # held here while this module is; freed with it
-
+_STATE = "ota.json"
+_MAX_BOOTS = const(3)  # _MAX_BOOTS
 _BUF = const(256)
 _MAX_FILES = const(64)
 _MAX_FILE = const(131072)
 _MAX_BUNDLE = const(1048576)
 _NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_./"
+
+
+def _exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _folders(path):
+    parts = path.split("/")[:-1]
+    for i in range(1, len(parts) + 1):
+        try:
+            os.mkdir("/".join(parts[:i]))
+        except OSError:
+            pass
+
+
+def _load(root):
+    for name in (_STATE, _STATE + ".tmp"):
+        try:
+            with open(root + name) as f:
+                st = json.loads(f.read())
+            return st if isinstance(st, dict) else None
+        except (OSError, ValueError):
+            pass
+    return None
+
+
+def _save(root, st):
+    with open(root + _STATE + ".tmp", "w") as f:
+        f.write(json.dumps(st))
+    try:
+        os.rename(root + _STATE + ".tmp", root + _STATE)
+    except OSError:
+        _remove(root + _STATE)
+        os.rename(root + _STATE + ".tmp", root + _STATE)
 
 
 def _size(path):
@@ -68,7 +114,7 @@ def begin(root, args):
             and 0 < size <= _MAX_BUNDLE and isinstance(sha, str) and len(sha) == 64
             and isinstance(trial, int) and 30 <= trial <= 86400):
         return "failed", "bad args"
-    st = boot.load(root)
+    st = _load(root)
     if st is not None and st.get("st") in ("staged", "trial"):
         return "failed", "an update is " + st["st"]
     have = _size(root + "ota/bundle")
@@ -79,13 +125,13 @@ def begin(root, args):
     os.mkdir(root + "ota")
     open(root + "ota/bundle", "wb").close()
     st = {"st": "recv", "v": v, "size": size, "sha256": sha, "trial_s": trial}
-    boot.save(root, st)
+    _save(root, st)
     return "done", _have(st, 0)
 
 
 def chunk(root, args):
     """(state, reason) of {"at": offset, "data": bytes}."""
-    st = boot.load(root)
+    st = _load(root)
     have = _size(root + "ota/bundle")
     if st is None or st.get("st") != "recv" or have is None:
         return "failed", "no update is being received"
@@ -121,11 +167,11 @@ def _finish(root, st):
     problem = _unpack(root, buf)
     if problem is not None:  # a bundle signed as it is, but not one this meter can take
         _clear(root + "ota")
-        boot.save(root, {"st": "none", "why": problem})
+        _save(root, {"st": "none", "why": problem})
         return "failed", problem
     st["st"] = "staged"
-    boot.save(root, st)
-    boot.remove(bundle)
+    _save(root, st)
+    _remove(bundle)
     return "done", "staged %s; restarting" % st["v"]
 
 
@@ -155,7 +201,7 @@ def _unpack(root, buf):
             if not _name_ok(name) or not 0 <= size <= _MAX_FILE or count > _MAX_FILES:
                 return "bad bundle entry " + name[:40]
             dst = root + "ota/new/" + name
-            boot.folders(dst)
+            _folders(dst)
             h = hashlib.sha256()
             with open(dst, "wb") as out:
                 left = size
@@ -168,12 +214,12 @@ def _unpack(root, buf):
                     left -= n
             if binascii.hexlify(h.digest()).decode() != sha:
                 return "sha256 mismatch: " + name
-            listing.write("%s %d\n" % (name, 1 if boot.exists(root + name) else 0))
+            listing.write("%s %d\n" % (name, 1 if _exists(root + name) else 0))
 
 
 def status(root):
     """(state, reason) of ``update-status``: what the last update came to."""
-    st = boot.load(root)
+    st = _load(root)
     s = st.get("st") if st is not None else None
     if s == "recv":
         return "done", "receiving %s: %s" % (st["v"], _have(st, _size(root + "ota/bundle") or 0))
@@ -192,18 +238,18 @@ def status(root):
 
 def confirm(root):
     """The new firmware has sent its first frames: the trial is over, the old files go."""
-    st = boot.load(root)
+    st = _load(root)
     if st is not None and st.get("st") == "trial":
         st["st"] = "ok"
         st.pop("boots", None)
-        boot.save(root, st)
+        _save(root, st)
         _clear(root + "ota")
 
 
 def give_up(root, why):
     """Make the next boot roll the trial back, saying why."""
-    st = boot.load(root)
+    st = _load(root)
     if st is not None and st.get("st") == "trial":
-        st["boots"] = boot.MAX_BOOTS
+        st["boots"] = _MAX_BOOTS
         st["why"] = why
-        boot.save(root, st)
+        _save(root, st)

@@ -76,7 +76,7 @@ def opened(path, mode="r"):
     return open(path, mode)
 
 
-for module in (boot, ota, ota.boot):
+for module in (boot, ota):
     module.os = Fs(os)
     module.open = opened
 
