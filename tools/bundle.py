@@ -6,7 +6,8 @@ the whole bundle's size and sha256 go in the ``update`` command that opens it
 compiled modules (gemeter/ and the pinned libraries): never boot.py, which stays what
 ``gridedge flash`` installed, nor the board file, config, key or state. ``main`` replaces
 the firmware's main.py (a test's failing one, or a new version); ``version`` is read
-from the main.py it ships.
+from the main.py it ships. ``only`` makes a patch: just those files (main.py always, for
+its version); the board keeps the rest as they are.
 """
 
 from __future__ import annotations
@@ -44,13 +45,18 @@ def pack(files: dict[str, bytes]) -> bytes:
     return bytes(out)
 
 
-def make(arch: str, main: bytes | None = None) -> Bundle:
+def make(arch: str, main: bytes | None = None, only: tuple[str, ...] = ()) -> Bundle:
     """The firmware compiled for ``arch`` (a board file's mpy_arch; "x64" for the unix
     port), as a bundle."""
     with tempfile.TemporaryDirectory(prefix="gridedge-bundle-") as tmp:
         stage = Path(tmp)
         names = [n for n in flash.compile_tree(stage, arch) if n != "boot.py"]
-        files = {n: (stage / n).read_bytes() for n in names}
+        unknown = sorted(set(only) - set(names))
+        if unknown:
+            raise ToolError(f"not in the firmware: {', '.join(unknown)} (one of "
+                            f"{', '.join(sorted(names))})")
+        files = {n: (stage / n).read_bytes() for n in names
+                 if not only or n in only or n == "main.py"}
     if main is not None:
         files["main.py"] = main
     found = VERSION.search(files["main.py"])

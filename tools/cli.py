@@ -142,7 +142,8 @@ def _update(args: argparse.Namespace) -> int:
             "mpy_arch"]), tls=args.tls, ca=args.ca, user=args.user,
         password_env=args.password_env, prefix=args.prefix.rstrip("/"), chunk=args.chunk,
         window=args.window, trial_s=args.trial, timeout=args.timeout,
-        main=Path(args.main) if args.main else None)
+        main=Path(args.main) if args.main else None,
+        only=tuple(f for f in (args.files or "").split(",") if f))
     return update.run(opts)
 
 
@@ -369,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for each device's final word (default 1800)")
     p.add_argument("--main", metavar="FILE", help="a main.py to ship instead of the "
                    "firmware's (its FIRMWARE_VERSION names the bundle)")
+    p.add_argument("--files", metavar="PATH,PATH", help="a patch: only these files of the "
+                   "build, as on the board (e.g. gemeter/cmdrun.mpy), and main.py")
     p.set_defaults(func=_update)
     return parser
 

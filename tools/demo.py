@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import secrets
 import subprocess
 import sys
@@ -27,8 +28,9 @@ from typing import Any, TextIO
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tools import resources
 from tools.brokers import LOCAL_BROKER_SETTINGS, Mosquitto, resubscribe
-from tools.sim_fleet import Fleet
+from tools.sim_fleet import Fleet, unix_arch
 from tools.sim_scenario import load
 from tools.simulate import DEFAULT_SCENARIO, register
 
@@ -74,6 +76,9 @@ enabled = true
 operator_keys = ["{operator}"]
 """
 COMMAND_AT_S = 12.0  # the demo's command goes out when the meters are up and reporting
+PATCH_VERSION = "0.1.1"  # the demo's firmware update: main.py with this version
+UPDATE_TIMEOUT_S = 60.0
+MAIN_FILE = resources.firmware() / "main.py"
 
 
 class Recorder:
@@ -148,7 +153,10 @@ def run(duration: float, workdir: Path, out: TextIO, scenario_path: Path = DEFAU
     config.write_text(GATEWAY_TOML.format(state=workdir / "state", local=local.port,
                                           cloud=cloud.port, metrics=metrics_port,
                                           operator=operator_key(key_file)))
-    fleet = Fleet(scenario, workdir / "fleet", "mqtt", ("127.0.0.1", local.port))
+    meter_ids = scenario.meter_ids()
+    patched = meter_ids[1:2]  # flashed as a board is, to take the demo's firmware update
+    fleet = Fleet(scenario, workdir / "fleet", "mqtt", ("127.0.0.1", local.port),
+                  flashed=tuple(patched))
     register(fleet, config)
     recorder = Recorder(cloud.port)
     gateway: subprocess.Popen[bytes] | None = None
@@ -175,7 +183,9 @@ def run(duration: float, workdir: Path, out: TextIO, scenario_path: Path = DEFAU
     out.flush()
     fleet.start()
     t0 = time.monotonic()
-    control = ControlRoom(cloud.port, key_file, scenario.meter_ids()[0])
+    control = ControlRoom(cloud.port, key_file, meter_ids[0])
+    if patched:
+        control.update(patched[0], unix_arch(fleet.exe), workdir)
     control.start()
     cpu0, own0 = fleet.cpu_seconds(), time.process_time()
     try:
@@ -197,6 +207,7 @@ def run(duration: float, workdir: Path, out: TextIO, scenario_path: Path = DEFAU
         time.sleep(0.5)
         summary = recorder.summary()
         summary["command"] = control.result()
+        summary["update"] = control.update_result()
         recorder.close()
         local.stop()
         cloud.stop()
@@ -238,6 +249,24 @@ class ControlRoom:
         self.rc: int | None = None
         self._thread = threading.Thread(target=self._send, name="control-room", daemon=True)
 
+        self.patch: Any = None  # update.Options of the firmware update, if any
+        self.update_out = io.StringIO()
+        self.update_rc: int | None = None
+
+    def update(self, device: str, arch: str, workdir: Path) -> None:
+        """After the command, a firmware patch to ``device``: main.py with a new version
+        (what a point release that changes one file sends)."""
+        from tools.update import Options
+
+        main = workdir / "main.py"
+        main.write_text(re.sub(r'^FIRMWARE_VERSION = "[^"]*"',
+                               f'FIRMWARE_VERSION = "{PATCH_VERSION}"',
+                               MAIN_FILE.read_text(), count=1, flags=re.MULTILINE))
+        self.patch = Options(host="127.0.0.1", port=self.options.port, gateway="demo-gw",
+                             devices=[device], key_file=self.options.key_file, arch=arch,
+                             main=main, only=("main.py",), trial_s=60, poll_s=1.0,
+                             timeout=UPDATE_TIMEOUT_S)
+
     def start(self) -> None:
         self._thread.start()
 
@@ -249,6 +278,23 @@ class ControlRoom:
             self.rc = run(self.options, out=self.answers)
         except Exception as e:
             self.answers.write(json.dumps({"state": f"error: {e}"}) + "\n")
+        if self.patch is not None:
+            from tools import update
+
+            try:
+                self.update_rc = update.run(self.patch, out=self.update_out)
+            except Exception as e:
+                self.update_out.write(f"{self.patch.devices[0]}: error: {e}\n")
+
+    def update_result(self) -> dict[str, Any]:
+        if self.patch is None:
+            return {}
+        device = self.patch.devices[0]
+        lines = [line for line in self.update_out.getvalue().splitlines()
+                 if line.startswith(f"{device}: ")]
+        return {"what": f"firmware patch (main.py, version {PATCH_VERSION}) to {device}",
+                "outcome": lines[-1][len(device) + 2:] if lines else "no answer yet",
+                "exit": self.update_rc}
 
     def result(self) -> dict[str, Any]:
         states = [json.loads(line).get("state", "?")
@@ -273,6 +319,9 @@ def report(summary: dict[str, Any], out: TextIO) -> None:
         done = " (the meter opened its relay, and closed it again itself)" \
             if "done" in c["states"] else ""
         out.write(f"  command: {c['what']}: {' -> '.join(c['states']) or 'no answer'}{done}\n")
+    u = summary.get("update") or {}
+    if u:
+        out.write(f"  update: {u['what']}: {u['outcome']}\n")
     out.write("to watch a demo's cloud traffic, run the command it prints at start (each "
               "demo picks free ports), e.g.\n"
               f"  {watch_command(summary['cloud_port'])}\n")

@@ -6,7 +6,11 @@ names, and a ``micropython`` process running the unmodified ``firmware/main.py``
 that board through tools/mpy_shim/machine.py. A tick thread moves the emulated ICs along
 the scenario (sim_profiles.Grid) and plays the fleet's own events: a link drop cuts the
 device's connection (MQTT devices reach the broker through a per-device proxy) and a
-reboot kills the process and starts it again later (its boot counter goes up).
+reboot kills the process and starts it again later (its boot counter goes up). A process
+that ends with an error (machine.reset() exits 75; a crash) starts again at the next tick,
+as a board restarts. The devices in ``flashed`` carry the compiled firmware in their own
+folder, as ``gridedge flash`` leaves a board, and start as a board does (boot.py, then
+main.py: tools/mpy_shim/board_runtime.py), so ``gridedge update`` can replace it.
 
 Keys are derived from the scenario's seed, so a fleet is repeatable; ``devices()`` lists
 what the gateway's registry needs.
@@ -18,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools import mpy_deps, resources
+from tools import flash, mpy_deps, resources
 from tools.errors import ToolError
 from tools.sim_profiles import Grid, Quantities
 from tools.sim_scenario import Scenario
@@ -42,6 +47,14 @@ RELAY_PIN = "pin25"  # boards/esp32-devkitc.json relays.load
 
 class FleetError(ToolError):
     """The fleet cannot start (no micropython, missing libraries, …)."""
+
+
+def unix_arch(exe: str) -> str:
+    """The mpy-cross architecture of a MicroPython unix port (what ``gridedge flash``
+    compiles for it: x64 on x86-64)."""
+    out = subprocess.run([exe, "-c", "import sys; print(sys.implementation._mpy)"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    return flash.Device(int(out), "linux", None).arch
 
 
 @dataclass
@@ -149,8 +162,12 @@ class SimDevice:
     def start(self, exe: str, mpy_lib: Path, log: Path) -> None:
         env = dict(os.environ, **self.board.env(),
                    MICROPYPATH=f"{MACHINE_SHIM}:{FIRMWARE}:{mpy_lib}:.frozen")
+        script = FIRMWARE / "main.py"
+        if (self.folder / "boot.py").exists():  # flashed: its own files, as a board
+            env["MICROPYPATH"] = f"{MACHINE_SHIM}::.frozen:lib"
+            script = MACHINE_SHIM / "board_runtime.py"
         with log.open("ab") as out:
-            self.proc = subprocess.Popen([exe, str(FIRMWARE / "main.py")], cwd=self.folder,
+            self.proc = subprocess.Popen([exe, str(script)], cwd=self.folder,
                                          env=env, stdin=subprocess.DEVNULL, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         self.boots += 1
@@ -176,7 +193,8 @@ class SimDevice:
 
 class Fleet:
     def __init__(self, scenario: Scenario, workdir: Path, link: str = "mqtt",
-                 mqtt: tuple[str, int] = ("127.0.0.1", 1883)) -> None:
+                 mqtt: tuple[str, int] = ("127.0.0.1", 1883),
+                 flashed: tuple[str, ...] = ()) -> None:
         if link not in ("mqtt", "serial"):
             raise FleetError(f"link must be mqtt or serial, got {link!r}")
         self.mpy_lib = mpy_deps.ensure()
@@ -218,6 +236,11 @@ class Fleet:
             else:
                 sim.serial_port = board.bridge_pty(sim.gateway_uart)
             self.devices[dev] = sim
+        if flashed:
+            build = workdir / "build"
+            flash.compile_tree(build, unix_arch(exe))
+            for dev in flashed:
+                shutil.copytree(build, self.devices[dev].folder, dirs_exist_ok=True)
 
     def device_list(self) -> list[DeviceSpec]:
         return [d.info for d in self.devices.values()]
@@ -281,6 +304,9 @@ class Fleet:
                 if t >= until:
                     del self._down[dev]
                     self.devices[dev].start(self.exe, self.mpy_lib, self.workdir / f"{dev}.log")
+            for dev, sim in self.devices.items():  # reset itself, or crashed: restarts
+                if dev not in self._down and sim.proc is not None and sim.proc.poll():
+                    sim.start(self.exe, self.mpy_lib, self.workdir / f"{dev}.log")
 
     def alive(self) -> int:
         return sum(1 for s in self.devices.values()

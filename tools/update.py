@@ -65,6 +65,7 @@ class Options:
     poll_s: float = 2.0
     timeout: float = 1800.0
     main: Path | None = None  # a main.py to ship instead of the firmware's
+    only: tuple[str, ...] = ()  # a patch: these files alone (and main.py)
 
 
 @dataclass
@@ -190,7 +191,7 @@ def run(o: Options, out: TextIO | None = None) -> int:
     stream = out or sys.stdout
     if not 1 <= o.chunk <= 300 or not 1 <= o.window <= 4:
         raise ToolError("--chunk is 1..300 bytes and --window 1..4 commands")
-    b = bundles.make(o.arch, o.main.read_bytes() if o.main else None)
+    b = bundles.make(o.arch, o.main.read_bytes() if o.main else None, o.only)
     print(f"bundle {b.version}: {len(b.files)} files, {len(b.data)} bytes, "
           f"sha256 {b.sha256[:16]}, for {o.arch}", file=stream, flush=True)
     sender = Sender(o)

@@ -5,9 +5,10 @@
 symlink to ``port``) to a ``micropython`` REPL whose working directory is ``root``, so every
 file mpremote writes lands in that folder. The REPL finds ``machine`` in tools/mpy_shim,
 whose ``reset()`` ends the process; the device then counts the reset and starts again, as a
-board comes back after a reset. With ``run_main`` it boots as a board does: it runs main.py
-when there is one, and a Ctrl-C on the port interrupts it into the REPL (the pty delivers it
-as SIGINT, as a board's USB REPL raises KeyboardInterrupt), which is how mpremote and
+board comes back after a reset. With ``run_main`` it boots as a board does: it runs
+boot.py, then main.py (tools/mpy_shim/board_runtime.py), when there is a main.py, and a
+Ctrl-C on the port interrupts it into the REPL (the pty delivers it as SIGINT, as a
+board's USB REPL raises KeyboardInterrupt), which is how mpremote and
 ``gridedge flash`` take over a board whose firmware is running. Without it, it starts the
 REPL only (tests run the flashed files themselves). ``gridedge vdevice`` (``main``) is one
 with its ICs emulated, for practising flashing and the console without hardware.
@@ -126,7 +127,9 @@ class VirtualDevice:
             script.write_text(_PRETEND % (self.pretend_mpy, self.pretend_platform))
             repl = f"{exe} -i {_check_socat_safe(str(script))}"
         elif self.run_main and (self.root / "main.py").exists():
-            repl = f"{exe} -i main.py"  # the REPL after main.py ends or is interrupted
+            # boot.py, then main.py, as a board's runtime; the REPL after main.py ends or
+            # is interrupted.
+            repl = f"{exe} -i {_check_socat_safe(str(MACHINE_SHIM / 'board_runtime.py'))}"
         return [
             self.socat,
             f"PTY,link={_check_socat_safe(str(self.link))},raw,echo=0",
@@ -137,7 +140,7 @@ class VirtualDevice:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MICROPY"))}
         # A board's path is '', .frozen, lib; the virtual board's machine.py goes first.
-        env["MICROPYPATH"] = f"{MACHINE_SHIM}:.frozen:lib"
+        env["MICROPYPATH"] = f"{MACHINE_SHIM}::.frozen:lib"
         env.update(self.extra_env)
         return env
 

@@ -34,6 +34,11 @@ def test_demo_alarms_reach_the_cloud_and_the_dashboard_renders(
     snapshot = summary["snapshot"]
     assert "mtr-001" in snapshot and "line-01" in snapshot, snapshot
     assert "demo-gw" in snapshot
+    # The control room's command and firmware patch (to mtr-002, flashed as a board is).
+    assert summary["command"]["states"] == ["accepted", "delivered", "done"], summary
+    assert summary["update"]["exit"] == 0, summary["update"]
+    assert summary["update"]["outcome"].startswith("running 0.1.1 "), summary["update"]
+    assert (tmp_path / "fleet" / "mtr-002" / "main.py").read_text().count('"0.1.1"') == 1
     # Which broker to watch is said at the start, while the demo still runs.
     start, _, end = out.stdout.partition("demo summary:")
     assert f"-> cloud broker :{summary['cloud_port']};" in start, start

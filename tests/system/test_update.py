@@ -18,7 +18,7 @@ from pathlib import Path
 from tests.support.brokers import Mosquitto
 from tests.support.command_parts import GW, OPERATOR, start_gateway
 from tests.support.firmware_fixtures import VirtualMeter
-from tests.support.fwrunner import MACHINE_SHIM, SCRIPTS, FirmwareRunner
+from tests.support.fwrunner import MACHINE_SHIM, FirmwareRunner
 from tools import flash, update
 from tools.vboard import VirtualBoard
 
@@ -41,7 +41,7 @@ class Board:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            cmd, env = self.runner.command(SCRIPTS / "board_boot.py", None, self.env)
+            cmd, env = self.runner.command(MACHINE_SHIM / "board_runtime.py", None, self.env)
             self.proc = subprocess.Popen(cmd, env=env, cwd=self.root,
                                          stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL,
