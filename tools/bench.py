@@ -13,7 +13,8 @@ the best of several repetitions. Suites so far:
 - with the brokers (bench_gateway.py, bench_wear.py): throughput, latency, backlog drain,
   and the bytes the gateway and its broker write to storage per frame (SD-card wear);
 - command round trips (bench_commands.py): the control room to the firmware under
-  MicroPython and back, over each link, against a request answered at once.
+  MicroPython and back, over each link, against a request answered at once; and a whole
+  firmware update over each link, against that link's command round trip.
 """
 
 from __future__ import annotations

@@ -19,14 +19,22 @@ either end each small packet waits up to 40 ms for a delayed ACK (the echo alone
 each iteration: a command waits for the loop to wake, on average half a period. A pty
 has no line time: at 115200 baud the command (about 110 bytes) and the result's frame
 (about 300) would add what the serial row's baseline says.
+
+A firmware update per link: ``gridedge update``'s own code sends the whole firmware (66 KB)
+to a meter that runs from its own flashed folder and restarts when its process ends;
+timed until the bundle is staged and until the meter says it runs it (its restart and
+trial: three frames, one a second). Its baseline is the command path's floor measured
+above on the same link: a read's p50 round trip per window of four chunks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -47,9 +55,10 @@ from paho.mqtt.properties import Properties
 
 from gateway.command_auth import sign
 from gateway.mqtt_client import no_delay
-from tools import bench_gateway, mpy_deps, resources
+from tools import bench_gateway, bundle, flash, mpy_deps, resources, update
 from tools.bench_gateway import stop_gateway
 from tools.brokers import LOCAL_BROKER_SETTINGS, Mosquitto, free_port
+from tools.sim_fleet import unix_arch
 from tools.vboard import VirtualBoard
 from tools.virtual_meter import find_micropython, wire_meter
 
@@ -59,6 +68,9 @@ KEY = bytes(range(32, 64))
 OPERATOR = bytes(range(32))
 SAMPLE_MS = 100
 COMMAND_BYTES, RESULT_FRAME_BYTES = 110, 300
+# An update-chunk command beyond its 256 bytes of data (COSE, ids, counter, framing), and
+# one chunk's result in a frame ("have K of N").
+CHUNK_COMMAND_OVERHEAD, RESULT_BYTES = 140, 40
 
 
 class Requester:
@@ -155,50 +167,88 @@ def _gateway_config(folder: Path, local: Mosquitto, cloud: Mosquitto, tty: str) 
     return cfg
 
 
-@contextlib.contextmanager
-def meter(folder: Path, link: str, local: Mosquitto) -> Iterator[str]:
-    """The firmware's main.py under MicroPython on a virtual board; yields the pty of its
-    serial link (or "" on MQTT)."""
+def _micropython() -> str:
     exe = find_micropython()
     if exe is None:
         raise RuntimeError("the MicroPython unix port is missing: run `make setup`")
+    return exe
+
+
+@contextlib.contextmanager
+def meter(folder: Path, link: str, local: Mosquitto, flashed: bool = False,
+          report_s: int = 60) -> Iterator[str]:
+    """The firmware's main.py under MicroPython on a virtual board; yields the pty of its
+    serial link (or "" on MQTT). ``flashed``: the compiled firmware in the meter's own
+    folder, started as a board starts (boot.py, then main.py) and again whenever its
+    process ends (a reset), so an update can replace it."""
+    exe = _micropython()
     board = VirtualBoard(str(folder / "board.sock")).start()
-    config: dict[str, Any] = {"device_id": DEVICE, "link": link, "report_interval_s": 60,
-                              "sample_interval_ms": SAMPLE_MS}
+    config: dict[str, Any] = {"device_id": DEVICE, "link": link,
+                              "report_interval_s": report_s, "sample_interval_ms": SAMPLE_MS}
     if link == "mqtt":
         config.update(mqtt_host="127.0.0.1", mqtt_port=local.port)
-    rig = wire_meter(board, folder / "meter", "esp32-devkitc", config, KEY)
+    root = folder / "meter"
+    rig = wire_meter(board, root, "esp32-devkitc", config, KEY)
     rig.pzem.set_reading(voltage=230.0, current=1.0, power=230.0, frequency=50.0, pf=1.0)
     tty = board.bridge_pty(rig.gateway_uart) if link == "serial" else ""
-    env = dict(os.environ, **board.env(), MICROPYPATH=f"{resources.machine_shim()}:"
+    shim = resources.machine_shim()
+    env = dict(os.environ, **board.env(), MICROPYPATH=f"{shim}:"
                f"{resources.firmware()}:{mpy_deps.ensure()}:.frozen")
-    proc = subprocess.Popen([exe, str(resources.firmware() / "main.py")],
-                            cwd=folder / "meter", env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    script = resources.firmware() / "main.py"
+    if flashed:
+        flash.compile_tree(folder / "build", unix_arch(exe))
+        shutil.copytree(folder / "build", root, dirs_exist_ok=True)
+        env["MICROPYPATH"], script = f"{shim}::.frozen:lib", shim / "board_runtime.py"
+    stop = threading.Event()
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def boots() -> None:
+        while not stop.is_set():
+            procs.append(subprocess.Popen([exe, str(script)], cwd=root, env=env,
+                                          stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))
+            procs[-1].wait()
+
+    runner = threading.Thread(target=boots, daemon=True)
+    runner.start()
     try:
         yield tty
     finally:
-        proc.kill()
-        proc.wait(10)
+        stop.set()
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
+        runner.join(10)
         board.stop()
+
+
+@contextlib.contextmanager
+def gateway(folder: Path, local: Mosquitto, cloud: Mosquitto, tty: str) -> Iterator[None]:
+    """The real gateway process, listening for commands."""
+    log = folder / "gateway.log"
+    with log.open("wb") as out:
+        gw = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config",
+                               str(_gateway_config(folder, local, cloud, tty))],
+                              stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while "commands: listening" not in log.read_text():
+            if time.monotonic() > deadline or gw.poll() is not None:
+                raise RuntimeError(f"the gateway did not start:\n{log.read_text()[-1500:]}")
+            time.sleep(0.1)
+        yield
+    finally:
+        stop_gateway(gw)
 
 
 def round_trips(link: str, n: int, folder: Path) -> list[float]:
     """n round trips of a signed read over ``link`` ("mqtt" or "serial")."""
     folder.mkdir(parents=True)
-    with brokers(folder) as (local, cloud), meter(folder, link, local) as tty:
-        log = folder / "gateway.log"
-        with log.open("wb") as out:
-            gw = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config",
-                                   str(_gateway_config(folder, local, cloud, tty))],
-                                  stdout=out, stderr=subprocess.STDOUT)
+    with brokers(folder) as (local, cloud), meter(folder, link, local) as tty, \
+            gateway(folder, local, cloud, tty):
         ops = Requester(cloud.port)
         try:
-            deadline = time.monotonic() + 30
-            while "commands: listening" not in log.read_text():
-                if time.monotonic() > deadline or gw.poll() is not None:
-                    raise RuntimeError(f"the gateway did not start:\n{log.read_text()[-1500:]}")
-                time.sleep(0.1)
             topic = f"gridedge/v1/gw/{GW}/commands"
 
             pause = random.Random(12)
@@ -214,7 +264,23 @@ def round_trips(link: str, n: int, folder: Path) -> list[float]:
             return [read(i) for i in range(n)]
         finally:
             ops.close()
-            stop_gateway(gw)
+
+
+def update_time(link: str, folder: Path) -> tuple[bundle.Bundle, update.Outcome]:
+    """``gridedge update`` of the whole firmware to a flashed meter over ``link``."""
+    folder.mkdir(parents=True)
+    key = folder / "operator.key"
+    key.write_text(OPERATOR.hex())
+    with brokers(folder) as (local, cloud), \
+            meter(folder, link, local, flashed=True, report_s=1) as tty, \
+            gateway(folder, local, cloud, tty):
+        o = update.Options(host="127.0.0.1", port=cloud.port, gateway=GW, devices=[DEVICE],
+                           key_file=key, arch=unix_arch(_micropython()), trial_s=60,
+                           poll_s=0.5, timeout=300)
+        b, (outcome,) = update.send(o, io.StringIO())
+        if outcome.code != 0:
+            raise RuntimeError(f"update over {link}: {outcome.message}")
+        return b, outcome
 
 
 def _row(case: str, times: list[float], base: list[float], extra: str = "") -> list[dict[str, Any]]:
@@ -236,7 +302,34 @@ def run(n: int = 30) -> list[dict[str, Any]]:
             base = echo_baseline(cloud, n)
         mqtt_times = round_trips("mqtt", n, folder / "mqtt")
         serial_times = round_trips("serial", n, folder / "serial")
+        updates = {link: update_time(link, folder / f"update-{link}")
+                   for link in ("mqtt", "serial")}
     line_ms = (COMMAND_BYTES + RESULT_FRAME_BYTES) * 10 / 115_200 * 1000
     return (_row(f"command round trip, Wi-Fi MQTT link, {n} reads", mqtt_times, base)
             + _row(f"command round trip, serial link (pty), {n} reads", serial_times, base,
-                   f"; at 115200 baud the line adds {line_ms:.0f} ms"))
+                   f"; at 115200 baud the line adds {line_ms:.0f} ms")
+            + _update_rows(updates, {"mqtt": mqtt_times, "serial": serial_times}))
+
+
+def _update_rows(updates: dict[str, tuple[bundle.Bundle, update.Outcome]],
+                 reads: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """The whole firmware's update per link: until staged, and until the meter ran it.
+    The baseline is the command path's own floor, measured above on the same link: one
+    read's p50 round trip per window of four chunks (and one for ``update``)."""
+    rows = []
+    for link, (b, o) in updates.items():
+        batches = -(-o.chunks // 4) + 1
+        floor = batches * statistics.median(reads[link])
+        name = {"mqtt": "Wi-Fi MQTT", "serial": "serial (pty)"}[link]
+        extra = ""
+        if link == "serial":  # a pty has no line time: what 115200 baud would add
+            down = o.chunks * (256 + CHUNK_COMMAND_OVERHEAD)
+            up = batches * RESULT_FRAME_BYTES + o.chunks * RESULT_BYTES
+            extra = f"; at 115200 baud the line adds {(down + up) * 10 / 115_200:.1f} s"
+        for what, value in (("staged", o.sent_s), ("running it", o.total_s)):
+            rows.append({
+                "case": f"firmware update, {name}: {len(b.data) // 1024} KB in {o.chunks} "
+                        f"chunks, until {what}", "unit": "s", "value": value,
+                "baseline": f"{batches} read round trips on the link (p50){extra}",
+                "baseline_value": floor, "ratio": value / floor if floor else None})
+    return rows

@@ -4,7 +4,8 @@ The firmware is compiled for the board's architecture and packed (tools/bundle.p
 sent to each device at once, each in its own thread, as signed commands on the cloud
 broker (tools/command.py's ``Cloud``): ``update`` names the bundle (version, size,
 sha256, the trial's time), ``update-chunk`` carries ``chunk`` bytes at an offset, at most
-``window`` of them unanswered (a meter takes four commands a turn), and every answer
+``window`` of them unanswered (a meter takes four commands a turn; a new one goes as each
+answer comes), and every answer
 says how much the meter holds, so any refusal or loss resumes from there (``update``
 again with the same sha256 keeps what was received). The last chunk's answer says the
 bundle is staged and the meter restarts into it; ``update-status`` is then asked every
@@ -22,6 +23,8 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -129,6 +132,33 @@ def _have(answer: dict[str, Any]) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def _chunks(s: Sender, device: str, b: bundles.Bundle, have: int, deadline: float,
+            out: Outcome, progress: Callable[[int], None]) -> bool:
+    """Send the bundle from ``have`` on, ``window`` chunks unanswered at most (a new one
+    as each answer comes); True once the meter says it is staged, False at the first
+    refusal or failure (after the answers of those still on their way)."""
+    o = s.o
+    flying: deque[bytes] = deque()
+    at = have
+    while True:
+        while len(flying) < o.window and at < len(b.data):
+            flying.append(s.send(device, "update-chunk", {
+                "at": at, "data": base64.b64encode(b.data[at:at + o.chunk]).decode()}))
+            out.chunks += 1
+            at += o.chunk
+        if not flying:
+            return False
+        answer = s.wait(flying.popleft(), deadline)
+        out.answers.append(answer)
+        if str(answer.get("reason", "")).startswith("staged"):
+            return True
+        if answer["state"] != "done":
+            for cid in flying:  # resume from what the meter says it holds
+                out.answers.append(s.wait(cid, deadline))
+            return False
+        progress(_have(answer) or 0)
+
+
 def update_one(s: Sender, device: str, b: bundles.Bundle, progress: Progress,
                task: TaskID) -> Outcome:
     o, t0 = s.o, time.monotonic()
@@ -149,19 +179,9 @@ def update_one(s: Sender, device: str, b: bundles.Bundle, progress: Progress,
             if answer["state"] != "done" or (have is None and not staged):
                 return Outcome(device, 1, f"update {answer['state']}: "
                                f"{answer.get('reason', '')}", answers=out.answers)
-            while not staged and have is not None and have < len(b.data):
-                progress.update(task, completed=have)
-                cids = [s.send(device, "update-chunk", {"at": at, "data": base64.b64encode(
-                            b.data[at:at + o.chunk]).decode()})
-                        for at in range(have, min(len(b.data), have + o.window * o.chunk),
-                                        o.chunk)]
-                out.chunks += len(cids)
-                answers = [s.wait(cid, deadline) for cid in cids]
-                out.answers += answers
-                staged = any(str(a.get("reason", "")).startswith("staged") for a in answers)
-                if staged or any(a["state"] != "done" for a in answers):
-                    break  # staged; or resume from what the meter says it holds
-                have = max(_have(a) or 0 for a in answers)
+            if have is not None and not staged:
+                staged = _chunks(s, device, b, have, deadline, out,
+                                 lambda k: progress.update(task, completed=k))
             if staged:
                 break
         if not staged:
@@ -188,6 +208,13 @@ def update_one(s: Sender, device: str, b: bundles.Bundle, progress: Progress,
 
 
 def run(o: Options, out: TextIO | None = None) -> int:
+    """``gridedge update``: the exit status (see the module docstring)."""
+    _bundle, outcomes = send(o, out)
+    return max((r.code for r in outcomes), default=0)
+
+
+def send(o: Options, out: TextIO | None = None) -> tuple[bundles.Bundle, list[Outcome]]:
+    """The bundle, sent to every device; what came of it for each."""
     stream = out or sys.stdout
     if not 1 <= o.chunk <= 300 or not 1 <= o.window <= 4:
         raise ToolError("--chunk is 1..300 bytes and --window 1..4 commands")
@@ -214,4 +241,4 @@ def run(o: Options, out: TextIO | None = None) -> int:
     for r in sorted(outcomes, key=lambda r: r.device):
         print(f"{r.device}: {r.message} (bundle sent in {r.sent_s:.1f} s, "
               f"{r.chunks} chunks; {r.total_s:.1f} s in all)", file=stream)
-    return max((r.code for r in outcomes), default=0)
+    return b, outcomes

@@ -2,9 +2,9 @@
 
 The meter receives commands on its serial link (docs/protocol.md sections 5 and 8) in the
 same framing it sends: COBS(message || CRC-32 little-endian), delimited by 0x00.
-``take(link)`` reads what has arrived on a SerialLink's UART (at most 256 bytes a call, in
+``take(link)`` reads what has arrived on a SerialLink's UART (at most 512 bytes a call, in
 reads of 64: a babbling line cannot starve sampling, nor one read need a large block of
-heap) and splits it at the delimiters into the
+heap; 512 takes a whole firmware chunk's command, about 400 bytes, in one call) and splits it at the delimiters into the
 link's ``inbox``: the bodies, still encoded. A body is at most ``_BODY_MAX`` bytes (a
 512-byte command, its CRC and COBS's overhead); a longer one is skipped to the next
 delimiter, and at most ``MAX_INBOX`` wait; the rest is counted in the link's
@@ -23,7 +23,7 @@ from gemeter.framing import FramingError, crc32
 MAX_INBOX = 4
 _BODY_MAX = const(520)  # COBS of 512 + 4 bytes: + 1 per 254, + 1
 _READ_MAX = const(64)  # per read: a small allocation in a full heap
-_READS = const(4)  # reads per call: 256 bytes, a whole command, and sampling goes on
+_READS = const(8)  # reads per call: 512 bytes, a whole command, and sampling goes on
 
 
 def take(link):

@@ -60,7 +60,7 @@ def test_a_burst_beyond_the_inbox_is_dropped_and_counted(
     """Ten short bodies of noise in one read: four wait (and are refused), six are dropped
     and counted; the command after them, in a later read, runs."""
     meter = VirtualMeter(vboard, tmp_path, sample_interval_ms=10, report_interval_s=60)
-    meter.link_bus.inject(b"\x05\x00" * 10 + b"\x00" * 300 + framing.encode(sealed(10, b"b0")))
+    meter.link_bus.inject(b"\x05\x00" * 10 + b"\x00" * 600 + framing.encode(sealed(10, b"b0")))
     stats = fw.run_json("app_run.py", meter.request(20), env=vboard.env())
     frames, _ = meter.frames()
     assert [r for f in frames for r in f.results] == [(b"b0", "done", "")]

@@ -70,13 +70,15 @@ def flashed(vboard: VirtualBoard, tmp_path: Path, local: Mosquitto) -> VirtualMe
     return meter
 
 
-def options(tmp_path: Path, cloud: Mosquitto, main: str) -> update.Options:
+def options(tmp_path: Path, cloud: Mosquitto, main: str,
+            only: tuple[str, ...] = ()) -> update.Options:
     key = tmp_path / "operator.key"
     key.write_text(OPERATOR.hex())
     (tmp_path / "main.py").write_text(main)
     return update.Options(host="127.0.0.1", port=cloud.port, gateway=GW,
                           devices=["mtr-test-01"], key_file=key, arch="x64",
-                          main=tmp_path / "main.py", trial_s=60, poll_s=0.5, timeout=60)
+                          main=tmp_path / "main.py", only=only, trial_s=60, poll_s=0.5,
+                          timeout=60)
 
 
 def test_an_update_is_applied_and_a_broken_one_rolls_back(
@@ -91,13 +93,16 @@ def test_an_update_is_applied_and_a_broken_one_rolls_back(
         assert new != MAIN
         assert update.run(options(tmp_path, cloud, new), out) == 0, out.getvalue()
         assert "mtr-test-01: running 0.2.0" in out.getvalue(), out.getvalue()
+        assert f"bundle 0.2.0: {len(flash.modules()) + 1} files" in out.getvalue()  # whole
         assert (meter.root / "main.py").read_text() == new
         assert board.boots == 2  # one restart, into the new firmware: it stayed
-        # A main.py that raises at boot: three trial boots, then boot.py takes it back.
+        # A patch whose main.py raises at boot: three trial boots, then boot.py takes it
+        # back.
         out = io.StringIO()
         broken = new.replace('FIRMWARE_VERSION = "0.2.0"', 'FIRMWARE_VERSION = "0.3.0"\n'
                              'raise RuntimeError("broken on purpose")')
-        assert update.run(options(tmp_path, cloud, broken), out) == 1, out.getvalue()
+        assert update.run(options(tmp_path, cloud, broken, ("main.py",)), out) == 1, \
+            out.getvalue()
         assert "mtr-test-01: rolled back from 0.3.0: did not start in 3 boots" in \
             out.getvalue(), out.getvalue()
         assert (meter.root / "main.py").read_text() == new
