@@ -47,10 +47,9 @@ def folders(path):
     """Make the folders a file at path goes in (``mkdir -p`` of its parent)."""
     parts = path.split("/")[:-1]
     for i in range(1, len(parts) + 1):
-        try:
-            os.mkdir("/".join(parts[:i]))
-        except OSError:  # it exists
-            pass
+        folder = "/".join(parts[:i])
+        if folder and not exists(folder):
+            os.mkdir(folder)
 
 
 def move(src, dst):

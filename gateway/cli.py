@@ -120,10 +120,15 @@ def cmd_commands(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"{'device':<20} {'id':<16} {'op':<8} {'state':<10} {'expires':<24} args")
+    print(f"{'device':<20} {'id':<16} {'op':<13} {'state':<10} {'expires':<24} args")
     for r in rows:
-        print(f"{r['device']!s:<20} {r['id']!s:<16} {r['op']!s:<8} {r['state']!s:<10} "
-              f"{iso_ms(int(str(r['expires_ms']))):<24} {r['args']}")
+        shown = r["args"]
+        if r["op"] == "update-chunk":  # not a screenful of base64 per firmware chunk
+            chunk = json.loads(str(shown))
+            data = str(chunk.get("data", ""))
+            shown = f"at {chunk.get('at')}, {len(data) * 3 // 4 - data.count('=')} B"
+        print(f"{r['device']!s:<20} {r['id']!s:<16} {r['op']!s:<13} {r['state']!s:<10} "
+              f"{iso_ms(int(str(r['expires_ms']))):<24} {shown}")
     print(f"{len(rows)} command(s) in {cfg.commands_path}"
           + ("" if args.all else " (waiting, or changed in the last 24 h; --all for every one)"))
     return 0

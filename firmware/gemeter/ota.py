@@ -55,10 +55,9 @@ def _remove(path):
 def _folders(path):
     parts = path.split("/")[:-1]
     for i in range(1, len(parts) + 1):
-        try:
-            os.mkdir("/".join(parts[:i]))
-        except OSError:
-            pass
+        folder = "/".join(parts[:i])
+        if folder and not _exists(folder):
+            os.mkdir(folder)
 
 
 def _load(root):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -92,13 +93,16 @@ def test_the_cli_lists_the_queue_without_touching_it(
     q.add(req("a"))
     q.add(req("b", device="mtr-2"))
     q.mark("mtr-2", "b", "done")
+    q.add(Request("c", "mtr-2", "update-chunk", NOW + 60_000, "op",
+                  {"at": 512, "data": base64.b64encode(bytes(256)).decode()}))
     before = (tmp_path / "commands.db").stat().st_mtime_ns
     assert cli.main(["commands", "--config", str(cfg), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {(r["device"], r["id"], r["state"]) for r in rows} == {
-        ("mtr-1", "a", "queued"), ("mtr-2", "b", "done")}
+        ("mtr-1", "a", "queued"), ("mtr-2", "b", "done"), ("mtr-2", "c", "queued")}
     assert cli.main(["commands", "--config", str(cfg)]) == 0
     out = capsys.readouterr().out
-    assert "mtr-1" in out and "relay" in out and "2 command(s)" in out
+    assert "mtr-1" in out and "relay" in out and "3 command(s)" in out
+    assert "update-chunk  queued" in out and "at 512, 256 B" in out  # not the base64
     assert (tmp_path / "commands.db").stat().st_mtime_ns == before
     q.close()

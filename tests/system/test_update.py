@@ -59,12 +59,14 @@ class Board:
             self.proc.wait(10)
 
 
-def flashed(vboard: VirtualBoard, tmp_path: Path, local: Mosquitto) -> VirtualMeter:
-    """A meter folder as ``gridedge flash`` leaves it, compiled for this unix port."""
+def flashed(vboard: VirtualBoard, tmp_path: Path, local: Mosquitto | None) -> VirtualMeter:
+    """A meter folder as ``gridedge flash`` leaves it, compiled for this unix port; on
+    Wi-Fi MQTT to ``local``, else on its serial link."""
     root = tmp_path / "meter"
     root.mkdir()
-    meter = VirtualMeter(vboard, root, link="mqtt", mqtt_host="127.0.0.1",
-                         mqtt_port=local.port, sample_interval_ms=100, report_interval_s=1)
+    link: dict[str, object] = {"link": "serial"} if local is None else {
+        "link": "mqtt", "mqtt_host": "127.0.0.1", "mqtt_port": local.port}
+    meter = VirtualMeter(vboard, root, sample_interval_ms=100, report_interval_s=1, **link)
     flash.compile_tree(tmp_path / "stage", "x64")
     shutil.copytree(tmp_path / "stage", root, dirs_exist_ok=True)
     return meter
@@ -108,6 +110,28 @@ def test_an_update_is_applied_and_a_broken_one_rolls_back(
         assert (meter.root / "main.py").read_text() == new
         assert board.boots == 6  # three trial boots failed; the sixth rolled back
         print(out.getvalue())
+    finally:
+        board.stop()
+        assert gw.terminate() == 0
+
+
+def test_a_patch_goes_down_the_serial_line(
+        fw_micropython: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path,
+        local: Mosquitto, cloud: Mosquitto) -> None:
+    """The meter on its UART (bridged to a pty the gateway writes): a patch of two files
+    is sent, staged, switched in and confirmed."""
+    meter = flashed(vboard, tmp_path, None)
+    tty = vboard.bridge_pty(meter.link_bus.name)
+    gw, _log = start_gateway(tmp_path, local, cloud, serial_tty=tty)
+    board = Board(fw_micropython, meter.root, vboard)
+    try:
+        out = io.StringIO()
+        new = MAIN.replace('FIRMWARE_VERSION = "0.1.0"', 'FIRMWARE_VERSION = "0.2.1"')
+        patch = options(tmp_path, cloud, new, ("gemeter/cmdrun.mpy",))
+        assert update.run(patch, out) == 0, out.getvalue()
+        assert "bundle 0.2.1: 2 files" in out.getvalue()
+        assert "mtr-test-01: running 0.2.1" in out.getvalue(), out.getvalue()
+        assert (meter.root / "main.py").read_text() == new and board.boots == 2
     finally:
         board.stop()
         assert gw.terminate() == 0
