@@ -43,11 +43,19 @@ _RESULTS: dict[str, Counter[str]] = {"cpython": Counter(), "micropython": Counte
 
 
 SYSTEM = Path(__file__).parent / "system"
+# The modules whose tests take 10 s or more each (pytest --durations): run first, so that
+# under ``-n 3`` no worker starts one of them while the others have run out of tests.
+LONG = ("system/", "tools/test_flash.py", "tools/test_eval.py", "tools/test_simulate.py",
+        "firmware/test_link_mqtt.py", "firmware/test_relay.py", "gateway/test_link.py",
+        "gateway/test_uplink.py", "gateway/test_hostile.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark each firmware test with the interpreter it runs under, and every test under
-    tests/system (whole processes: daemon, brokers, fleets, a fresh venv) ``system``."""
+    tests/system (whole processes: daemon, brokers, fleets, a fresh venv) ``system``;
+    the long ones first (LONG)."""
+    here = Path(__file__).parent
+    items.sort(key=lambda item: not item.path.relative_to(here).as_posix().startswith(LONG))
     for item in items:
         if SYSTEM in item.path.parents:
             item.add_marker(pytest.mark.system)

@@ -93,7 +93,7 @@ class App:
                                         or ctl[5] is not None):
                     # A reboot, a timed relay switch or a trial is pending: before this
                     # report's frame, so an empty ring says the frames before have gone.
-                    self._commands(True)
+                    results = self._commands(True)  # an update's outcome, if one ended
                 self.ring.push(self.sampler.report(
                     self.boot, self.seq, self.uptime_ms, self.clock.unix_ms(), self.ring.dropped,
                     results, self.ctl[4]))

@@ -66,7 +66,9 @@ def run(app):
         cmds.result(c["id"])[1:] = res[1:]
         results.append(res)
     if ctl[5] is not None:  # a trial: here too, as commands may keep a report from coming
-        _trial(app)
+        res = _trial(app)
+        if res is not None:
+            results.append(res)
     return _encode(results) if results else None
 
 
@@ -91,7 +93,7 @@ def _act(app, c, key):
     if op == "key-rotate":
         return (c["id"],) + _rekey(app, c, key)
     if op in ("update", "update-chunk", "update-status"):
-        return (c["id"],) + _update(app, op, c["args"])
+        return (c["id"],) + _update(app, op, c["args"], c["id"])
     return c["id"], "failed", "unsupported"
 
 
@@ -116,10 +118,10 @@ def due(app):
     is empty; at a report, 10 s after the command even if the link is down); end the
     timed relay switches whose time has come (at a report); end a new firmware's trial
     once its first frames have gone out, or give it up when its time has passed without
-    (boot.py then rolls it back)."""
+    (boot.py then rolls it back). The results it has for the report's frame (an update's
+    outcome), encoded, or None."""
     ctl = app.ctl
-    if ctl[5] is not None:
-        _trial(app)
+    res = _trial(app) if ctl[5] is not None else None
     if ctl[2] is not None and (app.ring.peek() is None or app.uptime_ms - ctl[2] > 10000):
         import machine
 
@@ -132,17 +134,19 @@ def due(app):
             from gemeter import relay
 
             relay.tick(app)
+    return None if res is None else _encode([res])
 
 
-def _update(app, op, args):
+def _update(app, op, args, cid):
     """(state, reason) of update, update-chunk, update-status (ota.py); the restart
-    into a bundle once it is staged."""
+    into a bundle once it is staged. ``cid``: the command's id (an ``update``'s gets the
+    update's outcome as a second result, after the restart: _trial)."""
     from gemeter import ota
 
     root = _root(app)
     if op == "update-status":
         return ota.status(root)
-    res = ota.begin(root, args) if op == "update" else ota.chunk(root, args)
+    res = ota.begin(root, args, cid) if op == "update" else ota.chunk(root, args)
     if res[1].startswith("staged"):
         app.ctl[2] = app.uptime_ms  # boot.py switches it in
     return res
@@ -152,15 +156,21 @@ _CONFIRM_FRAMES = 3  # frames a new firmware sends before its trial ends
 
 
 def _trial(app):
+    """A trial ended (the ``update`` command's second result: ``done running V``), or a
+    rollback before this start told once (``failed rolled back from V: WHY``); None."""
     from gemeter import ota
 
     ctl = app.ctl
-    if app.seq >= _CONFIRM_FRAMES and app.ring.peek() is None:
-        ota.confirm(_root(app))
+    if ctl[5] < 0:  # rolled back before this start (start.py): say so, once
         ctl[5] = None
-    elif app.uptime_ms > ctl[5] * 1000:
+        return ota.told(_root(app))
+    if app.seq >= _CONFIRM_FRAMES and app.ring.peek() is None:
+        ctl[5] = None
+        return ota.confirm(_root(app))
+    if app.uptime_ms > ctl[5] * 1000:
         ota.give_up(_root(app), "no frame sent in %d s" % ctl[5])
         ctl[2] = app.uptime_ms - 20000  # restart now: boot.py rolls it back
+    return None
 
 
 def _root(app):

@@ -105,8 +105,9 @@ def _have(st, have):
     return "have %d of %d" % (have, st["size"])
 
 
-def begin(root, args):
-    """(state, reason) of {"version", "size", "sha256", "trial_s"?}."""
+def begin(root, args, cid=b""):
+    """(state, reason) of {"version", "size", "sha256", "trial_s"?}; ``cid``, the
+    command's id, gets the update's outcome once it is known (``confirm``, ``told``)."""
     v, size, sha = args.get("version"), args.get("size"), args.get("sha256")
     trial = args.get("trial_s", 600)
     if not (isinstance(v, str) and 0 < len(v) <= 16 and isinstance(size, int)
@@ -123,7 +124,8 @@ def begin(root, args):
     _clear(root + "ota")
     os.mkdir(root + "ota")
     open(root + "ota/bundle", "wb").close()
-    st = {"st": "recv", "v": v, "size": size, "sha256": sha, "trial_s": trial}
+    st = {"st": "recv", "v": v, "size": size, "sha256": sha, "trial_s": trial,
+          "id": binascii.hexlify(cid).decode()}
     _save(root, st)
     return "done", _have(st, 0)
 
@@ -235,14 +237,37 @@ def status(root):
     return "done", "no update"
 
 
+def _outcome(st, state, reason):
+    try:
+        cid = binascii.unhexlify(st.get("id", ""))
+    except ValueError:
+        cid = b""
+    return (cid, state, reason) if 0 < len(cid) <= 16 else None
+
+
 def confirm(root):
-    """The new firmware has sent its first frames: the trial is over, the old files go."""
+    """The new firmware has sent its first frames: the trial is over, the old files go.
+    The result for the ``update`` command that sent it: (id, "done", "running V")."""
     st = _load(root)
-    if st is not None and st.get("st") == "trial":
-        st["st"] = "ok"
-        st.pop("boots", None)
-        _save(root, st)
-        _clear(root + "ota")
+    if st is None or st.get("st") != "trial":
+        return None
+    st["st"] = "ok"
+    st.pop("boots", None)
+    _save(root, st)
+    _clear(root + "ota")
+    return _outcome(st, "done", "running " + st["v"])
+
+
+def told(root):
+    """After a rollback, once: (id, "failed", "rolled back from V: WHY") for the
+    ``update`` command, and ota.json notes it was said."""
+    st = _load(root)
+    if st is None or st.get("st") != "back" or st.get("told"):
+        return None
+    st["told"] = True
+    _save(root, st)
+    return _outcome(st, "failed", "rolled back from %s: %s" % (st.get("v"),
+                                                              st.get("why", "")[:48]))
 
 
 def give_up(root, why):

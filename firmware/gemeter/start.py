@@ -172,12 +172,15 @@ def _parts(app, paths):
 
 
 def _trial_s(paths):
-    """The trial's time, if boot.py switched in an update this firmware is on trial in."""
+    """The trial's time, if boot.py switched in an update this firmware is on trial in;
+    -1 if boot.py rolled one back and the firmware has not said so yet; else None."""
     import json
 
     try:
         with open(paths.ota) as f:
             st = json.loads(f.read())
+        if st.get("st") == "back" and not st.get("told"):
+            return -1
         return st.get("trial_s", 600) if st.get("st") == "trial" else None
     except (OSError, ValueError, AttributeError):
         return None

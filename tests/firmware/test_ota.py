@@ -224,12 +224,32 @@ def test_a_new_firmware_ends_its_trial_once_its_frames_went_out(
     (tmp_path / "ota" / "old").mkdir(parents=True)
     (tmp_path / "ota" / "old" / "main.py").write_text("old")
     trial = {"st": "trial", "v": "0.2.0", "boots": 1, "trial_s": 60, "size": 1,
-             "sha256": "0" * 64}
+             "sha256": "0" * 64, "id": b"up-1".hex()}
     (tmp_path / "ota.json").write_text(json.dumps(trial))
     fw.run_json(SCRIPTS / "app_run.py", meter.request(450), env=vboard.env())  # 4.5 s
     assert json.loads((tmp_path / "ota.json").read_text())["st"] == "ok"
     assert not (tmp_path / "ota").exists()
-    assert len(meter.frames()[0]) >= 3
+    frames, _ = meter.frames()
+    # The update command's second result, in the frame after the third: it runs.
+    assert [r for f in frames for r in f.results] == [(b"up-1", "done", "running 0.2.0")]
+    assert [f.seq for f in frames if f.results] == [3]
+
+
+def test_a_rolled_back_firmware_says_so_once(
+        fw: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path) -> None:
+    """boot.py put the old files back: the firmware that then starts sends the update
+    command's result, failed and why, in its first frame, and not again after a restart."""
+    meter = VirtualMeter(vboard, tmp_path, report_interval_s=1, sample_interval_ms=10)
+    (tmp_path / "ota.json").write_text(json.dumps(
+        {"st": "back", "v": "0.3.0", "why": "did not start in 3 boots", "size": 1,
+         "sha256": "0" * 64, "id": b"up-2".hex()}))
+    for _ in range(2):
+        fw.run_json(SCRIPTS / "app_run.py", meter.request(150), env=vboard.env())
+    frames, _ = meter.frames()
+    assert [(f.boot, f.seq) for f in frames if f.results] == [(1, 0)]
+    assert [r for f in frames for r in f.results] == [
+        (b"up-2", "failed", "rolled back from 0.3.0: did not start in 3 boots")]
+    assert json.loads((tmp_path / "ota.json").read_text())["told"] is True
 
 
 def test_a_new_firmware_that_sends_nothing_in_its_trial_time_gives_up(

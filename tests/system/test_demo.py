@@ -19,7 +19,7 @@ def test_demo_alarms_reach_the_cloud_and_the_dashboard_renders(
     fw_micropython: FirmwareRunner, tmp_path: Path
 ) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "tools.cli", "demo", "--duration", "50",
+        [sys.executable, "-m", "tools.cli", "demo", "--duration", "44",
          "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -10,6 +10,7 @@ staged), or main.py raising (a board's trial watchdog would reset it).
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import subprocess
 import threading
@@ -19,6 +20,7 @@ from tests.support.brokers import Mosquitto
 from tests.support.command_parts import GW, OPERATOR, start_gateway
 from tests.support.firmware_fixtures import VirtualMeter
 from tests.support.fwrunner import MACHINE_SHIM, FirmwareRunner
+from tests.support.mqtt_capture import Capture
 from tools import flash, update
 from tools.vboard import VirtualBoard
 
@@ -88,6 +90,7 @@ def test_an_update_is_applied_and_a_broken_one_rolls_back(
         local: Mosquitto, cloud: Mosquitto) -> None:
     meter = flashed(vboard, tmp_path, local)
     gw, _log = start_gateway(tmp_path, local, cloud)
+    alarms = Capture(cloud.port, topic=f"gridedge/v1/gw/{GW}/alarms")
     board = Board(fw_micropython, meter.root, vboard)
     try:
         out = io.StringIO()
@@ -109,8 +112,21 @@ def test_an_update_is_applied_and_a_broken_one_rolls_back(
             out.getvalue(), out.getvalue()
         assert (meter.root / "main.py").read_text() == new
         assert board.boots == 6  # three trial boots failed; the sixth rolled back
-        print(out.getvalue())
+        # Unasked, the meter said both outcomes: the cloud's command_results events.
+        def outcomes() -> list[tuple[str, str]]:
+            """The results of the two ``update`` commands (their first: "have 0 of N")
+            after that first: what came of each update."""
+            results = [r for p in alarms.payloads("/alarms") for e in json.loads(p)
+                       if e["kind"] == "command_results" for r in e["results"]]
+            begun = {r["id"] for r in results if r.get("reason", "").startswith("have 0 of")}
+            return [(r["state"], r["reason"]) for r in results
+                    if r["id"] in begun and not r["reason"].startswith("have 0 of")]
+
+        assert alarms.wait(lambda: len(outcomes()) == 2, 10), outcomes()
+        assert outcomes() == [("done", "running 0.2.0"), (
+            "failed", "rolled back from 0.3.0: did not start in 3 boots")]
     finally:
+        alarms.close()
         board.stop()
         assert gw.terminate() == 0
 
