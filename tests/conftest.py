@@ -44,7 +44,7 @@ _RESULTS: dict[str, Counter[str]] = {"cpython": Counter(), "micropython": Counte
 
 SYSTEM = Path(__file__).parent / "system"
 # The modules whose tests take 10 s or more each (pytest --durations): run first, so that
-# under ``-n 3`` no worker starts one of them while the others have run out of tests.
+# under ``-n 4`` no worker starts one of them while the others have run out of tests.
 LONG = ("system/", "tools/test_flash.py", "tools/test_eval.py", "tools/test_simulate.py",
         "firmware/test_link_mqtt.py", "firmware/test_relay.py", "gateway/test_link.py",
         "gateway/test_uplink.py", "gateway/test_hostile.py")

@@ -329,32 +329,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="where to write the private key (never overwritten)")
     p.set_defaults(func=_operator_key)
 
+    # Who signs, for which gateway: every command that sends signed requests.
+    signer = argparse.ArgumentParser(add_help=False)
+    signer.add_argument("--key-file", required=True,
+                        help="the operator key (gridedge operator-key)")
+    signer.add_argument("--gateway", required=True, metavar="ID", help="the gateway's id")
+
     p = sub.add_parser(
-        "command", parents=[cloud],
+        "command", parents=[cloud, signer],
         help="sign a command with an operator key, send it to a gateway for one device, "
         "print its answers; exit 0 once the device has done it, 1 if it is rejected, "
         "expires, is refused or fails, 3 on timeout")
-    p.add_argument("--key-file", required=True, help="the operator key (gridedge operator-key)")
-    p.add_argument("--gateway", required=True, metavar="ID", help="the gateway's id")
     p.add_argument("--device", required=True, metavar="ID", help="the device's id")
     p.add_argument("--expires", type=float, default=3600.0, metavar="S",
                    help="seconds the command may wait for its device (default 3600)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="seconds to wait for a final answer (default 30)")
     p.add_argument("--id", help="the command's id (default: random); the key of idempotency")
-    p.add_argument("op", choices=["relay", "set", "reboot", "time", "read"],
-                   help="the operation")
+    p.add_argument("op", choices=["relay", "set", "reboot", "time", "read", "factory-reset",
+                                  "key-rotate", "update-status"],
+                   help="the operation (a firmware update: gridedge update)")
     p.add_argument("arg", nargs="*", metavar="NAME=VALUE",
                    help="its arguments, e.g. state=off seconds=900")
     p.set_defaults(func=_command)
 
     p = sub.add_parser(
-        "update", parents=[cloud],
+        "update", parents=[cloud, signer],
         help="compile the firmware for a board and send it to devices through their "
         "gateway, with progress; exit 0 once every device runs it, 1 if any refused it or "
         "rolled back, 3 if any gave no final word")
-    p.add_argument("--key-file", required=True, help="the operator key (gridedge operator-key)")
-    p.add_argument("--gateway", required=True, metavar="ID", help="the gateway's id")
     p.add_argument("--devices", required=True, metavar="ID,ID", help="the devices' ids")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--board", help="the devices' board file (its mpy_arch)")
