@@ -146,7 +146,10 @@ def _update(app, op, args, cid):
     root = _root(app)
     if op == "update-status":
         return ota.status(root)
-    res = ota.begin(root, args, cid) if op == "update" else ota.chunk(root, args)
+    try:
+        res = ota.begin(root, args, cid) if op == "update" else ota.chunk(root, args)
+    except OSError as e:  # a full or failing flash: this command fails, the meter goes on
+        return "failed", "flash error %s" % (e.args[0] if e.args else "")
     if res[1].startswith("staged"):
         app.ctl[2] = app.uptime_ms  # boot.py switches it in
     return res

@@ -14,12 +14,15 @@ import hashlib
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from gateway import framing
+from gateway.command import Command
 from tests.support.brokers import free_port
-from tests.support.firmware_fixtures import VirtualMeter
+from tests.support.firmware_fixtures import DEVICE, KEY, VirtualMeter
 from tests.support.fwrunner import SCRIPTS, FirmwareRunner
 from tools.bundle import pack
 from tools.vboard import VirtualBoard
@@ -268,3 +271,24 @@ def test_a_new_firmware_that_sends_nothing_in_its_trial_time_gives_up(
     assert proc.wait(30) == 75  # machine.reset() on the virtual board
     st = json.loads((tmp_path / "ota.json").read_text())
     assert (st["st"], st["boots"], st["why"]) == ("trial", 3, "no frame sent in 2 s")
+
+
+def test_a_flash_that_cannot_take_the_update_fails_it_and_the_meter_goes_on(
+        fw: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path) -> None:
+    """The update's state cannot be written (its temporary name is taken by a folder, as
+    a failing flash refuses a write): the update command fails and says why, and the
+    command after it runs; the OSError used to escape the meter's loop."""
+    meter = VirtualMeter(vboard, tmp_path, sample_interval_ms=10, report_interval_s=1)
+    (tmp_path / "ota.json.tmp").mkdir()
+    expires = int(time.time() * 1000) + 60_000
+    meter.link_bus.inject(b"".join(framing.encode(c.seal(KEY)) for c in (
+        Command(DEVICE, 1, expires, b"u", "update", {
+            "version": "0.2.0", "size": len(BUNDLE),
+            "sha256": hashlib.sha256(BUNDLE).hexdigest()}),
+        Command(DEVICE, 2, expires, b"r", "read"))))
+    stats = fw.run_json(SCRIPTS / "app_run.py", meter.request(150), env=vboard.env())
+    frames, _ = meter.frames()
+    results = [r for f in frames for r in f.results]
+    assert [r[:2] for r in results] == [(b"u", "failed"), (b"r", "done")], (results, stats,
+                                                                             _)
+    assert results[0][2] == "flash error 21" and stats["frames"] == len(frames) >= 2
