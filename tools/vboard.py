@@ -66,6 +66,11 @@ class UARTBus:
         self.lock = threading.Lock()
         self.pty_fd: int | None = None  # bridged to a real pty: writes go out there
         self.pty_dropped = 0
+        # A paced bridge (bridge_pty(paced=True)): bytes cross it at the bus's baud rate,
+        # each way, as on a real line; the pty itself has no line time.
+        self.paced = False
+        self._line_free = [0.0, 0.0]  # when the line is next free: down (to the board), up
+        self._up: deque[tuple[float, bytes]] = deque()  # paced bytes on their way up
 
     def _byte_time(self) -> float:
         return 10 / self.baud  # 8N1: ten bit times per byte
@@ -73,7 +78,9 @@ class UARTBus:
     def write(self, data: bytes) -> None:
         now = self._clock()
         self.written.append(data)
-        if self.pty_fd is not None:
+        if self.pty_fd is not None and self.paced:
+            self._up.extend(self._on_line(1, now, data))  # the bridge's pacer writes them
+        elif self.pty_fd is not None:
             try:  # a line nobody reads loses bytes; it never stalls the sender
                 os.write(self.pty_fd, data)
             except BlockingIOError:
@@ -107,8 +114,32 @@ class UARTBus:
             data = os.read(self.pty_fd, 4096)
         except (BlockingIOError, OSError):  # nothing there; EIO: nobody has the pty open
             return
-        if data:
+        if data and self.paced:
+            self._rx.extend(self._on_line(0, self._clock(), data))
+        elif data:
             self._rx.append((self._clock(), data))
+
+    def _on_line(self, way: int, now: float, data: bytes) -> list[tuple[float, bytes]]:
+        """``data`` in pieces of 16 bytes, each with the time its last byte has crossed
+        the line at the bus's baud rate, after what is already on the line that way."""
+        t = max(now, self._line_free[way])
+        out = []
+        for i in range(0, len(data), 16):
+            piece = data[i:i + 16]
+            t += len(piece) * self._byte_time()
+            out.append((t, piece))
+        self._line_free[way] = t
+        return out
+
+    def pace_up(self) -> None:
+        """Write to the pty what has crossed the line so far (the bridge's pacer)."""
+        now = self._clock()
+        while self._up and self._up[0][0] <= now and self.pty_fd is not None:
+            _t, data = self._up.popleft()
+            try:
+                os.write(self.pty_fd, data)
+            except BlockingIOError:
+                self.pty_dropped += len(data)
 
     def readable(self) -> int:
         self._pull()
@@ -177,15 +208,28 @@ class VirtualBoard:
     def on_pin(self, pin: str, hook: Callable[[int], None]) -> None:
         self.pin_hooks[pin] = hook
 
-    def bridge_pty(self, bus: str) -> str:
+    def bridge_pty(self, bus: str, paced: bool = False) -> str:
         """Connect a UART to a new pseudo-terminal, as a USB-serial adapter would connect it
-        to the gateway, both ways; returns the terminal's path (open it with pyserial)."""
+        to the gateway, both ways; returns the terminal's path (open it with pyserial).
+        ``paced``: bytes cross at the bus's baud rate (the board's UART init sets it), as
+        on a real line; otherwise at once."""
         master, slave = os.openpty()
         tty.setraw(slave)
         os.set_blocking(master, False)
-        self.uart(bus).pty_fd = master
+        uart = self.uart(bus)
+        uart.pty_fd, uart.paced = master, paced
         self._ptys.append((master, slave))
+        if paced:
+            t = threading.Thread(target=self._pacer, args=(uart,), name="vboard-pacer",
+                                 daemon=True)
+            t.start()
+            self._threads.append(t)
         return os.ttyname(slave)
+
+    def _pacer(self, uart: UARTBus) -> None:
+        while not self._stop.wait(0.002):
+            with uart.lock:
+                uart.pace_up()
 
     # -- serving --------------------------------------------------------------
     def start(self) -> VirtualBoard:
