@@ -140,15 +140,18 @@ def boot(root=""):
 
 def _watchdog():
     # A main.py that raises leaves a board in its REPL, where nothing resets it: during a
-    # trial the watchdog does, and the next boot counts. The app's own watchdog, started
-    # when it runs, takes its place. The unix port (the virtual board) has none.
+    # trial the watchdog does, and the next boot counts. The app feeds this one instead of
+    # starting its own. The unix port (the virtual board) has none.
     import sys
 
     if sys.platform in ("linux", "darwin"):
         return
     import machine
 
-    machine.WDT(timeout=8388 if sys.platform == "rp2" else TRIAL_WDT_MS)
+    # Left where the app finds it (gemeter/app.py TRIAL_WDT) and feeds it: a watchdog
+    # once started cannot be set up again, and asking (ESP32) raises.
+    sys.modules["gridedge_trial_wdt"] = machine.WDT(
+        timeout=8388 if sys.platform == "rp2" else TRIAL_WDT_MS)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import machine
 
 from gemeter import unload
 
+TRIAL_WDT = "gridedge_trial_wdt"  # where boot.py leaves the watchdog it started (sys.modules)
+
 
 class App:
     def __init__(self, root=""):
@@ -71,7 +73,13 @@ class App:
 
     def run(self, max_cycles=None, watchdog=True):
         self.boot = self.state.next_boot()
-        wdt = machine.WDT(timeout=self.wdt_ms) if watchdog else None
+        wdt = None
+        if watchdog:
+            # During an update's trial boot.py started the watchdog, and a running one
+            # cannot be set up again (ESP32: OSError): that one is fed, at its timeout.
+            import sys
+
+            wdt = sys.modules.get(TRIAL_WDT) or machine.WDT(timeout=self.wdt_ms)
         interval = self.interval_ms
         last = time.ticks_ms()
         due = last

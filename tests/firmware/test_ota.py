@@ -292,3 +292,18 @@ def test_a_flash_that_cannot_take_the_update_fails_it_and_the_meter_goes_on(
     assert [r[:2] for r in results] == [(b"u", "failed"), (b"r", "done")], (results, stats,
                                                                              _)
     assert results[0][2] == "flash error 21" and stats["frames"] == len(frames) >= 2
+
+
+def test_the_app_feeds_the_watchdog_boot_py_started_for_a_trial(
+        fw: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path) -> None:
+    """A running watchdog cannot be set up again (on an ESP32 asking raises): during a
+    trial the app feeds the one boot.py left in sys.modules, at its timeout."""
+    meter = VirtualMeter(vboard, tmp_path, report_interval_s=1, sample_interval_ms=10)
+    fw.run_json(
+        "import json, sys, machine\n"
+        "from gemeter.app import App, TRIAL_WDT\n"
+        "sys.modules[TRIAL_WDT] = machine.WDT(timeout=30000)  # as boot.py leaves it\n"
+        "req = json.loads(sys.stdin.read())\n"
+        "print(json.dumps(App(req['root']).run(max_cycles=req['cycles'])))\n",
+        meter.request(50), env=vboard.env())
+    assert vboard.wdt_timeout_ms == 30000 and vboard.wdt_feeds == 50
