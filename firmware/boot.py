@@ -20,8 +20,18 @@ imports nothing of the firmware; gemeter/ota.py has its own copy of the state fi
 reading and writing.
 """
 
-import json
-import os
+import sys
+
+# The board's own folders come off the path while boot.py imports: a file there (an
+# update's lib/json.mpy, micropython-lib's lib/os/) would shadow the built-in module, and
+# boot.py would fail before it could take a broken update back.
+_PATH = sys.path[:]
+sys.path[:] = [p for p in _PATH if p not in ("", "/", "lib", "/lib")]
+try:
+    import json
+    import os
+finally:
+    sys.path[:] = _PATH
 
 STATE = "ota.json"
 MAX_BOOTS = 3  # trial boots before a rollback
@@ -62,14 +72,17 @@ def move(src, dst):
 
 def load(root=""):
     """The update's state (a dict), or None. A state file lost between ``save``'s remove
-    and rename is read from its complete temporary copy."""
+    and rename is read from its complete temporary copy, which becomes the state file
+    again (the next save would overwrite the only copy)."""
     for name in (STATE, STATE + ".tmp"):
         try:
             with open(root + name) as f:
                 st = json.loads(f.read())
-            return st if isinstance(st, dict) else None
         except (OSError, ValueError):
-            pass
+            continue
+        if name != STATE:
+            os.rename(root + name, root + STATE)
+        return st if isinstance(st, dict) else None
     return None
 
 
@@ -126,7 +139,11 @@ def boot(root=""):
     if st is None:
         return None
     if st.get("st") == "staged":
-        switch(root, st)
+        try:
+            switch(root, st)
+        except OSError as e:  # a failing flash: the files half switched go back
+            rollback(root, st, "switch failed: error %s" % (e.args[0] if e.args else ""))
+            return "back"
     if st.get("st") != "trial":
         return st.get("st")
     st["boots"] = st.get("boots", 0) + 1
@@ -142,11 +159,14 @@ def _watchdog():
     # A main.py that raises leaves a board in its REPL, where nothing resets it: during a
     # trial the watchdog does, and the next boot counts. The app feeds this one instead of
     # starting its own. The unix port (the virtual board) has none.
-    import sys
-
     if sys.platform in ("linux", "darwin"):
         return
-    import machine
+    path = sys.path[:]
+    sys.path[:] = []  # the built-in machine, not a file of the same name
+    try:
+        import machine
+    finally:
+        sys.path[:] = path
 
     # Left where the app finds it (gemeter/app.py TRIAL_WDT) and feeds it: a watchdog
     # once started cannot be set up again, and asking (ESP32) raises.

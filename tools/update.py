@@ -167,23 +167,32 @@ def update_one(s: Sender, device: str, b: bundles.Bundle, progress: Progress,
     begin: dict[str, ArgValue] = {"version": b.version, "size": len(b.data),
                                   "sha256": b.sha256, "trial_s": o.trial_s}
     try:
-        staged = False
-        for _ in range(RETRIES):
+        staged, tries, best = False, 0, -1
+        while not staged and tries < RETRIES:
             answer = s.call(device, "update", begin, deadline)
             out.answers.append(answer)
             have = _have(answer)
-            staged = str(answer.get("reason", "")).startswith("staged")
-            if str(answer.get("reason", "")).startswith("an update is "):
-                staged = True  # sent before (this tool ran already): ask how it went
+            reason = str(answer.get("reason", ""))
+            staged = reason.startswith("staged")
+            if reason.startswith("an update is "):
+                if f"({b.sha256[:16]})" not in reason:  # another bundle is on its way in
+                    return Outcome(device, 1, f"update failed: {reason}",
+                                   answers=out.answers)
+                staged = True  # this one, sent before (the tool ran already): ask on
                 break
             if answer["state"] != "done" or (have is None and not staged):
-                return Outcome(device, 1, f"update {answer['state']}: "
-                               f"{answer.get('reason', '')}", answers=out.answers)
+                return Outcome(device, 1, f"update {answer['state']}: {reason}",
+                               answers=out.answers)
             if have is not None and not staged:
+                tries = 0 if have > best else tries + 1  # tries without progress
+                best = max(best, have)
                 staged = _chunks(s, device, b, have, deadline, out,
                                  lambda k: progress.update(task, completed=k))
-            if staged:
-                break
+                last = out.answers[-1]
+                if not staged and last["state"] == "failed" and _have(last) is None:
+                    # the bundle or the flash: sending it again would fail again
+                    return Outcome(device, 1, f"update-chunk {last['state']}: "
+                                   f"{last.get('reason', '')}", answers=out.answers)
         if not staged:
             return Outcome(device, 1, f"not staged after {RETRIES} tries: "
                            f"{out.answers[-1].get('reason', '')}", answers=out.answers)
@@ -205,6 +214,15 @@ def update_one(s: Sender, device: str, b: bundles.Bundle, progress: Progress,
     out.total_s = time.monotonic() - t0
     progress.update(task, description=f"{device} {out.message}")
     return out
+
+
+def _guarded(s: Sender, device: str, b: bundles.Bundle, progress: Progress,
+             task: TaskID) -> Outcome:
+    """update_one, and any error it raised (the cloud broker gone) as no final word."""
+    try:
+        return update_one(s, device, b, progress, task)
+    except Exception as e:  # one device's failure is its outcome, said
+        return Outcome(device, 3, f"stopped: {e!r}"[:200])
 
 
 def run(o: Options, out: TextIO | None = None) -> int:
@@ -229,8 +247,8 @@ def send(o: Options, out: TextIO | None = None) -> tuple[bundles.Bundle, list[Ou
                       console=Console(file=stream)) as progress:
             tasks = {d: progress.add_task(d, total=len(b.data)) for d in o.devices}
             threads = [threading.Thread(
-                target=lambda d=d: outcomes.append(update_one(sender, d, b, progress,
-                                                              tasks[d])), daemon=True)
+                target=lambda d=d: outcomes.append(_guarded(sender, d, b, progress,
+                                                            tasks[d])), daemon=True)
                 for d in o.devices]
             for t in threads:
                 t.start()

@@ -44,6 +44,8 @@ def uart(board, name, baudrate=None):
         kw["tx"] = _pin(spec["tx"])
     if "rx" in spec:
         kw["rx"] = _pin(spec["rx"])
+    if "rxbuf" in spec:  # what arrives while the loop sleeps (boards/README.md)
+        kw["rxbuf"] = spec["rxbuf"]
     return machine.UART(spec["id"], **kw)
 
 

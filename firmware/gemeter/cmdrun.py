@@ -121,7 +121,9 @@ def due(app):
     (boot.py then rolls it back). The results it has for the report's frame (an update's
     outcome), encoded, or None."""
     ctl = app.ctl
-    res = _trial(app) if ctl[5] is not None else None
+    # Not while a restart is due: the result would not leave before it (the trial goes on
+    # after the restart).
+    res = _trial(app) if ctl[5] is not None and ctl[2] is None else None
     if ctl[2] is not None and (app.ring.peek() is None or app.uptime_ms - ctl[2] > 10000):
         import machine
 
@@ -164,15 +166,18 @@ def _trial(app):
     from gemeter import ota
 
     ctl = app.ctl
-    if ctl[5] < 0:  # rolled back before this start (start.py): say so, once
+    try:
+        if ctl[5] < 0:  # rolled back before this start (start.py): say so, once
+            ctl[5] = None
+            return ota.told(_root(app))
+        if app.seq >= _CONFIRM_FRAMES and app.ring.peek() is None:
+            ctl[5] = None
+            return ota.confirm(_root(app))
+        if app.uptime_ms > ctl[5] * 1000:
+            ota.give_up(_root(app), "no frame sent in %d s" % ctl[5])
+            ctl[2] = app.uptime_ms - 20000  # restart now: boot.py rolls it back
+    except OSError:  # a failing flash: the meter goes on (boot.py counts the trial)
         ctl[5] = None
-        return ota.told(_root(app))
-    if app.seq >= _CONFIRM_FRAMES and app.ring.peek() is None:
-        ctl[5] = None
-        return ota.confirm(_root(app))
-    if app.uptime_ms > ctl[5] * 1000:
-        ota.give_up(_root(app), "no frame sent in %d s" % ctl[5])
-        ctl[2] = app.uptime_ms - 20000  # restart now: boot.py rolls it back
     return None
 
 

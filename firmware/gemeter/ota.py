@@ -65,9 +65,11 @@ def _load(root):
         try:
             with open(root + name) as f:
                 st = json.loads(f.read())
-            return st if isinstance(st, dict) else None
         except (OSError, ValueError):
-            pass
+            continue
+        if name != _STATE:  # the only copy: made the state file again (boot.load)
+            os.rename(root + name, root + _STATE)
+        return st if isinstance(st, dict) else None
     return None
 
 
@@ -101,6 +103,15 @@ def _clear(path):
         pass
 
 
+def _free(root):
+    """Bytes free on the filesystem the device's files are on, if the port can tell."""
+    try:
+        s = os.statvfs(root or "/")
+        return s[0] * s[4]  # f_bsize * f_bavail
+    except (AttributeError, OSError):
+        return None
+
+
 def _have(st, have):
     return "have %d of %d" % (have, st["size"])
 
@@ -115,14 +126,18 @@ def begin(root, args, cid=b""):
             and isinstance(trial, int) and 30 <= trial <= 86400):
         return "failed", "bad args"
     st = _load(root)
-    if st is not None and st.get("st") in ("staged", "trial"):
-        return "failed", "an update is " + st["st"]
+    if st is not None and st.get("st") in ("staged", "trial"):  # which one, by its sha256
+        return "failed", "an update is %s (%s)" % (st["st"], st.get("sha256", "")[:16])
     have = _size(root + "ota/bundle")
     if st is not None and st.get("st") == "recv" and st.get("sha256") == sha \
             and st.get("size") == size and have is not None:
         return _finish(root, st) if have == size else ("done", _have(st, have))
     _clear(root + "ota")
-    os.mkdir(root + "ota")
+    free = _free(root)
+    if free is not None and free < 2 * size + 8192:  # the bundle, and its files unpacked
+        return "failed", "flash has %d bytes free, needs %d" % (free, 2 * size + 8192)
+    if not _exists(root + "ota"):
+        os.mkdir(root + "ota")
     open(root + "ota/bundle", "wb").close()
     st = {"st": "recv", "v": v, "size": size, "sha256": sha, "trial_s": trial,
           "id": binascii.hexlify(cid).decode()}

@@ -23,7 +23,7 @@ from gateway import framing
 from gateway.command import Command
 from tests.support.brokers import free_port
 from tests.support.firmware_fixtures import DEVICE, KEY, VirtualMeter
-from tests.support.fwrunner import SCRIPTS, FirmwareRunner
+from tests.support.fwrunner import FIRMWARE, SCRIPTS, FirmwareRunner
 from tools.bundle import pack
 from tools.vboard import VirtualBoard
 
@@ -123,7 +123,8 @@ def test_a_bundle_resumes_where_it_stopped(fw: FirmwareRunner, tmp_path: Path) -
         ["failed", f"have {half} of {len(BUNDLE)}"]]
     assert got[-1] == ["done", "staged 0.2.0; restarting"]
     # Another bundle starts afresh; none while one is staged.
-    assert run(fw, root, [begin(b"x" * 10, "0.3.0")]) == [["failed", "an update is staged"]]
+    assert run(fw, root, [begin(b"x" * 10, "0.3.0")]) == [
+        ["failed", f"an update is staged ({hashlib.sha256(BUNDLE).hexdigest()[:16]})"]]
 
 
 @pytest.mark.parametrize(("files", "problem"), [
@@ -307,3 +308,47 @@ def test_the_app_feeds_the_watchdog_boot_py_started_for_a_trial(
         "print(json.dumps(App(req['root']).run(max_cycles=req['cycles'])))\n",
         meter.request(50), env=vboard.env())
     assert vboard.wdt_timeout_ms == 30000 and vboard.wdt_feeds == 50
+
+
+def test_boot_py_imports_the_built_in_modules_whatever_the_board_holds(
+        fw: FirmwareRunner, tmp_path: Path) -> None:
+    """Files that would shadow a built-in module (an update's lib/json.mpy, or
+    micropython-lib's lib/os/) on the board's path: boot.py still starts and works."""
+    root = device(tmp_path)
+    shutil.copyfile(FIRMWARE / "boot.py", root / "boot.py")  # as flashed: it runs from there
+    for name in ("json.py", "lib/json.py", "machine.py"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("raise RuntimeError('a shadow')\n")
+    run(fw, root, [begin(BUNDLE), *chunks(BUNDLE)])
+    out = fw.run("import sys\nsys.path.insert(0, '')\nsys.path.append('lib')\n"
+                 "import boot\nprint(boot.boot(''))\n", cwd=root)
+    assert out.split() == ["trial"]
+    for name in ("json.py", "lib/json.py", "machine.py"):
+        (root / name).unlink()
+    shutil.rmtree(root / "__pycache__", ignore_errors=True)
+    assert firmware(root) == "new"
+
+
+def test_a_switch_the_flash_refuses_is_rolled_back(fw: FirmwareRunner,
+                                                    tmp_path: Path) -> None:
+    """A folder the switch needs cannot be made (a file has its name, as a failing flash
+    refuses a write) after two files went in: those go back, and the state says why."""
+    root = device(tmp_path)
+    run(fw, root, [begin(BUNDLE), *chunks(BUNDLE)])
+    (root / "lib").write_bytes(b"in the way")
+    got = run(fw, root, [["boot", {}], ["status", {}], ["boot", {}]])
+    assert got[0] == "back" and got[1][1].startswith("rolled back from 0.2.0: switch failed")
+    assert got[2] == "back"
+    (root / "lib").unlink()
+    assert firmware(root) == "old"
+
+
+def test_a_state_file_left_only_as_its_copy_is_restored(fw: FirmwareRunner,
+                                                       tmp_path: Path) -> None:
+    """A power cut between save's remove and rename leaves only ota.json.tmp: the next
+    boot reads it and makes it ota.json again, before a save could overwrite it."""
+    root = device(tmp_path)
+    run(fw, root, [begin(BUNDLE), *chunks(BUNDLE)])
+    (root / "ota.json").rename(root / "ota.json.tmp")
+    assert run(fw, root, [["status", {}]]) == [["done", "staged 0.2.0"]]
+    assert (root / "ota.json").exists() and not (root / "ota.json.tmp").exists()

@@ -89,8 +89,8 @@ def test_an_update_is_applied_and_a_broken_one_rolls_back(
         fw_micropython: FirmwareRunner, vboard: VirtualBoard, tmp_path: Path,
         local: Mosquitto, cloud: Mosquitto) -> None:
     meter = flashed(vboard, tmp_path, local)
-    gw, _log = start_gateway(tmp_path, local, cloud)
     alarms = Capture(cloud.port, topic=f"gridedge/v1/gw/{GW}/alarms")
+    gw, _log = start_gateway(tmp_path, local, cloud)
     board = Board(fw_micropython, meter.root, vboard)
     try:
         out = io.StringIO()
