@@ -217,6 +217,8 @@ def _unpack(root, buf):
             if not _name_ok(name) or not 0 <= size <= _MAX_FILE or count > _MAX_FILES:
                 return "bad bundle entry " + name[:40]
             dst = root + "ota/new/" + name
+            if _exists(dst):  # named twice (ota/new/ starts empty)
+                return "bad bundle entry " + name[:40] + " twice"
             _folders(dst)
             h = hashlib.sha256()
             with open(dst, "wb") as out:

@@ -14,16 +14,19 @@ import hashlib
 import json
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import strategies as st
 
 from gateway import framing
 from gateway.command import Command
 from tests.support.brokers import free_port
 from tests.support.firmware_fixtures import DEVICE, KEY, VirtualMeter
-from tests.support.fwrunner import FIRMWARE, SCRIPTS, FirmwareRunner
+from tests.support.fwrunner import FIRMWARE, SCRIPTS, FirmwareRunner, firmware_module
 from tools.bundle import pack
 from tools.vboard import VirtualBoard
 
@@ -352,3 +355,57 @@ def test_a_state_file_left_only_as_its_copy_is_restored(fw: FirmwareRunner,
     (root / "ota.json").rename(root / "ota.json.tmp")
     assert run(fw, root, [["status", {}]]) == [["done", "staged 0.2.0"]]
     assert (root / "ota.json").exists() and not (root / "ota.json.tmp").exists()
+
+
+ota = firmware_module("gemeter.ota")
+
+
+def _entry(name: str, data: bytes, sha: str | None = None) -> bytes:
+    return f"{name} {len(data)} {sha or hashlib.sha256(data).hexdigest()}\n".encode() + data
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(bundle=st.one_of(
+    st.binary(max_size=600),  # anything at all, sent under its own (signed) sha256
+    st.lists(st.tuples(  # entries that look right, or nearly
+        st.sampled_from(["main.py", "gemeter/a.mpy", "lib/x/y.mpy", "gemeter/d/b.mpy"] * 4
+                        + ["../key.bin", "boot.py", "gemeter/../../x.mpy", "lib//z.mpy",
+                           "gemeter/A.mpy", "gemeter/x", "config.json", "main.py extra"]),
+        st.binary(max_size=80), st.sampled_from([True] * 6 + [False]),
+        st.sampled_from([0] * 12 + [-3, -1, 1, 3])), max_size=4).map(
+        lambda es: b"".join(
+            _entry(n, d, None if ok else "0" * 64)[:len(_entry(n, d)) + cut if cut < 0
+                                                  else None] + bytes(max(cut, 0))
+            for n, d, ok, cut in es))),
+    chunk=st.integers(1, 300))
+@example(bundle=_entry("main.py", b"a") + _entry("main.py", b"b"), chunk=7)  # named twice
+def test_any_bundle_is_staged_whole_or_refused_and_touches_nothing_else(
+        tmp_path: Path, bundle: bytes, chunk: int) -> None:
+    """Whatever bytes a bundle holds (it is signed as it is: its sha256 matches), the
+    last chunk stages it or fails with a reason; nothing raises, and nothing outside
+    ota/ and ota.json changes."""
+    root = Path(tempfile.mkdtemp(dir=tmp_path))  # one per example
+    for name, data in {**OLD, **KEPT}.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    before = tree(root)
+    prefix = f"{root}/"
+    res = ota.begin(prefix, {"version": "9.9", "size": max(len(bundle), 1),
+                             "sha256": hashlib.sha256(bundle).hexdigest(), "trial_s": 60})
+    if not bundle:
+        assert res == ("failed", "bad args") or res[0] == "done"
+        return
+    assert res == ("done", f"have 0 of {len(bundle)}")
+    for at in range(0, len(bundle), chunk):
+        res = ota.chunk(prefix, {"at": at, "data": bundle[at:at + chunk]})
+        assert isinstance(res, tuple) and res[0] in ("done", "failed"), res
+    assert res[0] == "failed" or res == ("done", "staged 9.9; restarting"), res
+    event(res[1].split(":")[0][:24])
+    assert tree(root) == before  # only ota/ and ota.json: tree() leaves those out
+    staged = root / "ota" / "new"
+    if res[0] == "done":
+        listed = [line.split()[0] for line in (root / "ota" / "files").read_text().splitlines()]
+        assert sorted(listed) == sorted(p.relative_to(staged).as_posix()
+                                        for p in staged.rglob("*") if p.is_file())
+        assert all(ota._name_ok(n) for n in listed)

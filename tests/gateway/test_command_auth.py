@@ -12,7 +12,18 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.command_auth import OPS, REASONS, SECURITY, Authority, Refused, key_id, sign
+from gateway.command import MAX_COMMAND, Command
+from gateway.command_auth import (
+    MAX_CHUNK,
+    OPS,
+    REASONS,
+    SECURITY,
+    Authority,
+    Refused,
+    device_args,
+    key_id,
+    sign,
+)
 from tests.support.fwrunner import REPO
 
 OPERATOR = bytes(range(32))
@@ -104,3 +115,32 @@ def test_any_json_object_is_refused_with_a_reason(obj: dict[str, object]) -> Non
 def test_the_documented_operations_are_the_ones_taken() -> None:
     schema = json.loads((REPO / "docs" / "schemas" / "command.schema.json").read_text())
     assert set(schema["properties"]["op"]["enum"]) == set(OPS)
+
+
+ARG = (st.none() | st.booleans() | st.integers(-2, 2 << 20) | st.text(max_size=70)
+       | st.binary(max_size=320).map(lambda b: base64.b64encode(b).decode())
+       | st.text(alphabet="0123456789abcdef", min_size=62, max_size=66))
+
+
+@given(op=st.sampled_from(["update", "update-chunk", "update-status"]),
+       args=st.dictionaries(st.sampled_from(["version", "size", "sha256", "trial_s", "at",
+                                             "data", "x"]), ARG, max_size=5),
+       device=st.sampled_from(["mtr-1", "m" * 32]))
+@settings(max_examples=300, deadline=None)
+def test_any_update_request_is_taken_whole_or_refused(op: str, args: dict[str, object],
+                                                      device: str) -> None:
+    """Signed update requests with any arguments: refused (bad_args), or taken, and
+    then sealed for the device within the 512 bytes a meter accepts."""
+    auth = Authority("gw-1", [public(OPERATOR)], {device})
+    payload = request(rid="u1", device=device, op=op, args=args)
+    try:
+        req = auth.check(payload, NOW)
+    except Refused as e:
+        assert e.reason == "bad_args", e
+        return
+    sealed = Command(device, NOW, req.expires_ms, b"u" * 16, op,
+                     device_args(op, req.args), NOW).seal(bytes(32))
+    assert len(sealed) <= MAX_COMMAND
+    if op == "update-chunk":
+        data = device_args(op, req.args)["data"]
+        assert isinstance(data, bytes) and 0 < len(data) <= MAX_CHUNK
